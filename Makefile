@@ -1,0 +1,35 @@
+# The two quick-start commands of the README: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# Where the demo keeps its state (DuckDB warehouse, Dagster home, tokens); override freely.
+DEMO_DIR ?= .demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the product on the embedded default: emulator + demo portal + DuckDB + Dagster UI on localhost.
+demo: $(VENV)/.installed
+	$(BIN)/python -m pipelines.demo --state-dir $(DEMO_DIR)
+
+## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432; .ci/run makes sure it is up).
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/emulator_speed.py
+
+clean:
+	rm -rf $(DEMO_DIR) .tmp_dagster_home_* .pytest_cache

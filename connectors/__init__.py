@@ -1,0 +1,1 @@
+"""Source and destination sides of the Bitrix24 → warehouse connector (no Dagster here)."""

@@ -1,0 +1,1 @@
+"""Dagster definitions: sensor, op graph, assets, checks, jobs. Thin: it wires `connectors/`."""
