@@ -1,0 +1,203 @@
+"""The entity registry: each CRM entity kind described as data, and queue events mapped to kinds.
+
+Adding an entity kind is a new `EntityKind` value, not a new code path: fetching, scanning, schema
+mapping and planning all read these fields. Two value styles exist on the wire (facts §4.3-§4.4):
+legacy ``crm.deal.list`` & co. answer UPPER_CASE keys with every value a string ("Y"/"N", "19.99"),
+``crm.item.list`` answers camelCase keys with JSON numbers inside an ``items`` wrapper.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from connectors.bitrix24.client import Bitrix24Client
+
+
+class Action(enum.StrEnum):
+    ADD = "ADD"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+@dataclass(frozen=True)
+class EntityKind:
+    key: str  # "deal", "contact", ..., "item:1038"
+    table: str  # warehouse table: "deals", "items_1038"
+    events: Mapping[str, Action]  # EVENT_NAME -> what it means for the object
+    list_method: str
+    fields_method: str
+    add_method: str
+    update_method: str
+    id_field: str  # "ID" (legacy) / "id" (item)
+    modified_field: str  # "DATE_MODIFY" / "updatedTime" / "LAST_UPDATED"
+    value_style: Literal["legacy", "item"]
+    entity_type_id: int | None = None  # crm.item.* need it; also dispatches ONCRMDYNAMICITEM*
+    select: tuple[str, ...] = ("*",)  # legacy masks: "*" + "UF_*"; multifields must be named (§4.3)
+    title: str = ""
+
+    @property
+    def bind_events(self) -> tuple[str, ...]:
+        return tuple(self.events)
+
+
+def _crm_events(entity: str, *extra: tuple[str, Action]) -> dict[str, Action]:
+    events = {f"ONCRM{entity}{action}": action for action in Action}
+    events.update(extra)
+    return events
+
+
+def _legacy(key: str, table: str, entity: str, entity_type_id: int | None, select: tuple[str, ...],
+            *extra_events: tuple[str, Action]) -> EntityKind:
+    api = f"crm.{key}"
+    return EntityKind(key=key, table=table, events=_crm_events(entity, *extra_events),
+                      list_method=f"{api}.list", fields_method=f"{api}.fields", add_method=f"{api}.add",
+                      update_method=f"{api}.update", id_field="ID", modified_field="DATE_MODIFY",
+                      value_style="legacy", entity_type_id=entity_type_id, select=select, title=table)
+
+
+_WITH_MULTIFIELDS = ("*", "UF_*", "PHONE", "EMAIL", "WEB", "IM")
+
+DEAL = _legacy("deal", "deals", "DEAL", 2, ("*", "UF_*"),
+               # A funnel move is an update of the deal (facts §3).
+               ("ONCRMDEALMOVETOCATEGORY", Action.UPDATE))
+CONTACT = _legacy("contact", "contacts", "CONTACT", 3, _WITH_MULTIFIELDS)
+COMPANY = _legacy("company", "companies", "COMPANY", 4, _WITH_MULTIFIELDS)
+LEAD = _legacy("lead", "leads", "LEAD", 1, _WITH_MULTIFIELDS)
+ACTIVITY = EntityKind(
+    key="activity", table="activities", events=_crm_events("ACTIVITY"),
+    list_method="crm.activity.list", fields_method="crm.activity.fields", add_method="crm.activity.add",
+    update_method="crm.activity.update", id_field="ID", modified_field="LAST_UPDATED",
+    value_style="legacy", select=("*",), title="activities",
+)
+
+STANDARD_KINDS = (DEAL, CONTACT, COMPANY, LEAD, ACTIVITY)
+
+# All smart-process types share these names and say which type in ENTITY_TYPE_ID; per-type
+# variants end in "_<entityTypeId>" (facts §3).
+_DYNAMIC_EVENT = re.compile(r"^ONCRMDYNAMICITEM(ADD|UPDATE|DELETE)(?:_(\d+))?$")
+
+
+def smart_process_kind(entity_type_id: int, title: str = "") -> EntityKind:
+    """A smart-process type (entityTypeId >= 128, or 31 for new invoices) read through crm.item.*."""
+    events = {f"ONCRMDYNAMICITEM{action}": action for action in Action}
+    events.update({f"ONCRMDYNAMICITEM{action}_{entity_type_id}": action for action in Action})
+    return EntityKind(
+        key=f"item:{entity_type_id}", table=f"items_{entity_type_id}", events=events,
+        list_method="crm.item.list", fields_method="crm.item.fields", add_method="crm.item.add",
+        update_method="crm.item.update", id_field="id", modified_field="updatedTime",
+        value_style="item", entity_type_id=entity_type_id, select=("*",), title=title,
+    )
+
+
+@dataclass(frozen=True)
+class EventTarget:
+    """What one queue event refers to; ``kind`` is None when no registered kind handles it."""
+
+    kind: EntityKind | None
+    action: Action | None
+    entity_id: int | None
+    reason: str = ""  # why it is unknown
+
+
+@dataclass(frozen=True)
+class EntityRegistry:
+    kinds: tuple[EntityKind, ...]
+    _by_key: dict[str, EntityKind] = field(init=False, repr=False, compare=False)
+    _by_event: dict[str, tuple[EntityKind, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_key: dict[str, EntityKind] = {}
+        by_event: dict[str, list[EntityKind]] = {}
+        for kind in self.kinds:
+            if kind.key in by_key:
+                raise ValueError(f"entity kind {kind.key!r} registered twice")
+            by_key[kind.key] = kind
+            for name in kind.events:
+                by_event.setdefault(name, []).append(kind)
+        object.__setattr__(self, "_by_key", by_key)
+        object.__setattr__(self, "_by_event", {name: tuple(kinds) for name, kinds in by_event.items()})
+
+    @classmethod
+    def standard(cls, extra: Iterable[EntityKind] = ()) -> EntityRegistry:
+        return cls((*STANDARD_KINDS, *extra))
+
+    @classmethod
+    def discover(cls, client: Bitrix24Client, *, smart_processes: bool = True) -> EntityRegistry:
+        """The standard kinds plus one kind per smart-process type the portal has (crm.type.list)."""
+        if not smart_processes:
+            return cls.standard()
+        return cls.standard(smart_process_kind(entity_type_id, title)
+                            for entity_type_id, title in _smart_process_types(client))
+
+    def __getitem__(self, key: str) -> EntityKind:
+        return self._by_key[key]
+
+    def __iter__(self) -> Iterator[EntityKind]:
+        return iter(self.kinds)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def subset(self, keys: Iterable[str]) -> EntityRegistry:
+        return EntityRegistry(tuple(self[key] for key in keys))
+
+    @property
+    def event_names(self) -> tuple[str, ...]:
+        return tuple(self._by_event)
+
+    def resolve(self, event_name: str, event_data: object) -> EventTarget:
+        """Map one queue row (EVENT_NAME + EVENT_DATA) to its entity kind, action and id."""
+        name = event_name.upper()
+        fields = event_data.get("FIELDS") if isinstance(event_data, Mapping) else None
+        if not isinstance(fields, Mapping):
+            return EventTarget(None, None, None, f"{name}: EVENT_DATA has no FIELDS")
+        entity_id = _positive_int(fields.get("ID"))
+        candidates = self._by_event.get(name, ())
+        if not candidates:
+            return EventTarget(None, None, entity_id, f"{name}: no registered entity kind")
+        kind = candidates[0]
+        if len(candidates) > 1 or kind.value_style == "item":
+            kind = self._dynamic_kind(name, fields, candidates)
+            if kind is None:
+                return EventTarget(None, None, entity_id,
+                                   f"{name}: smart-process type {fields.get('ENTITY_TYPE_ID')!r} "
+                                   "is not registered")
+        if entity_id is None:
+            return EventTarget(kind, None, None, f"{name}: FIELDS.ID is not a positive integer")
+        return EventTarget(kind, kind.events[name], entity_id)
+
+    @staticmethod
+    def _dynamic_kind(name: str, fields: Mapping, candidates: tuple[EntityKind, ...]) -> EntityKind | None:
+        match = _DYNAMIC_EVENT.match(name)
+        type_id = _positive_int(fields.get("ENTITY_TYPE_ID"))
+        if type_id is None and match and match.group(2):
+            type_id = int(match.group(2))
+        for kind in candidates:
+            if kind.entity_type_id == type_id:
+                return kind
+        return None
+
+
+def _smart_process_types(client: Bitrix24Client) -> list[tuple[int, str]]:
+    types: list[tuple[int, str]] = []
+    start: int | None = 0
+    while start is not None:
+        response = client.call("crm.type.list", {"start": start})
+        result = response.result
+        rows = result.get("types", []) if isinstance(result, Mapping) else result
+        types.extend((int(row["entityTypeId"]), str(row.get("title") or "")) for row in rows)
+        start = response.next
+    return types
+
+
+def _positive_int(value: object) -> int | None:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None

@@ -1,0 +1,296 @@
+"""The offline-event queue of one portal, seen from one connector key.
+
+Bitrix24 keeps one row per changed object for every app that bound the event offline (facts §2.1,
+§2.11). The at-least-once protocol (facts §2.14): `reserve` (``event.offline.get clear=0``, rows get
+a ``process_id`` and are hidden from other readers), process, then `ack`
+(``event.offline.clear process_id=P``); after a crash, `reread` the reservations the journal knows
+and `find_orphans` for those it never recorded. Failing objects go to the error lane with `fail`
+and come back through `reserve_errors`.
+
+Without the ``rest_offline_extended`` feature ``clear=0`` is refused (403 WRONG_LICENSE, facts
+§2.2): the queue then drains with ``clear=1``, rows are gone once read, and every such result is
+flagged ``at_most_once`` and warned about, for reconciliation to repair what a crash loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from connectors.bitrix24.batch import MAX_COMMANDS, Command, in_groups
+from connectors.bitrix24.client import Bitrix24Client
+from connectors.bitrix24.entities import EntityKind
+from connectors.bitrix24.errors import ApiError, MalformedResponse
+from connectors.bitrix24.queue_rows import QueueEvent
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_CALL = 50  # event.offline.get limit per sub-call; 50 sub-calls -> 2,500 rows per request
+FEATURE_OFFLINE_EXTENDED = "rest_offline_extended"
+FEATURE_AUTH_CONNECTOR = "rest_auth_connector"
+FEATURES_TTL_S = 3600.0  # a plan change (upgrade, expiry) is picked up within the hour
+
+
+class DegradedDelivery(UserWarning):
+    """The portal's plan lacks extended offline events: rows are deleted when read (clear=1)."""
+
+
+@dataclass(frozen=True)
+class Features:
+    offline_extended: bool  # clear=0 reservations (at-least-once)
+    auth_connector: bool  # a connector key on calls: own writes do not come back, separate queue
+
+
+@dataclass(frozen=True)
+class Reservation:
+    process_id: str | None  # None when drained with clear=1: nothing to ack
+    events: tuple[QueueEvent, ...]
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    reservations: tuple[Reservation, ...]
+    at_most_once: bool  # True in clear=1 degrade mode
+    requested: int  # rows asked for
+    failures: tuple[ApiError, ...] = ()  # sub-calls that reserved nothing (others succeeded)
+
+    @property
+    def events(self) -> list[QueueEvent]:
+        return [event for reservation in self.reservations for event in reservation.events]
+
+    @property
+    def process_ids(self) -> tuple[str, ...]:
+        return tuple(r.process_id for r in self.reservations if r.process_id is not None)
+
+    @property
+    def exhausted(self) -> bool:
+        """Fewer rows came back than were asked for: the queue had nothing more at that moment."""
+        return len(self.events) < self.requested
+
+
+@dataclass(frozen=True)
+class QueuePeek:
+    depth: int  # rows in this lane, reserved ones included (they still await an ack)
+    head: QueueEvent | None  # the oldest row by ID
+
+
+@dataclass(frozen=True)
+class BindResult:
+    bound: tuple[str, ...]  # newly bound event names
+    already_bound: tuple[str, ...]
+
+
+_features_cache: dict[str, tuple[float, Features]] = {}
+_features_lock = threading.Lock()
+
+
+class OfflineQueue:
+    """Reserve, re-read, acknowledge and fail rows of the queue selected by ``connector``."""
+
+    def __init__(self, client: Bitrix24Client, connector: str = "") -> None:
+        self.client = client
+        self.requested_connector = connector
+        self._warned_connector = False
+
+    def __repr__(self) -> str:
+        return f"OfflineQueue(portal={self.client.portal!r}, connector={self.requested_connector!r})"
+
+    def features(self, *, refresh: bool = False) -> Features:
+        """The plan features that shape the protocol, asked once per portal per hour (feature.get)."""
+        key = self.client.portal
+        with _features_lock:
+            cached = _features_cache.get(key)
+        if cached and not refresh and time.monotonic() - cached[0] < FEATURES_TTL_S:
+            return cached[1]
+        outcome = self.client.batch({code: Command("feature.get", {"CODE": code})
+                                     for code in (FEATURE_OFFLINE_EXTENDED, FEATURE_AUTH_CONNECTOR)})
+        found = {code: _feature_enabled(code, outcome.results.get(code), outcome.errors.get(code))
+                 for code in (FEATURE_OFFLINE_EXTENDED, FEATURE_AUTH_CONNECTOR)}
+        features = Features(found[FEATURE_OFFLINE_EXTENDED], found[FEATURE_AUTH_CONNECTOR])
+        with _features_lock:
+            _features_cache[key] = (time.monotonic(), features)
+        return features
+
+    def extended_mode(self) -> bool:
+        return self.features().offline_extended
+
+    @property
+    def connector(self) -> str:
+        """The connector key actually used: "" where the plan does not allow ``auth_connector``."""
+        if self.requested_connector and not self.features().auth_connector:
+            if not self._warned_connector:
+                self._warned_connector = True
+                log.warning("portal %s: the plan lacks %s; using the queue without a connector key",
+                            self.client.portal, FEATURE_AUTH_CONNECTOR)
+            return ""
+        return self.requested_connector
+
+    def bind(self, kinds: Iterable[EntityKind]) -> BindResult:
+        """Bind every event of ``kinds`` offline with our connector key; bound ones are left alone."""
+        connector = self.connector
+        wanted = list(dict.fromkeys(name.upper() for kind in kinds for name in kind.bind_events))
+        handlers = self.client.call("event.get").result or []
+        present = {
+            str(row.get("event", "")).upper() for row in handlers
+            if isinstance(row, Mapping) and str(row.get("offline", "0")) in ("1", "True", "true")
+            and str(row.get("connector_id") or "") == connector
+        }
+        missing = [name for name in wanted if name not in present]
+        commands = {f"bind{index}": Command("event.bind", self._with_connector(
+            {"event": name, "event_type": "offline"}, connector)) for index, name in enumerate(missing)}
+        outcome = self.client.batch_all(commands)
+        bound, raced = [], []
+        for (key, _command), name in zip(commands.items(), missing, strict=True):
+            error = outcome.errors.get(key)
+            if error is None:
+                bound.append(name)
+            elif "already" in error.description.lower():
+                raced.append(name)  # "Handler already binded" (facts §2.3): someone bound it meanwhile
+            else:
+                raise error
+        return BindResult(tuple(bound), tuple(sorted(present & set(wanted)) + raced))
+
+    def peek(self, *, error_lane: bool = False) -> QueuePeek:
+        """Depth and head in one read-only call (event.offline.list: ``total`` is the depth)."""
+        params = self._with_connector({"filter": {"ERROR": 1 if error_lane else 0}, "order": {"ID": "ASC"},
+                                       "start": 0}, self.connector)
+        response = self.client.call("event.offline.list", params)
+        rows = _rows(response.result, "event.offline.list")
+        head = QueueEvent.from_row(rows[0]) if rows else None
+        depth = response.total if response.total is not None else len(rows)
+        return QueuePeek(depth, head)
+
+    def reserve(self, max_rows: int = ROWS_PER_CALL * MAX_COMMANDS) -> ReserveResult:
+        """Reserve up to ``max_rows`` (one request: up to 50 sub-calls of 50 rows)."""
+        return self._take(max_rows, error_lane=False)
+
+    def reserve_errors(self, max_rows: int = ROWS_PER_CALL * MAX_COMMANDS) -> ReserveResult:
+        """Reserve rows of the error lane (``error=1``) for another attempt."""
+        return self._take(max_rows, error_lane=True)
+
+    def reread(self, process_id: str) -> Reservation:
+        """The rows still reserved under ``process_id`` (after a crash), without clearing them."""
+        return self.reread_all([process_id])[0]
+
+    def reread_all(self, process_ids: Iterable[str]) -> list[Reservation]:
+        ids = list(dict.fromkeys(process_ids))
+        connector = self.connector
+        reservations: list[Reservation] = []
+        for group in in_groups(ids, MAX_COMMANDS):
+            commands = {f"reread{index}": Command("event.offline.get", self._with_connector(
+                {"process_id": pid, "clear": 0, "limit": ROWS_PER_CALL}, connector))
+                for index, pid in enumerate(group)}
+            outcome = self.client.batch(commands)
+            for key, pid in zip(commands, group, strict=True):
+                reservations.append(_reservation(outcome.result(key), pid))
+        return reservations
+
+    def find_orphans(self, known_process_ids: Iterable[str]) -> tuple[str, ...]:
+        """Process ids holding rows in the queue that the caller's journal does not know.
+
+        They come from a crash between a reserve response and the journal write (DESIGN §3).
+        event.offline.list shows PROCESS_ID (facts §2.8); the reserved rows are listed first.
+        Another live worker's reservations look the same: call this only while no other worker
+        drains this portal's queue.
+        """
+        known = set(known_process_ids)
+        connector = self.connector
+        base = {"filter": {">PROCESS_ID": ""}, "order": {"PROCESS_ID": "DESC", "ID": "ASC"}}
+        first = self.client.call("event.offline.list", self._with_connector({**base, "start": 0}, connector))
+        pages = [_rows(first.result, "event.offline.list")]
+        total = first.total or 0
+        offsets = list(range(ROWS_PER_CALL, total, ROWS_PER_CALL))
+        for group in in_groups(offsets, MAX_COMMANDS):
+            commands = {f"at{offset}": Command("event.offline.list", self._with_connector(
+                {**base, "start": offset}, connector)) for offset in group}
+            outcome = self.client.batch(commands)
+            pages.extend(_rows(outcome.result(key), "event.offline.list") for key in commands)
+        found = dict.fromkeys(str(row.get("PROCESS_ID") or "") for page in pages for row in page)
+        return tuple(pid for pid in found if pid and pid not in known)
+
+    def ack(self, process_ids: Iterable[str]) -> int:
+        """Delete the rows of these reservations (event.offline.clear, 50 per request)."""
+        ids = [pid for pid in dict.fromkeys(process_ids) if pid]
+        connector = self.connector
+        commands = {f"ack{index}": Command("event.offline.clear", self._with_connector(
+            {"process_id": pid}, connector)) for index, pid in enumerate(ids)}
+        outcome = self.client.batch_all(commands)
+        for key in commands:
+            outcome.result(key)  # raises the first failure; the others are already cleared
+        return len(ids)
+
+    def fail(self, process_id: str, message_ids: Iterable[str]) -> None:
+        """Move these messages of a reservation to the error lane (event.offline.error)."""
+        messages = list(dict.fromkeys(message_ids))
+        if not messages:
+            return
+        self.client.call("event.offline.error", self._with_connector(
+            {"process_id": process_id, "message_id": messages}, self.connector))
+
+    def _take(self, max_rows: int, *, error_lane: bool) -> ReserveResult:
+        if max_rows <= 0:
+            raise ValueError("max_rows must be positive")
+        calls = min(MAX_COMMANDS, math.ceil(max_rows / ROWS_PER_CALL))
+        extended = self.extended_mode()
+        if not extended:
+            message = (f"portal {self.client.portal}: no {FEATURE_OFFLINE_EXTENDED} on this plan; "
+                       "draining with clear=1 (at-most-once: a crash now loses changes until reconciliation)")
+            warnings.warn(message, DegradedDelivery, stacklevel=3)
+            log.warning(message)
+        connector = self.connector
+        params: dict[str, Any] = {"clear": 0 if extended else 1, "limit": ROWS_PER_CALL}
+        if error_lane:
+            params["error"] = 1
+        commands = {f"take{index}": Command("event.offline.get",
+                                            self._with_connector(dict(params), connector))
+                    for index in range(calls)}
+        outcome = self.client.batch(commands)
+        reservations = []
+        for key in commands:
+            if key in outcome.results and key not in outcome.errors:
+                reservation = _reservation(outcome.results[key], None)
+                if reservation.events:
+                    reservations.append(reservation if extended else Reservation(None, reservation.events))
+        failures = tuple(outcome.errors.values())
+        if failures and not reservations:
+            raise failures[0]
+        for failure in failures:
+            log.warning("portal %s: a reserve sub-call failed: %s", self.client.portal, failure)
+        return ReserveResult(tuple(reservations), not extended, calls * ROWS_PER_CALL, failures)
+
+    @staticmethod
+    def _with_connector(params: dict[str, Any], connector: str) -> dict[str, Any]:
+        if connector:
+            params["auth_connector"] = connector
+        return params
+
+
+def _feature_enabled(code: str, result: Any, error: ApiError | None) -> bool:
+    if error is not None:
+        log.warning("feature.get %s failed (%s); assuming the feature is missing", code, error)
+        return False
+    value = str(result.get("value", "")) if isinstance(result, Mapping) else ""
+    # On-premise answers "<lang>_selfhosted": every feature is on there (facts §2.15).
+    return value == "Y" or value.endswith("_selfhosted")
+
+
+def _reservation(result: Any, process_id: str | None) -> Reservation:
+    if not isinstance(result, Mapping) or not isinstance(result.get("events", []), list):
+        raise MalformedResponse("event.offline.get", 200, "result has no events array", repr(result)[:200])
+    pid = result.get("process_id") or process_id
+    events = tuple(QueueEvent.from_row(row, pid) for row in result.get("events") or [])
+    return Reservation(pid, events)
+
+
+def _rows(result: Any, method: str) -> list[dict]:
+    if result in (None, []):
+        return []
+    if not isinstance(result, list) or not all(isinstance(row, Mapping) for row in result):
+        raise MalformedResponse(method, 200, "expected an array of rows", repr(result)[:200])
+    return result

@@ -1,0 +1,156 @@
+"""Pacing requests so a portal's limits are met on our side, not discovered through errors.
+
+Two limits apply (facts §6): a leaky bucket of HTTP requests per portal (+1 per request, drains
+2/s, 503 once it exceeds 50; Enterprise 5/s and 250) and, per method, a sliding 10-minute budget
+of execution time (429 once ``time.operating`` exceeds the limit, until ``operating_reset_at``).
+`LeakyBucket` and `OperatingBudget` are the pure arithmetic (time is passed in); `Throttle` adds
+locking and sleeping for a client shared by threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# A 429 arrives without a time block (facts §1.4); if no earlier response told us when the
+# method's budget resets, wait one of the limiter's one-minute buckets and look again.
+UNKNOWN_RESET_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """The portal's documented limits as the client should assume them (facts §6.1-§6.2)."""
+
+    burst: int = 50  # bucket size X
+    drain_per_s: float = 2.0  # drain Y
+    operating_limit_s: float = 480.0  # per method, summed over 10 minutes
+    # Requests kept in reserve below X: our clock and the portal's differ by the network delay,
+    # and "exceeds X" may count the request being decided or not.
+    headroom: int = 2
+
+    @classmethod
+    def standard(cls) -> RateLimits:
+        return cls()
+
+    @classmethod
+    def enterprise(cls) -> RateLimits:
+        return cls(burst=250, drain_per_s=5.0)
+
+    @property
+    def capacity(self) -> float:
+        return max(1.0, float(self.burst - self.headroom))
+
+
+class LeakyBucket:
+    """Client-side mirror of the portal's request counter; a slot is taken when it is granted."""
+
+    def __init__(self, limits: RateLimits, now: float) -> None:
+        self.limits = limits
+        self.level = 0.0
+        self.updated = now
+
+    def _drain(self, now: float) -> None:
+        if now > self.updated:
+            self.level = max(0.0, self.level - (now - self.updated) * self.limits.drain_per_s)
+            self.updated = now
+
+    def reserve(self, now: float) -> float:
+        """Take one slot; return how long to wait before the request may be sent."""
+        self._drain(now)
+        wait = max(0.0, (self.level + 1.0 - self.limits.capacity) / self.limits.drain_per_s)
+        self.level += 1.0
+        return wait
+
+    def saturate(self, now: float) -> None:
+        """The portal said 503: someone else shares the bucket, so assume it is full."""
+        self._drain(now)
+        self.level = max(self.level, self.limits.capacity)
+
+
+class OperatingBudget:
+    """Per-method execution-time budgets as last reported by the portal's ``time`` blocks."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._operating: dict[str, float] = {}
+        self._reset_at: dict[str, float] = {}
+        self._blocked_until: dict[str, float] = {}
+
+    def observe(self, method: str, operating: float | None, reset_at: float | None) -> None:
+        if operating is not None:
+            self._operating[method] = float(operating)
+        if reset_at is not None:
+            self._reset_at[method] = float(reset_at)
+
+    def reset_at(self, method: str) -> float | None:
+        return self._reset_at.get(method)
+
+    def blocked(self, method: str, wall_now: float) -> float:
+        """Unix time until which ``method`` should not be called (``wall_now`` if it is free)."""
+        until = self._blocked_until.get(method, 0.0)
+        # The call that crosses the limit still completes; the next one is refused (facts §6.2).
+        if self._operating.get(method, 0.0) >= self.limit_s:
+            until = max(until, self._reset_at.get(method, 0.0))
+        return max(until, wall_now)
+
+    def on_limit(self, method: str, wall_now: float) -> float:
+        """A 429 for ``method``: block it until its reset; return that unix time."""
+        reset = self._reset_at.get(method)
+        if reset is None or reset <= wall_now:
+            reset = wall_now + UNKNOWN_RESET_WAIT_S
+        self._blocked_until[method] = reset
+        return reset
+
+
+class Throttle:
+    """Thread-safe pacing for one portal: bucket, operating budgets and a concurrency cap."""
+
+    def __init__(self, limits: RateLimits | None = None, *, max_concurrency: int = 2,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.limits = limits or RateLimits.standard()
+        self._monotonic = monotonic
+        self._wall = wall
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.bucket = LeakyBucket(self.limits, monotonic())
+        self.budget = OperatingBudget(self.limits.operating_limit_s)
+        self.slots = threading.BoundedSemaphore(max_concurrency)
+        self.waited_s = 0.0
+
+    def pace(self, methods: tuple[str, ...]) -> None:
+        """Block until one request calling ``methods`` (a batch names several) may be sent."""
+        with self._lock:
+            wall = self._wall()
+            until = max(self.budget.blocked(method, wall) for method in methods)
+            hold = until - wall
+        if hold > 0:
+            self._pause(hold)
+        with self._lock:
+            wait = self.bucket.reserve(self._monotonic())
+        if wait > 0:
+            self._pause(wait)
+
+    def observe(self, method: str, time_block: dict) -> None:
+        with self._lock:
+            self.budget.observe(method, time_block.get("operating"), time_block.get("operating_reset_at"))
+
+    def on_query_limit(self) -> None:
+        with self._lock:
+            self.bucket.saturate(self._monotonic())
+
+    def on_operation_limit(self, method: str) -> float:
+        """Unix time the method's budget is expected back."""
+        with self._lock:
+            return self.budget.on_limit(method, self._wall())
+
+    def wall_time(self) -> float:
+        return self._wall()
+
+    def _pause(self, seconds: float) -> None:
+        with self._lock:
+            self.waited_s += seconds
+        self._sleep(seconds)
