@@ -9,6 +9,14 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from emulator.faults import FaultPlan
+from emulator.limits import LimitSettings, PortalLimits
+from emulator.stats import PortalStats
+
+if TYPE_CHECKING:
+    from emulator.auth import OAuthServer
 
 PLAN_FEATURES: dict[str, frozenset[str]] = {
     "standard": frozenset(),
@@ -39,6 +47,12 @@ class App:
     client_secret: str
     scopes: frozenset[str]
     handler_url: str = ""  # install callback (API-only app: POSTed right after install, §7.3)
+    redirect_uri: str = ""  # where /oauth/authorize/ sends the code; handler_url when empty (§7.2)
+
+    @property
+    def status(self) -> str:
+        """The app status letter of tokens and events: ``L`` local, ``F`` free (facts §7.4)."""
+        return "L" if self.client_id.startswith("local.") else "F"
 
 
 @dataclass
@@ -71,6 +85,31 @@ class Portal:
     # Attached by the CRM / offline-events side (emulator.crm, emulator.offline) when the portal is built.
     crm: object = None
     events: object = None
+    # Transport side (emulator.limits, .faults, .stats, .auth): configuration and live state.
+    limit_settings: LimitSettings = field(default_factory=LimitSettings)
+    latency_ms: float = 0.0  # added to every REST request (asyncio sleep: other requests go on)
+    token_ttl_s: int = 3600  # access-token lifetime (facts §7.2: 1 hour)
+    authorize_user_id: int | None = None  # who /oauth/authorize/ approves as; None = the installer
+    oauth: OAuthServer | None = None  # the shared auth server (like oauth.bitrix.info), set by the world
+    activity: object = None  # a running emulator.activity.ActivityGenerator, if any
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    stats: PortalStats = field(default_factory=PortalStats)
+    limits: PortalLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.plan not in PLAN_FEATURES:
+            raise ValueError(f"unknown plan {self.plan!r}; expected one of {', '.join(PLAN_FEATURES)}")
+        self.limits = PortalLimits(self.limit_settings, PLAN_RATE_LIMITS[self.plan])
+
+    def set_plan(self, plan: str) -> None:
+        if plan not in PLAN_FEATURES:
+            raise ValueError(f"unknown plan {plan!r}; expected one of {', '.join(PLAN_FEATURES)}")
+        self.plan = plan
+        self.reconfigure_limits()
+
+    def reconfigure_limits(self) -> None:
+        """Apply changed `limit_settings` (or plan) to the live rate limiter."""
+        self.limits.reconfigure(PLAN_RATE_LIMITS[self.plan])
 
     @property
     def features(self) -> frozenset[str]:
@@ -79,3 +118,8 @@ class Portal:
     @property
     def client_endpoint(self) -> str:
         return f"{self.base_url}/rest/"
+
+    @property
+    def domain(self) -> str:
+        """The portal's address without scheme, as tokens and events report it (``host:port[/name]``)."""
+        return self.base_url.split("://", 1)[-1]
