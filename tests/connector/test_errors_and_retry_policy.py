@@ -28,7 +28,8 @@ from connectors.bitrix24.retry import is_retry_safe
     (401, "authorization_error", "", errors.UserNotAuthorized),
     (503, "QUERY_LIMIT_EXCEEDED", "Too many requests", errors.QueryLimitExceeded),
     (503, "OVERLOAD_LIMIT", "", errors.OverloadLimit),
-    (429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.", errors.OperationTimeLimit),
+    (429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.",
+     errors.OperationTimeLimit),
     (403, "ACCESS_DENIED", "Access denied!", errors.AccessDenied),
     (403, "WRONG_AUTH_TYPE", "", errors.WrongAuthType),
     (403, "WRONG_LICENSE", "This feature is not enabled for the current license: auth_connector",
@@ -68,8 +69,8 @@ def test_hierarchy_reads_as_documented() -> None:
 
 
 def test_argument_errors_keep_the_argument_name() -> None:
-    error = errors.error_from_body({"error": "ERROR_ARGUMENT", "error_description": "Value must be positive integer",
-                                    "argument": "LIMIT"}, status=400)
+    error = errors.error_from_body({"error": "ERROR_ARGUMENT", "argument": "LIMIT",
+                                    "error_description": "Value must be positive integer"}, status=400)
     assert error.argument == "LIMIT"
 
 
@@ -82,7 +83,8 @@ def test_malformed_response_gives_status_and_a_short_excerpt() -> None:
     error = errors.MalformedResponse("crm.deal.list", 502, "an HTML page",
                                      b"<html>\n<body>" + b"Bad gateway " * 100 + b"</body></html>")
     assert error.status == 502 and len(error.excerpt) < 200
-    assert str(error).startswith("crm.deal.list: malformed response (HTTP 502, an HTML page): '<html> <body>Bad")
+    assert str(error).startswith(
+        "crm.deal.list: malformed response (HTTP 502, an HTML page): '<html> <body>Bad")
 
 
 @pytest.mark.parametrize(("method", "params", "safe"), [
@@ -100,7 +102,8 @@ def test_malformed_response_gives_status_and_a_short_excerpt() -> None:
     ("crm.item.update", {}, False),
     ("event.bind", {}, False),
 ])
-def test_only_repeatable_calls_are_retried_after_an_unclear_outcome(method: str, params: dict, safe: bool) -> None:
+def test_only_repeatable_calls_are_retried_after_an_unclear_outcome(method: str, params: dict,
+                                                                    safe: bool) -> None:
     assert is_retry_safe(method, params) is safe
 
 

@@ -32,9 +32,10 @@ SCHEMA = TableSchema("deals", (
 
 
 def legacy(deal_id: str, **values: object) -> dict:
-    record = {"ID": deal_id, "TITLE": f"Deal {deal_id}", "OPPORTUNITY": "19999.99", "UF_CRM_BUDGET": "100.555|USD",
-              "CLOSED": "N", "BEGINDATE": "2024-05-01T00:00:00+03:00", "DATE_CREATE": "2024-05-01T10:00:00+03:00",
-              "DATE_MODIFY": "2024-05-02T10:00:00+02:00", "CATEGORY_ID": "0", "UF_CRM_TAGS": ["a", "b"]}
+    record = {"ID": deal_id, "TITLE": f"Deal {deal_id}", "OPPORTUNITY": "19999.99",
+              "UF_CRM_BUDGET": "100.555|USD", "CLOSED": "N", "BEGINDATE": "2024-05-01T00:00:00+03:00",
+              "DATE_CREATE": "2024-05-01T10:00:00+03:00", "DATE_MODIFY": "2024-05-02T10:00:00+02:00",
+              "CATEGORY_ID": "0", "UF_CRM_TAGS": ["a", "b"]}
     record.update(values)
     return record
 
@@ -78,8 +79,9 @@ def test_item_values_arrive_as_json_numbers_and_booleans() -> None:
                                         ColumnSpec("is_manual", ColumnType.BOOLEAN, "isManualOpportunity"),
                                         ColumnSpec("title", ColumnType.TEXT, "title"),
                                         ColumnSpec("assigned_by_id", ColumnType.INTEGER, "assignedById")))
-    frame = to_frame(kind, schema, [{"id": 3, "updatedTime": "2026-01-01T00:00:00+03:00", "opportunity": 19000,
-                                     "isManualOpportunity": True, "title": 42, "assignedById": 1}])
+    frame = to_frame(kind, schema, [{"id": 3, "updatedTime": "2026-01-01T00:00:00+03:00",
+                                     "opportunity": 19000, "isManualOpportunity": True, "title": 42,
+                                     "assignedById": 1}])
     row = frame.iloc[0]
     assert (row["id"], row["opportunity"], bool(row["is_manual"]), row["title"], row["assigned_by_id"]) == (
         3, Decimal("19000.00"), True, "42", 1)

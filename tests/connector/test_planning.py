@@ -33,7 +33,8 @@ def test_repeated_changes_of_one_object_fetch_it_once_with_the_latest_time() -> 
 
 
 def test_a_delete_with_nothing_newer_becomes_a_tombstone() -> None:
-    plan = plan_changes([event(5, "ONCRMCONTACTUPDATE", 3, 0), event(9, "ONCRMCONTACTDELETE", 3, 5)], REGISTRY)
+    plan = plan_changes([event(5, "ONCRMCONTACTUPDATE", 3, 0), event(9, "ONCRMCONTACTDELETE", 3, 5)],
+                        REGISTRY)
     assert plan.kinds["contact"].fetch_ids == ()
     assert plan.kinds["contact"].tombstone_ids == (3,)
 
@@ -41,7 +42,8 @@ def test_a_delete_with_nothing_newer_becomes_a_tombstone() -> None:
 def test_latest_action_wins_regardless_of_arrival_order() -> None:
     # Rows arrive in ID order, but the queue row of the update was refreshed after the delete row
     # was written (the object is re-read anyway; the newest action decides).
-    plan = plan_changes([event(9, "ONCRMCOMPANYDELETE", 4, 5), event(2, "ONCRMCOMPANYUPDATE", 4, 9)], REGISTRY)
+    plan = plan_changes([event(9, "ONCRMCOMPANYDELETE", 4, 5), event(2, "ONCRMCOMPANYUPDATE", 4, 9)],
+                        REGISTRY)
     assert plan.kinds["company"].fetch_ids == (4,)
     assert plan.kinds["company"].tombstone_ids == ()
 
@@ -81,7 +83,8 @@ def test_unknown_events_and_unregistered_types_are_reported_not_dropped() -> Non
 
 
 def test_funnel_moves_are_deal_updates() -> None:
-    plan = plan_changes([event(1, "ONCRMDEALMOVETOCATEGORY", 60, CATEGORY_ID="1", STAGE_ID="C1:NEW")], REGISTRY)
+    move = event(1, "ONCRMDEALMOVETOCATEGORY", 60, CATEGORY_ID="1", STAGE_ID="C1:NEW")
+    plan = plan_changes([move], REGISTRY)
     assert plan.kinds["deal"].fetch_ids == (60,)
 
 

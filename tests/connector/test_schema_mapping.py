@@ -57,13 +57,15 @@ def test_legacy_schema_keeps_what_the_list_returns() -> None:
     assert schema.name == "deals"
     assert [(c.name, c.type) for c in schema.columns] == [
         ("title", ColumnType.TEXT), ("opportunity", ColumnType.DOUBLE), ("closed", ColumnType.TEXT),
-        ("date_modify", ColumnType.TIMESTAMP), ("uf_crm_5", ColumnType.DECIMAL), ("uf_crm_tags", ColumnType.JSON)]
+        ("date_modify", ColumnType.TIMESTAMP), ("uf_crm_5", ColumnType.DECIMAL),
+        ("uf_crm_tags", ColumnType.JSON)]
     budget = schema.column("uf_crm_5")
     assert (budget.source_name, budget.title, budget.is_user_field) == ("UF_CRM_5", "Budget", True)
 
 
 def test_activity_lists_return_no_user_fields() -> None:
-    schema = schema_from_fields(ACTIVITY, {"SUBJECT": field("string"), "UF_X": field("string", isDynamic=True)})
+    fields = {"SUBJECT": field("string"), "UF_X": field("string", isDynamic=True)}
+    schema = schema_from_fields(ACTIVITY, fields)
     assert [c.name for c in schema.columns] == ["subject"]
 
 
@@ -75,7 +77,8 @@ def test_multifields_are_kept_where_the_kind_selects_them() -> None:
 
 def test_item_schema_keeps_every_field_with_camel_case_names() -> None:
     fields = {"id": field("integer"), "title": field("string"), "updatedTime": field("datetime"),
-              "contactIds": field("crm_contact", isMultiple=True), "ufCrm3_77": field("boolean", isDynamic=True)}
+              "contactIds": field("crm_contact", isMultiple=True),
+              "ufCrm3_77": field("boolean", isDynamic=True)}
     schema = schema_from_fields(smart_process_kind(1038), fields)
     assert schema.name == "items_1038"
     assert [c.name for c in schema.columns] == ["title", "updated_time", "contact_ids", "uf_crm3_77"]

@@ -12,7 +12,13 @@ import random
 import pytest
 
 from connectors.bitrix24.retry import RetryPolicy
-from connectors.bitrix24.throttle import UNKNOWN_RESET_WAIT_S, LeakyBucket, OperatingBudget, RateLimits, Throttle
+from connectors.bitrix24.throttle import (
+    UNKNOWN_RESET_WAIT_S,
+    LeakyBucket,
+    OperatingBudget,
+    RateLimits,
+    Throttle,
+)
 
 
 def test_plans_have_the_documented_shapes() -> None:
