@@ -28,7 +28,8 @@ class Action(enum.StrEnum):
 class EntityKind:
     key: str  # "deal", "contact", ..., "item:1038"
     table: str  # warehouse table: "deals", "items_1038"
-    events: Mapping[str, Action]  # EVENT_NAME -> what it means for the object
+    events: Mapping[str, Action]  # every EVENT_NAME recognised for this kind -> its meaning
+    bind_events: tuple[str, ...]  # the subset bound offline: one row per change is enough
     list_method: str
     fields_method: str
     add_method: str
@@ -40,36 +41,35 @@ class EntityKind:
     select: tuple[str, ...] = ("*",)  # legacy masks: "*" + "UF_*"; multifields must be named (§4.3)
     title: str = ""
 
-    @property
-    def bind_events(self) -> tuple[str, ...]:
-        return tuple(self.events)
 
-
-def _crm_events(entity: str, *extra: tuple[str, Action]) -> dict[str, Action]:
-    events = {f"ONCRM{entity}{action}": action for action in Action}
-    events.update(extra)
-    return events
+def _crm_events(entity: str) -> dict[str, Action]:
+    return {f"ONCRM{entity}{action}": action for action in Action}
 
 
 def _legacy(key: str, table: str, entity: str, entity_type_id: int | None, select: tuple[str, ...],
             *extra_events: tuple[str, Action]) -> EntityKind:
     api = f"crm.{key}"
-    return EntityKind(key=key, table=table, events=_crm_events(entity, *extra_events),
-                      list_method=f"{api}.list", fields_method=f"{api}.fields", add_method=f"{api}.add",
-                      update_method=f"{api}.update", id_field="ID", modified_field="DATE_MODIFY",
-                      value_style="legacy", entity_type_id=entity_type_id, select=select, title=table)
+    events = _crm_events(entity)
+    return EntityKind(
+        key=key, table=table, events={**events, **dict(extra_events)}, bind_events=tuple(events),
+        list_method=f"{api}.list", fields_method=f"{api}.fields", add_method=f"{api}.add",
+        update_method=f"{api}.update", id_field="ID", modified_field="DATE_MODIFY", value_style="legacy",
+        entity_type_id=entity_type_id, select=select, title=table,
+    )
 
 
 _WITH_MULTIFIELDS = ("*", "UF_*", "PHONE", "EMAIL", "WEB", "IM")
 
 DEAL = _legacy("deal", "deals", "DEAL", 2, ("*", "UF_*"),
-               # A funnel move is an update of the deal (facts §3).
+               # A funnel move is an update of the deal (facts §3); recognised if bound elsewhere,
+               # not bound by us: its rows key on category and stage, so they would only duplicate.
                ("ONCRMDEALMOVETOCATEGORY", Action.UPDATE))
 CONTACT = _legacy("contact", "contacts", "CONTACT", 3, _WITH_MULTIFIELDS)
 COMPANY = _legacy("company", "companies", "COMPANY", 4, _WITH_MULTIFIELDS)
 LEAD = _legacy("lead", "leads", "LEAD", 1, _WITH_MULTIFIELDS)
 ACTIVITY = EntityKind(
     key="activity", table="activities", events=_crm_events("ACTIVITY"),
+    bind_events=tuple(_crm_events("ACTIVITY")),
     list_method="crm.activity.list", fields_method="crm.activity.fields", add_method="crm.activity.add",
     update_method="crm.activity.update", id_field="ID", modified_field="LAST_UPDATED",
     value_style="legacy", select=("*",), title="activities",
@@ -84,10 +84,13 @@ _DYNAMIC_EVENT = re.compile(r"^ONCRMDYNAMICITEM(ADD|UPDATE|DELETE)(?:_(\d+))?$")
 
 def smart_process_kind(entity_type_id: int, title: str = "") -> EntityKind:
     """A smart-process type (entityTypeId >= 128, or 31 for new invoices) read through crm.item.*."""
-    events = {f"ONCRMDYNAMICITEM{action}": action for action in Action}
-    events.update({f"ONCRMDYNAMICITEM{action}_{entity_type_id}": action for action in Action})
+    generic = {f"ONCRMDYNAMICITEM{action}": action for action in Action}
+    per_type = {f"ONCRMDYNAMICITEM{action}_{entity_type_id}": action for action in Action}
+    # Each change fires both spellings; binding both would queue every change twice. The generic
+    # names always exist (the per-type ones must be checked with `events`, facts §3).
     return EntityKind(
-        key=f"item:{entity_type_id}", table=f"items_{entity_type_id}", events=events,
+        key=f"item:{entity_type_id}", table=f"items_{entity_type_id}", events={**generic, **per_type},
+        bind_events=tuple(generic),
         list_method="crm.item.list", fields_method="crm.item.fields", add_method="crm.item.add",
         update_method="crm.item.update", id_field="id", modified_field="updatedTime",
         value_style="item", entity_type_id=entity_type_id, select=("*",), title=title,

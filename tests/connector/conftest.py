@@ -14,7 +14,6 @@ import pytest
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RetryPolicy, WebhookCredentials
 from connectors.bitrix24.throttle import RateLimits
-from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
 
 PORTAL = "default"
@@ -81,6 +80,8 @@ def user_changes(emulator: ThreadEmulator, entity: str, op: str, ids: list[int] 
 
     ``op`` "add" creates ``count`` records; "update"/"delete" touch ``ids``.
     """
+    from emulator.events import Origin  # after emulator.testing has loaded the server's modules
+
     portal = emulator.world.portals[PORTAL]
     origin = Origin(user_id=2)
     written: list[int] = []

@@ -21,7 +21,14 @@ def test_a_smart_process_type_is_one_more_value_not_a_code_path() -> None:
     assert (kind.key, kind.table, kind.list_method, kind.id_field, kind.value_style, kind.entity_type_id) == (
         "item:1038", "items_1038", "crm.item.list", "id", "item", 1038)
     assert kind.events["ONCRMDYNAMICITEMUPDATE_1038"] is Action.UPDATE
-    assert "ONCRMDYNAMICITEMUPDATE" in kind.bind_events
+    # Every change fires both spellings: binding one keeps one queue row per change.
+    assert kind.bind_events == ("ONCRMDYNAMICITEMADD", "ONCRMDYNAMICITEMUPDATE", "ONCRMDYNAMICITEMDELETE")
+
+
+def test_deal_funnel_moves_are_understood_but_not_bound() -> None:
+    deal = EntityRegistry.standard()["deal"]
+    assert deal.events["ONCRMDEALMOVETOCATEGORY"] is Action.UPDATE
+    assert deal.bind_events == ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE")
 
 
 def test_two_smart_process_types_share_the_generic_events_by_entity_type_id() -> None:
