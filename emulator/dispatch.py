@@ -143,7 +143,10 @@ async def execute(portal: Portal, caller: Caller, method_name: str, params: dict
         begin = time.perf_counter()
         try:
             if slow is not None:
-                await asyncio.sleep(slow.delay_s)
+                # Event-loop timers may fire a little early; the delay is a floor for processing.
+                wake = begin + slow.delay_s
+                while (left := wake - time.perf_counter()) > 0:
+                    await asyncio.sleep(left)
             ctx = CallContext(portal, caller, method_name)
             if _is_async(method):
                 value = await method.handler(ctx, params)
