@@ -10,7 +10,7 @@ One line per module:
     offline     OfflineQueue: features, bind, peek, reserve, reread, orphans, ack, fail
     entities    EntityKind registry and EVENT_NAME -> kind mapping
     planning    queue events -> ids to fetch / to tombstone (pure)
-    fetch       fetch_by_ids (@ID lists, 2,500 per request) and the keyset scan
+    fetch       fetch_by_ids / fetch_changes (@ID lists, 2,500 per request) and the keyset scan
     schema      *.fields -> connectors.tables.TableSchema
     frame       records -> the typed entity frame of the table contract
     writeback   batched writes that carry auth_connector
@@ -48,7 +48,7 @@ from connectors.bitrix24.errors import (
     WrongAuthType,
     WrongLicense,
 )
-from connectors.bitrix24.fetch import FetchResult, fetch_by_ids, scan
+from connectors.bitrix24.fetch import FetchResult, fetch_by_ids, fetch_changes, scan
 from connectors.bitrix24.frame import to_frame
 from connectors.bitrix24.offline import (
     DegradedDelivery,
@@ -110,6 +110,7 @@ __all__ = [
     "WrongLicense",
     "encode_query",
     "fetch_by_ids",
+    "fetch_changes",
     "plan_changes",
     "result_ref",
     "scan",

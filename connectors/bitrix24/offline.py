@@ -32,6 +32,7 @@ from connectors.bitrix24.queue_rows import QueueEvent
 log = logging.getLogger(__name__)
 
 ROWS_PER_CALL = 50  # event.offline.get limit per sub-call; 50 sub-calls -> 2,500 rows per request
+ROWS_PER_BATCH = ROWS_PER_CALL * MAX_COMMANDS
 FEATURE_OFFLINE_EXTENDED = "rest_offline_extended"
 FEATURE_AUTH_CONNECTOR = "rest_auth_connector"
 FEATURES_TTL_S = 3600.0  # a plan change (upgrade, expiry) is picked up within the hour
@@ -103,7 +104,8 @@ class OfflineQueue:
 
     def features(self, *, refresh: bool = False) -> Features:
         """The plan features that shape the protocol, asked once per portal per hour (feature.get)."""
-        key = self.client.portal
+        # Keyed by where the calls go: two portals may share a name in different installations.
+        key = self.client.credentials.grant().endpoint
         with _features_lock:
             cached = _features_cache.get(key)
         if cached and not refresh and time.monotonic() - cached[0] < FEATURES_TTL_S:
@@ -166,11 +168,12 @@ class OfflineQueue:
         depth = response.total if response.total is not None else len(rows)
         return QueuePeek(depth, head)
 
-    def reserve(self, max_rows: int = ROWS_PER_CALL * MAX_COMMANDS) -> ReserveResult:
-        """Reserve up to ``max_rows`` (one request: up to 50 sub-calls of 50 rows)."""
+    def reserve(self, max_rows: int = ROWS_PER_BATCH) -> ReserveResult:
+        """Reserve up to ``max_rows``: 2,500 per request (50 sub-calls of 50 rows); more rows take
+        more requests, stopping early once the queue runs dry."""
         return self._take(max_rows, error_lane=False)
 
-    def reserve_errors(self, max_rows: int = ROWS_PER_CALL * MAX_COMMANDS) -> ReserveResult:
+    def reserve_errors(self, max_rows: int = ROWS_PER_BATCH) -> ReserveResult:
         """Reserve rows of the error lane (``error=1``) for another attempt."""
         return self._take(max_rows, error_lane=True)
 
@@ -236,7 +239,6 @@ class OfflineQueue:
     def _take(self, max_rows: int, *, error_lane: bool) -> ReserveResult:
         if max_rows <= 0:
             raise ValueError("max_rows must be positive")
-        calls = min(MAX_COMMANDS, math.ceil(max_rows / ROWS_PER_CALL))
         extended = self.extended_mode()
         if not extended:
             message = (f"portal {self.client.portal}: no {FEATURE_OFFLINE_EXTENDED} on this plan; "
@@ -247,22 +249,36 @@ class OfflineQueue:
         params: dict[str, Any] = {"clear": 0 if extended else 1, "limit": ROWS_PER_CALL}
         if error_lane:
             params["error"] = 1
-        commands = {f"take{index}": Command("event.offline.get",
-                                            self._with_connector(dict(params), connector))
-                    for index in range(calls)}
+        reservations: list[Reservation] = []
+        failures: list[ApiError] = []
+        requested = 0
+        while requested < max_rows:
+            calls = min(MAX_COMMANDS, math.ceil((max_rows - requested) / ROWS_PER_CALL))
+            requested += calls * ROWS_PER_CALL
+            taken = self._take_batch(calls, params, connector, extended, failures)
+            reservations.extend(taken)
+            if sum(len(r.events) for r in taken) < calls * ROWS_PER_CALL or failures:
+                break  # the queue ran dry (or a sub-call failed): no point asking again now
+        if failures and not reservations:
+            raise failures[0]
+        for failure in failures:
+            log.warning("portal %s: a reserve sub-call failed: %s", self.client.portal, failure)
+        return ReserveResult(tuple(reservations), not extended, requested, tuple(failures))
+
+    def _take_batch(self, calls: int, params: dict[str, Any], connector: str, extended: bool,
+                    failures: list[ApiError]) -> list[Reservation]:
+        command = Command("event.offline.get", self._with_connector(dict(params), connector))
+        commands = {f"take{index}": command for index in range(calls)}
         outcome = self.client.batch(commands)
+        failures.extend(outcome.errors.values())
         reservations = []
         for key in commands:
             if key in outcome.results and key not in outcome.errors:
                 reservation = _reservation(outcome.results[key], None)
                 if reservation.events:
+                    # Each sub-call reserved its own rows under its own process_id (facts §2.7).
                     reservations.append(reservation if extended else Reservation(None, reservation.events))
-        failures = tuple(outcome.errors.values())
-        if failures and not reservations:
-            raise failures[0]
-        for failure in failures:
-            log.warning("portal %s: a reserve sub-call failed: %s", self.client.portal, failure)
-        return ReserveResult(tuple(reservations), not extended, calls * ROWS_PER_CALL, failures)
+        return reservations
 
     @staticmethod
     def _with_connector(params: dict[str, Any], connector: str) -> dict[str, Any]:
