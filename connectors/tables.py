@@ -81,5 +81,6 @@ class TableSchema:
         raise KeyError(name)
 
 
+# Columns the warehouse owns in every entity table and its `<table>_history` twin.
 RESERVED_COLUMNS = ("portal", "id", "_source_modified_at", "_raw", "_synced_at", "_deleted_at",
-                    "_deleted_reason")
+                    "_deleted_reason", "_content_hash", "_valid_from", "_valid_to")

@@ -1,0 +1,73 @@
+"""Destinations: DuckDB (embedded default) and PostgreSQL behind one small interface.
+
+``open_warehouse("warehouse.duckdb")`` or ``open_warehouse("postgresql://...", schema="bitrix24")``
+returns a `Warehouse`; see `interface` for the calls the CDC loop makes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
+from connectors.warehouse.errors import (
+    FrameContractError,
+    JournalError,
+    SnapshotError,
+    TableNotFound,
+    TransactionStateError,
+    UnknownProcessIds,
+    UnsupportedWarehouse,
+    WarehouseError,
+)
+from connectors.warehouse.evolution import SchemaChanges, TypeConflict
+from connectors.warehouse.frames import Rows
+from connectors.warehouse.interface import Transaction, UpsertCounts, Warehouse
+from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
+from connectors.warehouse.postgres_warehouse import DEFAULT_SCHEMA, PostgresWarehouse
+
+__all__ = [
+    "DuckDBWarehouse",
+    "FrameContractError",
+    "JournalEntry",
+    "JournalError",
+    "JournalStatus",
+    "PostgresWarehouse",
+    "Rows",
+    "SchemaChanges",
+    "SnapshotError",
+    "SyncRun",
+    "TableNotFound",
+    "Transaction",
+    "TransactionStateError",
+    "TypeConflict",
+    "UnknownProcessIds",
+    "UnsupportedWarehouse",
+    "UpsertCounts",
+    "Warehouse",
+    "WarehouseError",
+    "open_warehouse",
+]
+
+_DUCKDB_URL = "duckdb:///"
+_POSTGRES_URLS = ("postgresql://", "postgres://")
+
+
+def open_warehouse(target: str | os.PathLike[str], *, schema: str = DEFAULT_SCHEMA,
+                   snapshot_path: str | os.PathLike[str] | None = None,
+                   publish_every: float | None = None) -> Warehouse:
+    """Open a warehouse by target: a DuckDB file path (or ``duckdb:///path``) or a PostgreSQL DSN.
+
+    ``schema`` applies to PostgreSQL. ``snapshot_path`` (default ``<name>.snapshot.duckdb`` beside
+    the file) and ``publish_every`` (None: on request only; 0: after every commit; N: at most every
+    N seconds) apply to DuckDB.
+    """
+    text = os.fspath(target)
+    if text.startswith(_POSTGRES_URLS):
+        return PostgresWarehouse(text, schema=schema)
+    if text.startswith(_DUCKDB_URL):
+        text = "/" + text.removeprefix(_DUCKDB_URL)  # duckdb:///var/lib/w.duckdb -> /var/lib/w.duckdb
+    elif "://" in text:
+        # Only the scheme is echoed: the rest of a URL may hold a password.
+        raise UnsupportedWarehouse(f"unsupported warehouse URL scheme: {text.split('://', 1)[0]!r}")
+    return DuckDBWarehouse(Path(text), snapshot_path=snapshot_path, publish_every=publish_every)

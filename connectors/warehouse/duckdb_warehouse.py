@@ -1,0 +1,174 @@
+"""DuckDB, the embedded default: one file, one writer, and a published snapshot for analysts.
+
+Rows are staged by registering Arrow tables with the connection (no copy, no row-by-row inserts).
+DuckDB has no data-modifying CTEs, so an upsert first classifies the staged rows against the stored
+ones in one join, then writes new rows with a plain INSERT (the cheap path a bootstrap takes) and
+changed rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
+Only this process writes the file, so the classification cannot go stale before the writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.warehouse import journal, versioning
+from connectors.warehouse.errors import SnapshotError, WarehouseError
+from connectors.warehouse.frames import StagedRows
+from connectors.warehouse.layout import DUCKDB, TableNames
+from connectors.warehouse.snapshot import SnapshotPublisher
+from connectors.warehouse.sql_warehouse import SqlWarehouse
+
+log = logging.getLogger(__name__)
+
+_STAGED, _NEW, _CHANGED = "_wh_staged", "_wh_new", "_wh_changed"
+
+
+class DuckDBWarehouse(SqlWarehouse):
+    """A DuckDB file. ``publish_every``: None = publish only on request, 0 = after every commit,
+    N = after a commit at most every N seconds. Not thread-safe: one instance per thread."""
+
+    def __init__(self, path: str | Path, *, snapshot_path: str | Path | None = None,
+                 publish_every: float | None = None) -> None:
+        super().__init__(DUCKDB)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(snapshot_path) if snapshot_path else self.path.with_name(
+            f"{self.path.stem}.snapshot{self.path.suffix or '.duckdb'}")
+        self.snapshot = SnapshotPublisher(self.path, target, publish_every)
+        try:
+            self._con = duckdb.connect(str(self.path))
+        except duckdb.IOException as error:
+            raise WarehouseError(f"cannot open {self.path} for writing (another process holds it?): "
+                                 f"{error}") from None
+        self._execute("SET TimeZone = 'UTC'")
+        with self._atomic():
+            for statement in journal.create_statements(DUCKDB):
+                self._execute(statement)
+
+    def __repr__(self) -> str:
+        return f"DuckDBWarehouse({str(self.path)!r})"
+
+    def close(self) -> None:
+        self._con.close()
+
+    # -- primitives -----------------------------------------------------------------------------
+
+    def _execute(self, sql: str, params: Mapping[str, object] | None = None) -> int:
+        # Data changes answer one row with the count; DDL answers no rows.
+        rows = self._run(sql, params).fetchall()
+        return int(rows[0][0]) if rows else 0
+
+    def _query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
+        return self._run(sql, params).fetchall()
+
+    def _query_frame(self, sql: str, params: Mapping[str, object]) -> pd.DataFrame:
+        return self._run(sql, params).df()
+
+    def _run(self, sql: str, params: Mapping[str, object] | None) -> duckdb.DuckDBPyConnection:
+        translated, names = _translate(sql)
+        if not names:
+            return self._con.execute(translated)
+        return self._con.execute(translated, {name: params[name] for name in names})  # type: ignore[index]
+
+    def _stored_columns(self, table: str) -> dict[str, str] | None:
+        rows = self._query(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = current_database() AND table_schema = 'main' "
+            "AND table_name = %(table)s ORDER BY ordinal_position", {"table": table})
+        return dict(rows) if rows else None
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        self._con.begin()
+        try:
+            yield
+        except BaseException:
+            self._con.rollback()
+            raise
+        self._con.commit()
+
+    # -- upsert ---------------------------------------------------------------------------------
+
+    def _write_rows(self, portal: str, table: str, staged: StagedRows,
+                    null_columns: frozenset[str]) -> dict[str, int]:
+        rows = staged.table
+        self._con.register(_STAGED, rows.append_column("_row", pa.array(np.arange(rows.num_rows))))
+        try:
+            classified = self._query(_classify(table), {"portal": portal})
+        finally:
+            self._con.unregister(_STAGED)
+        hashes = pa.array([row[0] for row in classified], pa.uint64())
+        actions = pa.array([row[1] for row in classified], pa.string())
+        versions = rows.append_column("_content_hash", hashes)
+        columns, nulls = staged.columns, sorted(null_columns)
+        params = {"portal": portal}
+
+        new = versions.filter(pc.equal(actions, versioning.INSERT))
+        if new.num_rows:
+            with self._registered(_NEW, new):
+                self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_NEW} AS s",
+                                                on_conflict=False), params)
+                self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_NEW} AS s"), params)
+        changed = versions.filter(pc.equal(actions, versioning.UPDATE))
+        if changed.num_rows:
+            with self._registered(_CHANGED, changed):
+                self._execute(versioning.close_versions(DUCKDB, table, f"{_CHANGED} AS s"), params)
+                self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_CHANGED} AS s"), params)
+                self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_CHANGED} AS s"), params)
+        counts = pc.value_counts(actions)
+        return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
+
+    @contextmanager
+    def _registered(self, name: str, table: pa.Table) -> Iterator[None]:
+        self._con.register(name, table)
+        try:
+            yield
+        finally:
+            self._con.unregister(name)
+
+    # -- snapshot -------------------------------------------------------------------------------
+
+    def publish_snapshot(self) -> Path:
+        if self._in_transaction:
+            raise SnapshotError("publish_snapshot runs between transactions, not inside one")
+        return self.snapshot.publish(lambda: self._execute("CHECKPOINT"))
+
+    def _after_commit(self) -> None:
+        if not self.snapshot.due():
+            return
+        try:
+            self.snapshot.publish(lambda: self._execute("CHECKPOINT"))
+        except (OSError, duckdb.Error, SnapshotError) as error:
+            # The data is committed; a failed publication leaves the previous snapshot in place
+            # and is retried after the next commit.
+            log.warning("snapshot %s not published: %s", self.snapshot.target, error)
+
+
+@lru_cache(maxsize=256)
+def _translate(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``%(name)s`` (the shared SQL's style) -> DuckDB's ``$name``; returns the names used."""
+    names = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    translated = re.sub(r"%\((\w+)\)s", r"$\1", sql)
+    if "%" in translated:
+        raise WarehouseError("unexpected '%' in SQL")
+    return translated, names
+
+
+@lru_cache(maxsize=64)
+def _classify(table: str) -> str:
+    main = DUCKDB.qualified(TableNames.of(table).table)
+    return (f"SELECT s._content_hash, {versioning.action('s', 't')} AS _action "
+            f"FROM (SELECT *, hash(_raw) AS _content_hash FROM {_STAGED}) AS s "
+            f"LEFT JOIN {main} AS t ON t.portal = %(portal)s::text AND t.id = s.id ORDER BY s._row")
+

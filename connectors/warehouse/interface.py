@@ -1,0 +1,121 @@
+"""The one small interface every destination implements: `Warehouse` and its `Transaction`.
+
+Typical use by the CDC loop (DESIGN §3)::
+
+    wh.record_reserved(portal, {process_id: event_count})     # own transaction, before fetching
+    with wh.transaction() as tx:                               # one commit per batch
+        tx.upsert(portal, schema, frame)
+        tx.tombstone(portal, schema, deleted_ids, reason="deleted in Bitrix24")
+        tx.mark_loaded(portal, [process_id])
+    wh.mark_acked(portal, [process_id])                        # after event.offline.clear
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import pandas as pd
+
+from connectors.tables import TableSchema
+from connectors.warehouse.evolution import SchemaChanges
+from connectors.warehouse.frames import Rows
+from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
+
+
+@dataclass(frozen=True)
+class UpsertCounts:
+    """What one upsert did with the rows it received (see `versioning` for the rules)."""
+
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0  # same content as stored: nothing written
+    stale: int = 0  # older than the stored version: ignored
+    tombstoned: int = 0  # the id is deleted: ignored
+    duplicates: int = 0  # an earlier state of an id that appeared twice in the same frame
+
+    @property
+    def written(self) -> int:
+        """Rows inserted or updated, which is also the number of history rows added."""
+        return self.inserted + self.updated
+
+    def __add__(self, other: UpsertCounts) -> UpsertCounts:
+        return UpsertCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+class Transaction(ABC):
+    """Writes that commit together, or not at all: entity rows, tombstones, journal ``loaded`` marks."""
+
+    @abstractmethod
+    def upsert(self, portal: str, schema: TableSchema, rows: Rows) -> UpsertCounts:
+        """Insert or update entity rows keyed by (portal, id); creates or evolves the table as needed."""
+
+    @abstractmethod
+    def tombstone(self, portal: str, table: TableSchema | str, ids: Iterable[int], reason: str,
+                  deleted_at: datetime | None = None) -> int:
+        """Soft-delete ids (also ids never seen); returns how many were not deleted before."""
+
+    @abstractmethod
+    def mark_loaded(self, portal: str, process_ids: Iterable[str]) -> int:
+        """Journal process ids as ``loaded`` with this transaction's data; unknown ids raise."""
+
+
+class Warehouse(ABC):
+    """A destination for entity tables, the CDC journal and the sync log."""
+
+    @abstractmethod
+    def ensure_table(self, schema: TableSchema) -> SchemaChanges:
+        """Create the table, history and current view, or add the columns of new user fields."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """One atomic unit of writes; rolled back if the block raises."""
+
+    @abstractmethod
+    def record_reserved(self, portal: str, reserved: Mapping[str, int]) -> None:
+        """Journal ``process_id -> event count`` as ``reserved``, in a transaction of its own."""
+
+    @abstractmethod
+    def journal(self, portal: str, status: JournalStatus | None = None) -> list[JournalEntry]:
+        """Journal entries of a portal, oldest first; recovery asks for one status."""
+
+    @abstractmethod
+    def mark_acked(self, portal: str, process_ids: Iterable[str]) -> int:
+        """Journal process ids as ``acked`` after ``event.offline.clear`` succeeded."""
+
+    @abstractmethod
+    def prune_journal(self, portal: str, acked_before: datetime) -> int:
+        """Forget entries acked before a time; returns how many were removed."""
+
+    @abstractmethod
+    def log_run(self, run: SyncRun) -> None:
+        """Insert or update one row of the sync log (keyed by run id)."""
+
+    @abstractmethod
+    def runs(self, portal: str | None = None, limit: int = 50) -> list[SyncRun]:
+        """The latest sync log rows, newest first."""
+
+    @abstractmethod
+    def row_versions(self, portal: str, table: str) -> pd.DataFrame:
+        """``id, _source_modified_at, _deleted_at`` of every stored row, for reconciliation."""
+
+    @abstractmethod
+    def publish_snapshot(self) -> Path | None:
+        """Publish the read-only copy for analysts now; None where the engine needs none."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+

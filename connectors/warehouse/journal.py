@@ -1,0 +1,146 @@
+"""The CDC journal and the sync log: what the warehouse remembers about offline-event reservations.
+
+DESIGN §3: every ``process_id`` is journalled ``reserved`` in its own short transaction before its
+events are processed, becomes ``loaded`` in the same transaction as the data it produced, and
+``acked`` once ``event.offline.clear`` succeeded. Recovery reads the journal by status: ``loaded``
+entries are acked again, ``reserved`` ones re-read with ``event.offline.get process_id=P``.
+
+SQL here is shared by both engines: parameters are written ``%(name)s`` (psycopg's style; the DuckDB
+backend rewrites them) and tables are qualified by the engine's `Dialect`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from connectors.warehouse.layout import Dialect
+
+JOURNAL_TABLE = "_cdc_journal"
+RUNS_TABLE = "_sync_runs"
+
+
+class JournalStatus(enum.StrEnum):
+    RESERVED = "reserved"
+    LOADED = "loaded"
+    ACKED = "acked"
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    portal: str
+    process_id: str
+    status: JournalStatus
+    event_count: int
+    reserved_at: datetime
+    loaded_at: datetime | None = None
+    acked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    """One row of the sync log; `log_run` is called at the start and again at the end of a run."""
+
+    run_id: str
+    portal: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "running"  # running | succeeded | failed
+    events: int = 0
+    rows_upserted: int = 0
+    rows_tombstoned: int = 0
+    requests: int = 0
+    errors: int = 0
+    error_summary: str | None = None  # already redacted by the caller
+
+
+def create_statements(d: Dialect) -> list[str]:
+    journal, runs = d.qualified(JOURNAL_TABLE), d.qualified(RUNS_TABLE)
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {journal} (
+            portal {d.text} NOT NULL,
+            process_id {d.text} NOT NULL,
+            status {d.text} NOT NULL,
+            event_count INTEGER NOT NULL,
+            reserved_at {d.timestamp} NOT NULL,
+            loaded_at {d.timestamp},
+            acked_at {d.timestamp},
+            PRIMARY KEY (portal, process_id))""",
+        f"""CREATE TABLE IF NOT EXISTS {runs} (
+            run_id {d.text} PRIMARY KEY,
+            portal {d.text} NOT NULL,
+            started_at {d.timestamp} NOT NULL,
+            finished_at {d.timestamp},
+            status {d.text} NOT NULL,
+            events BIGINT NOT NULL,
+            rows_upserted BIGINT NOT NULL,
+            rows_tombstoned BIGINT NOT NULL,
+            requests BIGINT NOT NULL,
+            errors BIGINT NOT NULL,
+            error_summary {d.text})""",
+    ]
+
+
+def reserve(d: Dialect) -> str:
+    # A process id journalled again (recovery re-reads it) keeps its status; only a still
+    # reserved entry takes the new event count.
+    return f"""INSERT INTO {d.qualified(JOURNAL_TABLE)} AS j
+            (portal, process_id, status, event_count, reserved_at)
+        SELECT %(portal)s::text, unnest(%(process_ids)s::text[]), 'reserved',
+               unnest(%(event_counts)s::integer[]), %(now)s
+        ON CONFLICT (portal, process_id) DO UPDATE SET event_count = excluded.event_count
+        WHERE j.status = 'reserved'"""
+
+
+def unknown_process_ids(d: Dialect) -> str:
+    return f"""SELECT unnest(%(process_ids)s::text[])
+        EXCEPT SELECT process_id FROM {d.qualified(JOURNAL_TABLE)} WHERE portal = %(portal)s::text"""
+
+
+def mark_loaded(d: Dialect) -> str:
+    return f"""UPDATE {d.qualified(JOURNAL_TABLE)} SET status = 'loaded', loaded_at = %(now)s
+        WHERE portal = %(portal)s::text AND status = 'reserved'
+          AND process_id IN (SELECT unnest(%(process_ids)s::text[]))"""
+
+
+def mark_acked(d: Dialect) -> str:
+    return f"""UPDATE {d.qualified(JOURNAL_TABLE)} SET status = 'acked', acked_at = %(now)s
+        WHERE portal = %(portal)s::text AND status <> 'acked'
+          AND process_id IN (SELECT unnest(%(process_ids)s::text[]))"""
+
+
+def entries(d: Dialect) -> str:
+    return f"""SELECT portal, process_id, status, event_count, reserved_at, loaded_at, acked_at
+        FROM {d.qualified(JOURNAL_TABLE)}
+        WHERE portal = %(portal)s::text AND (%(status)s::text IS NULL OR status = %(status)s::text)
+        ORDER BY reserved_at, process_id"""
+
+
+def prune(d: Dialect) -> str:
+    return f"""DELETE FROM {d.qualified(JOURNAL_TABLE)}
+        WHERE portal = %(portal)s::text AND status = 'acked' AND acked_at < %(before)s"""
+
+
+def entry(row: tuple) -> JournalEntry:
+    portal, process_id, status, event_count, reserved_at, loaded_at, acked_at = row
+    return JournalEntry(portal, process_id, JournalStatus(status), event_count, reserved_at, loaded_at,
+                        acked_at)
+
+
+RUN_COLUMNS = ("run_id", "portal", "started_at", "finished_at", "status", "events", "rows_upserted",
+               "rows_tombstoned", "requests", "errors", "error_summary")
+
+
+def log_run(d: Dialect) -> str:
+    columns = ", ".join(RUN_COLUMNS)
+    values = ", ".join(f"%({name})s" for name in RUN_COLUMNS)
+    updates = ", ".join(f"{name} = excluded.{name}" for name in RUN_COLUMNS if name != "run_id")
+    return f"""INSERT INTO {d.qualified(RUNS_TABLE)} ({columns}) VALUES ({values})
+        ON CONFLICT (run_id) DO UPDATE SET {updates}"""
+
+
+def runs(d: Dialect) -> str:
+    return f"""SELECT {", ".join(RUN_COLUMNS)} FROM {d.qualified(RUNS_TABLE)}
+        WHERE %(portal)s::text IS NULL OR portal = %(portal)s::text
+        ORDER BY started_at DESC, run_id LIMIT %(limit)s"""

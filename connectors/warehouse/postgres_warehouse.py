@@ -1,0 +1,157 @@
+"""PostgreSQL (psycopg 3): entity tables in a configurable schema, loaded with COPY.
+
+An upsert streams the staged Arrow table as CSV (written by Arrow's C++ writer) with
+``COPY ... FROM STDIN`` into a temporary table shaped like the entity table, then applies it with
+one statement whose data-modifying CTEs classify, upsert, close old history rows and append new
+ones. Several processes may write at once (one run per portal), so the ``ON CONFLICT ... WHERE``
+guard, evaluated against the latest committed row, is what keeps an older state out.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pyarrow.csv as csv
+from psycopg.conninfo import conninfo_to_dict
+
+from connectors.tables import ColumnType, TableSchema, check_identifier
+from connectors.warehouse import journal, versioning
+from connectors.warehouse.frames import StagedRows
+from connectors.warehouse.layout import TableNames, postgres_dialect, quote
+from connectors.warehouse.sql_warehouse import SqlWarehouse
+
+DEFAULT_SCHEMA = "bitrix24"
+
+
+class PostgresWarehouse(SqlWarehouse):
+    """Tables live in ``schema`` (default ``bitrix24``); the DSN may carry a password, never shown."""
+
+    def __init__(self, dsn: str, *, schema: str = DEFAULT_SCHEMA) -> None:
+        super().__init__(postgres_dialect(schema))
+        self.schema = schema
+        info = conninfo_to_dict(dsn)
+        self._where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+        self._conn = psycopg.connect(dsn, autocommit=True)
+        # Staging table per entity table -> the column signature it was created with.
+        self._stages: dict[str, tuple[tuple[str, str], ...]] = {}
+        with self._atomic():
+            self._lock_ddl()
+            self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+            for statement in journal.create_statements(self.dialect):
+                self._execute(statement)
+
+    def __repr__(self) -> str:
+        return f"PostgresWarehouse({self._where!r}, schema={self.schema!r})"
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def publish_snapshot(self) -> Path | None:
+        return None  # analysts read PostgreSQL directly; MVCC keeps their reads consistent
+
+    # -- primitives -----------------------------------------------------------------------------
+
+    def _execute(self, sql: str, params: Mapping[str, object] | None = None) -> int:
+        with self._conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return max(cursor.rowcount, 0)
+
+    def _query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
+        with self._conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    def _query_frame(self, sql: str, params: Mapping[str, object]) -> pd.DataFrame:
+        with self._conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            names = [column.name for column in cursor.description or ()]
+        return pd.DataFrame(rows, columns=names)
+
+    def _stored_columns(self, table: str) -> dict[str, str] | None:
+        rows = self._query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a "
+            "WHERE a.attrelid = to_regclass(%(relation)s) AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum", {"relation": self.dialect.qualified(table)})
+        return dict(rows) if rows else None
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        with self._conn.transaction():
+            yield
+
+    def _lock_ddl(self) -> None:
+        # Two runs (different portals) may meet a new table or user field at the same moment;
+        # CREATE/ALTER ... IF NOT EXISTS still races in the catalog, so DDL takes a lock per schema.
+        self._execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
+                      {"key": f"connectors.warehouse ddl {self.schema}"})
+
+    def _create_extras(self, table: str) -> list[str]:
+        names = TableNames.of(table)
+        index = check_identifier(f"{table}_hopen")
+        return [f"CREATE INDEX IF NOT EXISTS {quote(index)} ON {self.dialect.qualified(names.history)} "
+                f"(portal, id) WHERE _valid_to IS NULL"]
+
+    def _forget_transaction_state(self) -> None:
+        self._stages.clear()
+
+    # -- upsert ---------------------------------------------------------------------------------
+
+    def _write_rows(self, portal: str, table: str, staged: StagedRows,
+                    null_columns: frozenset[str]) -> dict[str, int]:
+        stage = self._stage_table(table, staged)
+        self._execute(f"TRUNCATE {stage}")
+        buffer = io.BytesIO()
+        csv.write_csv(staged.table, buffer, csv.WriteOptions(include_header=False))
+        column_list = ", ".join(quote(name) for name in staged.table.column_names)
+        with self._conn.cursor() as cursor, \
+                cursor.copy(f"COPY {stage} ({column_list}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(buffer.getbuffer())
+        rows = self._query(self._apply_statement(table, stage, staged.columns, sorted(null_columns)),
+                           {"portal": portal})
+        return {action: int(count) for action, count in rows}
+
+    def _stage_table(self, table: str, staged: StagedRows) -> str:
+        schema = self._known[table].schema
+        signature = (("id", "bigint"), ("_source_modified_at", "timestamptz"), ("_raw", "text"),
+                     *((name, self.dialect.types[_type_of(schema, name)]) for name in staged.columns))
+        stage = f"pg_temp.{quote(check_identifier('_stage_' + table))}"
+        if self._stages.get(table) != signature:
+            columns = ", ".join(f"{quote(name)} {kind}" for name, kind in signature)
+            self._execute(f"DROP TABLE IF EXISTS {stage}")
+            self._execute(f"CREATE TEMP TABLE {stage} ({columns})")
+            self._stages[table] = signature
+        return stage
+
+    def _apply_statement(self, table: str, stage: str, columns: tuple[str, ...],
+                         null_columns: list[str]) -> str:
+        d = self.dialect
+        main = d.qualified(TableNames.of(table).table)
+        applied = f"('{versioning.INSERT}', '{versioning.UPDATE}')"
+        written_rows = "(SELECT c.* FROM classified AS c JOIN written AS w ON w.id = c.id)"
+        replaced_rows = (f"(SELECT c.* FROM classified AS c JOIN written AS w ON w.id = c.id "
+                         f"WHERE c._action = '{versioning.UPDATE}')")
+        upsert = versioning.upsert(d, table, columns, null_columns,
+                                   f"(SELECT * FROM classified WHERE _action IN {applied}) AS s")
+        return f"""WITH incoming AS (
+                SELECT *, hashtextextended(_raw, 0) AS _content_hash FROM {stage}
+            ), classified AS (
+                SELECT s.*, {versioning.action('s', 't')} AS _action
+                FROM incoming AS s LEFT JOIN {main} AS t ON t.portal = %(portal)s::text AND t.id = s.id
+            ), written AS (
+                {upsert} RETURNING t.id
+            ), closed AS (
+                {versioning.close_versions(d, table, f"{replaced_rows} AS s")}
+            ), versions AS (
+                {versioning.add_versions(d, table, columns, f"{written_rows} AS s")}
+            )
+            SELECT _action, count(*) FROM classified GROUP BY _action"""
+
+
+def _type_of(schema: TableSchema, column: str) -> ColumnType:
+    return schema.column(column).type

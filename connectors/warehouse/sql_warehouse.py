@@ -1,0 +1,287 @@
+"""The engine-neutral half of a SQL warehouse: table evolution, transactions, journal, sync log.
+
+An engine subclass supplies the primitives (run a statement, read the catalog, open an atomic
+scope) and the one thing that differs in substance: how staged rows are written (`_write_rows`).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from connectors.tables import TableSchema, check_identifier
+from connectors.warehouse import ddl, journal, versioning
+from connectors.warehouse.errors import (
+    TableNotFound,
+    TransactionStateError,
+    UnknownProcessIds,
+    WarehouseError,
+)
+from connectors.warehouse.evolution import SchemaChanges, TypeConflict, plan_changes
+from connectors.warehouse.frames import Rows, StagedRows, stage
+from connectors.warehouse.interface import Transaction, UpsertCounts, Warehouse
+from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
+from connectors.warehouse.layout import Dialect, TableNames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _KnownTable:
+    schema: TableSchema
+    conflicts: tuple[TypeConflict, ...]
+
+    @property
+    def null_columns(self) -> frozenset[str]:
+        return frozenset(conflict.column for conflict in self.conflicts)
+
+
+class SqlWarehouse(Warehouse):
+    dialect: Dialect
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        # Tables ensured by this process, so upserts skip catalog checks for a schema already seen.
+        self._known: dict[str, _KnownTable] = {}
+        self._touched_in_transaction: set[str] = set()
+        self._in_transaction = False
+
+    # -- primitives supplied by an engine -------------------------------------------------------
+
+    @abstractmethod
+    def _execute(self, sql: str, params: Mapping[str, object] | None = None) -> int:
+        """Run one statement; returns the number of rows it changed."""
+
+    @abstractmethod
+    def _query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]: ...
+
+    @abstractmethod
+    def _query_frame(self, sql: str, params: Mapping[str, object]) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def _stored_columns(self, table: str) -> dict[str, str] | None:
+        """Column name -> catalog type of a table in table order, or None if it does not exist."""
+
+    @abstractmethod
+    def _atomic(self) -> AbstractContextManager[None]:
+        """A database transaction: commit on success, roll back if the block raises."""
+
+    @abstractmethod
+    def _write_rows(self, portal: str, table: str, staged: StagedRows,
+                    null_columns: frozenset[str]) -> dict[str, int]:
+        """Apply staged rows by the `versioning` rules; returns rows per action."""
+
+    def _lock_ddl(self) -> None:
+        """Serialize DDL between processes where several may write (PostgreSQL)."""
+
+    def _create_extras(self, table: str) -> list[str]:
+        """Engine-specific DDL run once when an entity table is created (indexes)."""
+        return []
+
+    def _forget_transaction_state(self) -> None:
+        """Drop caches of objects a rolled back transaction may have created."""
+
+    def _after_commit(self) -> None:
+        """Called after every committed `transaction` (DuckDB publishes its snapshot here)."""
+
+    # -- tables ---------------------------------------------------------------------------------
+
+    def ensure_table(self, schema: TableSchema) -> SchemaChanges:
+        known = self._known.get(schema.name)
+        if known is not None and known.schema == schema:
+            return SchemaChanges(schema.name, conflicts=known.conflicts)
+        with self._own_or_current_transaction():
+            changes = self._evolve(schema)
+        return changes
+
+    def _ensure_known(self, schema: TableSchema) -> _KnownTable:
+        known = self._known.get(schema.name)
+        if known is None or known.schema != schema:
+            self._evolve(schema)
+            known = self._known[schema.name]
+        return known
+
+    def _evolve(self, schema: TableSchema) -> SchemaChanges:
+        names = TableNames.of(schema.name)
+        self._lock_ddl()
+        changes = plan_changes(schema, self._stored_columns(names.table), self.dialect)
+        statements: list[str] = []
+        if changes.created:
+            statements += ddl.create_statements(self.dialect, schema) + self._create_extras(schema.name)
+        for column in changes.added:
+            statements += ddl.add_column_statements(self.dialect, schema.name, column)
+        if changes.changed:
+            for statement in statements:
+                self._execute(statement)
+            stored = self._stored_columns(names.table) or {}
+            self._execute(ddl.current_view_statement(self.dialect, schema.name, list(stored)))
+            for statement in ddl.comment_statements(self.dialect, schema):
+                self._execute(statement)
+            log.info("%s: %s", schema.name, "created" if changes.created
+                     else f"added columns {[c.name for c in changes.added]}")
+        self._known[schema.name] = _KnownTable(schema, changes.conflicts)
+        if self._in_transaction:
+            self._touched_in_transaction.add(schema.name)
+        return changes
+
+    def _require_table(self, table: TableSchema | str) -> str:
+        if isinstance(table, TableSchema):
+            self._ensure_known(table)
+            return table.name
+        check_identifier(table)
+        if table not in self._known and self._stored_columns(TableNames.of(table).table) is None:
+            raise TableNotFound(f"no table {table!r}; create it with ensure_table first")
+        return table
+
+    # -- transactions ---------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        if self._in_transaction:
+            raise TransactionStateError("a transaction is already open on this warehouse")
+        tx = SqlTransaction(self)
+        self._in_transaction = True
+        try:
+            with self._atomic():
+                yield tx
+        except BaseException:
+            for name in self._touched_in_transaction:
+                self._known.pop(name, None)
+            self._forget_transaction_state()
+            raise
+        finally:
+            tx.open = False
+            self._in_transaction = False
+            self._touched_in_transaction.clear()
+        self._after_commit()
+
+    @contextmanager
+    def _own_or_current_transaction(self) -> Iterator[None]:
+        if self._in_transaction:
+            yield
+            return
+        try:
+            with self._atomic():
+                yield
+        except BaseException:
+            self._forget_transaction_state()
+            raise
+
+    def _outside_transaction(self, what: str) -> None:
+        # These writes must survive a rollback of the data transaction (DESIGN §3: reserve before
+        # processing, ack after the commit), so they refuse to join one.
+        if self._in_transaction:
+            raise TransactionStateError(f"{what} runs in its own transaction; call it outside transaction()")
+
+    # -- journal and sync log -------------------------------------------------------------------
+
+    def record_reserved(self, portal: str, reserved: Mapping[str, int]) -> None:
+        self._outside_transaction("record_reserved")
+        if not reserved:
+            return
+        process_ids = list(reserved)
+        counts = [int(reserved[p]) for p in process_ids]
+        with self._atomic():
+            self._execute(journal.reserve(self.dialect), {
+                "portal": portal, "process_ids": process_ids, "event_counts": counts, "now": _now()})
+
+    def journal(self, portal: str, status: JournalStatus | None = None) -> list[JournalEntry]:
+        rows = self._query(journal.entries(self.dialect), {
+            "portal": portal, "status": None if status is None else JournalStatus(status).value})
+        return [journal.entry(row) for row in rows]
+
+    def mark_acked(self, portal: str, process_ids: Iterable[str]) -> int:
+        self._outside_transaction("mark_acked")
+        with self._atomic():
+            return self._transition(journal.mark_acked(self.dialect), portal, process_ids)
+
+    def _transition(self, statement: str, portal: str, process_ids: Iterable[str]) -> int:
+        ids = list(dict.fromkeys(process_ids))
+        if not ids:
+            return 0
+        params = {"portal": portal, "process_ids": ids, "now": _now()}
+        unknown = self._query(journal.unknown_process_ids(self.dialect), params)
+        if unknown:
+            raise UnknownProcessIds(portal, (row[0] for row in unknown))
+        return self._execute(statement, params)
+
+    def prune_journal(self, portal: str, acked_before: datetime) -> int:
+        self._outside_transaction("prune_journal")
+        with self._atomic():
+            return self._execute(journal.prune(self.dialect), {"portal": portal,
+                                                               "before": _aware(acked_before)})
+
+    def log_run(self, run: SyncRun) -> None:
+        self._outside_transaction("log_run")
+        with self._atomic():
+            self._execute(journal.log_run(self.dialect),
+                          {name: getattr(run, name) for name in journal.RUN_COLUMNS})
+
+    def runs(self, portal: str | None = None, limit: int = 50) -> list[SyncRun]:
+        rows = self._query(journal.runs(self.dialect), {"portal": portal, "limit": int(limit)})
+        return [SyncRun(*row) for row in rows]
+
+    def row_versions(self, portal: str, table: str) -> pd.DataFrame:
+        name = self._require_table(table)
+        return self._query_frame(versioning.row_versions(self.dialect, name), {"portal": portal})
+
+
+class SqlTransaction(Transaction):
+    def __init__(self, warehouse: SqlWarehouse) -> None:
+        self.warehouse = warehouse
+        self.open = True
+
+    def _check_open(self) -> None:
+        if not self.open:
+            raise TransactionStateError("this transaction has already ended")
+
+    def upsert(self, portal: str, schema: TableSchema, rows: Rows) -> UpsertCounts:
+        self._check_open()
+        known = self.warehouse._ensure_known(schema)
+        staged = stage(schema, rows, null_columns=known.null_columns)
+        received = staged.table.num_rows + staged.duplicates
+        if staged.table.num_rows == 0:
+            return UpsertCounts(received=received, duplicates=staged.duplicates)
+        actions = self.warehouse._write_rows(portal, schema.name, staged, known.null_columns)
+        return UpsertCounts(
+            received=received,
+            inserted=actions.get(versioning.INSERT, 0),
+            updated=actions.get(versioning.UPDATE, 0),
+            unchanged=actions.get(versioning.UNCHANGED, 0),
+            stale=actions.get(versioning.STALE, 0),
+            tombstoned=actions.get(versioning.TOMBSTONED, 0),
+            duplicates=staged.duplicates,
+        )
+
+    def tombstone(self, portal: str, table: TableSchema | str, ids: Iterable[int], reason: str,
+                  deleted_at: datetime | None = None) -> int:
+        self._check_open()
+        name = self.warehouse._require_table(table)
+        id_list = sorted({int(i) for i in ids})
+        if not id_list:
+            return 0
+        params = {"portal": portal, "ids": id_list, "reason": reason,
+                  "deleted_at": _now() if deleted_at is None else _aware(deleted_at)}
+        d = self.warehouse.dialect
+        self.warehouse._execute(versioning.close_deleted_versions(d, name), params)
+        return self.warehouse._execute(versioning.tombstone(d, name), params)
+
+    def mark_loaded(self, portal: str, process_ids: Iterable[str]) -> int:
+        self._check_open()
+        return self.warehouse._transition(journal.mark_loaded(self.warehouse.dialect), portal, process_ids)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise WarehouseError(f"naive datetime {moment.isoformat()}: pass a timezone-aware time")
+    return moment

@@ -1,0 +1,102 @@
+"""Which version of an entity wins, and how history and tombstones record it (SQL for both engines).
+
+Rules, applied per (portal, id) against the stored row:
+
+* no stored row -> ``insert``;
+* the stored row is tombstoned -> ``tombstoned``: ignored, because Bitrix24 never reuses an id, so a
+  late update of a deleted entity is an older state arriving out of order;
+* the incoming ``_source_modified_at`` is older -> ``stale``: ignored;
+* the same content (hash of ``_raw``) -> ``unchanged``: nothing is written, so re-applying a batch
+  leaves tables and history exactly as they were;
+* otherwise -> ``update``. An equal modification time with new content is applied: Bitrix24 times
+  have one-second resolution, and the later fetch is the later state.
+
+Every applied version appends a history row and closes the previous one (``_valid_to``). The same
+rule guards the ``ON CONFLICT ... DO UPDATE ... WHERE`` clause, so the database enforces it even when
+the classification was computed from an older snapshot.
+
+Parameters are written ``%(name)s``; ``source`` is the SQL of the staged rows, aliased ``s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from connectors.warehouse.layout import Dialect, TableNames, quote
+
+INSERT = "insert"
+UPDATE = "update"
+UNCHANGED = "unchanged"
+STALE = "stale"
+TOMBSTONED = "tombstoned"
+
+
+def action(incoming: str, stored: str) -> str:
+    return f"""CASE
+        WHEN {stored}.id IS NULL THEN '{INSERT}'
+        WHEN {stored}._deleted_at IS NOT NULL THEN '{TOMBSTONED}'
+        WHEN {incoming}._source_modified_at < {stored}._source_modified_at THEN '{STALE}'
+        WHEN {incoming}._content_hash = {stored}._content_hash THEN '{UNCHANGED}'
+        ELSE '{UPDATE}' END"""
+
+
+def guard(incoming: str, stored: str) -> str:
+    return (f"{stored}._deleted_at IS NULL"
+            f" AND NOT COALESCE({incoming}._source_modified_at < {stored}._source_modified_at, FALSE)"
+            f" AND {incoming}._content_hash IS DISTINCT FROM {stored}._content_hash")
+
+
+def upsert(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequence[str], source: str,
+           *, on_conflict: bool = True) -> str:
+    """Write staged rows into the entity table; ``columns`` are the staged schema columns."""
+    target = ["portal", "id", *columns, "_raw", "_source_modified_at", "_content_hash", "_synced_at"]
+    values = ["%(portal)s::text", "s.id", *(f"s.{quote(c)}" for c in columns), f"CAST(s._raw AS {d.raw})",
+              "s._source_modified_at", "s._content_hash", "now()"]
+    statement = (f"INSERT INTO {d.qualified(TableNames.of(table).table)} AS t "
+                 f"({', '.join(quote(c) for c in target)}) SELECT {', '.join(values)} FROM {source}")
+    if not on_conflict:
+        return statement
+    assignments = [f"{quote(c)} = excluded.{quote(c)}" for c in target[2:]]
+    assignments += [f"{quote(c)} = NULL" for c in null_columns]
+    return (f"{statement} ON CONFLICT (portal, id) DO UPDATE SET {', '.join(assignments)} "
+            f"WHERE {guard('excluded', 't')}")
+
+
+def close_versions(d: Dialect, table: str, source: str) -> str:
+    """End the open history row of every entity in ``source`` where the new version starts."""
+    return (f"UPDATE {d.qualified(TableNames.of(table).history)} AS h "
+            f"SET _valid_to = COALESCE(s._source_modified_at, now()) FROM {source} "
+            f"WHERE h.portal = %(portal)s::text AND h.id = s.id AND h._valid_to IS NULL")
+
+
+def add_versions(d: Dialect, table: str, columns: Sequence[str], source: str) -> str:
+    target = ["portal", "id", *columns, "_source_modified_at", "_content_hash", "_valid_from", "_synced_at"]
+    values = ["%(portal)s::text", "s.id", *(f"s.{quote(c)}" for c in columns), "s._source_modified_at",
+              "s._content_hash", "COALESCE(s._source_modified_at, now())", "now()"]
+    return (f"INSERT INTO {d.qualified(TableNames.of(table).history)} "
+            f"({', '.join(quote(c) for c in target)}) SELECT {', '.join(values)} FROM {source}")
+
+
+def close_deleted_versions(d: Dialect, table: str) -> str:
+    """End the open history row of live entities about to be tombstoned (run before `tombstone`)."""
+    names = TableNames.of(table)
+    return (f"UPDATE {d.qualified(names.history)} AS h SET _valid_to = %(deleted_at)s::timestamptz "
+            f"FROM {d.qualified(names.table)} AS t "
+            f"WHERE t.portal = %(portal)s::text AND t.id IN (SELECT unnest(%(ids)s::bigint[])) "
+            f"AND t._deleted_at IS NULL AND h.portal = t.portal AND h.id = t.id AND h._valid_to IS NULL")
+
+
+def tombstone(d: Dialect, table: str) -> str:
+    """Soft-delete ids; an id never seen gets a stub row so a late update cannot resurrect it."""
+    return (f"INSERT INTO {d.qualified(TableNames.of(table).table)} AS t "
+            f"(portal, id, _deleted_at, _deleted_reason, _synced_at) "
+            f"SELECT %(portal)s::text, u.id, %(deleted_at)s::timestamptz, %(reason)s::text, now() "
+            f"FROM (SELECT DISTINCT unnest(%(ids)s::bigint[]) AS id) AS u "
+            f"ON CONFLICT (portal, id) DO UPDATE SET _deleted_at = excluded._deleted_at, "
+            f"_deleted_reason = excluded._deleted_reason, _synced_at = excluded._synced_at "
+            f"WHERE t._deleted_at IS NULL")
+
+
+def row_versions(d: Dialect, table: str) -> str:
+    return (f"SELECT id, _source_modified_at, _deleted_at FROM {d.qualified(TableNames.of(table).table)} "
+            f"WHERE portal = %(portal)s::text ORDER BY id")
