@@ -1,0 +1,47 @@
+"""`python -m connectors.receiver`: serve the receiver (loopback by default).
+
+Reads the app's keys and the state store from the same environment as the Dagster code location:
+B24_CLIENT_ID, B24_CLIENT_SECRET, B24_OAUTH_TOKEN_URL, B24_STATE_STORE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import uvicorn
+
+from connectors.bitrix24 import Bitrix24Client, OAuthApp
+from connectors.receiver.app import ReceiverSettings, create_app
+from connectors.receiver.binding import bind_portal
+from connectors.state import open_state_store
+from connectors.sync.portal import DEFAULT_CONNECTOR
+
+DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Bitrix24 app receiver: installs and push signals")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8131)
+    parser.add_argument("--public-url", required=True, help="the address the portal POSTs to")
+    parser.add_argument("--min-timeout", type=int, default=5, help="ONOFFLINEEVENT minTimeout, seconds")
+    parser.add_argument("--connector", default=DEFAULT_CONNECTOR)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    state = open_state_store(os.environ["B24_STATE_STORE"])
+    app_keys = OAuthApp(os.environ["B24_CLIENT_ID"], os.environ["B24_CLIENT_SECRET"],
+                        token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
+
+    def on_install(portal: str, settings: ReceiverSettings) -> None:
+        with Bitrix24Client(app_keys.session(portal, open_state_store(os.environ["B24_STATE_STORE"]))) as client:
+            bind_portal(client, args.connector, f"{settings.public_url}/events", settings.min_timeout_s)
+
+    settings = ReceiverSettings(public_url=args.public_url.rstrip("/"), min_timeout_s=args.min_timeout)
+    uvicorn.run(create_app(state, settings, on_install), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The app's small HTTP receiver: install callback, ``ONOFFLINEEVENT`` and ``ONAPPUNINSTALL``.
+
+Bitrix24 POSTs these form-encoded with PHP brackets (``auth[access_token]=...``; facts §7.3-§7.4,
+§2.13). The install callback is the one moment we receive a refresh token without a user: the
+portal and its tokens are stored, and the offline events plus ``ONOFFLINEEVENT`` are bound. Every
+later call is checked against the portal's ``application_token`` before anything is recorded.
+The receiver only records; the Dagster sensor reads the signals and starts the runs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from connectors.state import PortalRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+TOKEN_FIELDS = ("access_token", "refresh_token", "expires", "expires_in", "scope", "domain",
+                "server_endpoint", "client_endpoint", "member_id", "user_id", "status")
+
+
+def portal_key(client_endpoint: str) -> str:
+    """A hostname-like key for a portal (the Dagster partition key): host, port and path prefix.
+
+    ``https://acme.bitrix24.com/rest/`` -> ``acme.bitrix24.com``;
+    ``http://127.0.0.1:8130/p2/rest/`` -> ``127.0.0.1-8130-p2``.
+    """
+    parts = urlsplit(client_endpoint)
+    if not parts.hostname:
+        raise ValueError("client_endpoint has no host")
+    pieces = [parts.hostname] + ([str(parts.port)] if parts.port else [])
+    path = parts.path.strip("/").removesuffix("rest").strip("/")
+    pieces += [piece for piece in path.split("/") if piece]
+    key = "-".join(pieces).lower()
+    if not key.replace("-", "").replace(".", "").isalnum():
+        raise ValueError("client_endpoint does not make a hostname-like portal key")
+    return key
+
+
+def bracket_form(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """``auth[access_token]=x&data[0]=y`` -> ``{"auth": {"access_token": "x"}, "data": {"0": "y"}}``."""
+    decoded: dict[str, Any] = {}
+    for raw_key, value in items:
+        head, _, rest = raw_key.partition("[")
+        path = [head] + ([piece.rstrip("]") for piece in rest.split("[")] if rest else [])
+        node = decoded
+        for piece in path[:-1]:
+            child = node.get(piece)
+            if not isinstance(child, dict):
+                child = node[piece] = {}
+            node = child
+        node[path[-1]] = value
+    return decoded
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    public_url: str  # how the portal reaches us, e.g. https://etl.example.com/bitrix24 (no trailing /)
+    min_timeout_s: int = 5  # ONOFFLINEEVENT minTimeout: at most one push per portal this often
+
+
+# Called (in a background thread) after an install is stored: binds the events on the portal.
+InstallHook = Callable[[str, ReceiverSettings], None]
+
+
+def create_app(state: StateStore, settings: ReceiverSettings, on_install: InstallHook | None = None) -> Starlette:
+    lock = threading.Lock()  # the state store is shared by the request threads
+
+    async def install(request: Request) -> Response:
+        form = bracket_form(list((await request.form()).multi_items()))
+        auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
+        missing = [name for name in ("access_token", "refresh_token", "client_endpoint", "member_id",
+                                     "application_token") if not auth.get(name)]
+        if missing:
+            return JSONResponse({"error": "invalid_install", "missing": missing}, status_code=400)
+        try:
+            key = portal_key(auth["client_endpoint"])
+        except ValueError as error:
+            return JSONResponse({"error": "invalid_install", "detail": str(error)}, status_code=400)
+        with lock:
+            known = state.portal_by_member(auth["member_id"])
+            if known is not None and known.key != key:
+                # A renamed portal keeps its member_id (facts §1.1): same warehouse rows, new address.
+                log.warning("portal %s now answers at %s", known.key, key)
+            state.save_portal(PortalRecord(
+                key=key, member_id=auth["member_id"], domain=str(auth.get("domain", "")),
+                client_endpoint=auth["client_endpoint"], application_token=auth["application_token"],
+                installed_at=datetime.now(UTC)))
+            state.save(key, {name: auth[name] for name in TOKEN_FIELDS if name in auth})
+        log.info("installed on portal %s", key)
+        if on_install is not None:
+            threading.Thread(target=_run_hook, args=(on_install, key, settings), daemon=True).start()
+        return JSONResponse({"portal": key})
+
+    async def event(request: Request) -> Response:
+        form = bracket_form(list((await request.form()).multi_items()))
+        auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
+        name = str(form.get("event", "")).upper()
+        with lock:
+            portal = state.portal_by_member(str(auth.get("member_id", "")))
+        if portal is None or not hmac.compare_digest(str(auth.get("application_token", "")),
+                                                     portal.application_token):
+            # The only proof an event comes from the portal (facts §7.4): refuse anything else.
+            return PlainTextResponse("unknown portal or application_token", status_code=401)
+        with lock:
+            if name == "ONOFFLINEEVENT":
+                state.record_signal(portal.key, datetime.now(UTC))
+            elif name == "ONAPPUNINSTALL":
+                state.mark_uninstalled(portal.key)
+                log.warning("portal %s uninstalled the app", portal.key)
+            else:
+                return PlainTextResponse(f"event {name or '?'} not handled", status_code=400)
+        return PlainTextResponse("ok")
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[
+        Route("/install", install, methods=["POST"]),
+        Route("/events", event, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+    ])
+
+
+def _run_hook(hook: InstallHook, key: str, settings: ReceiverSettings) -> None:
+    try:
+        hook(key, settings)
+    except Exception:  # the install is stored; the full resync binds again and reports there
+        log.exception("binding events on portal %s after install failed", key)

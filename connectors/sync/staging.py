@@ -1,0 +1,142 @@
+"""The hand-over between the steps of one sync run, kept on disk in the run's staging directory.
+
+Steps pass each other the path of a small JSON manifest; bulky data (queue events, fetched entity
+frames) stays in files beside it (JSON lines, Parquet chunks of at most 2,500 rows), so memory is
+bounded by one chunk however large the backlog, and Dagster pickles only paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from connectors.bitrix24 import QueueEvent
+from connectors.tables import ColumnSpec, ColumnType, TableSchema
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write atomically: a crash never leaves half a manifest for the next step to misread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(partial, path)
+    return path
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def schema_to_json(schema: TableSchema) -> dict:
+    return {"name": schema.name, "columns": [asdict(column) for column in schema.columns]}
+
+
+def schema_from_json(payload: dict) -> TableSchema:
+    return TableSchema(payload["name"], tuple(
+        ColumnSpec(**{**column, "type": ColumnType(column["type"])}) for column in payload["columns"]))
+
+
+def write_events(path: Path, events: list[QueueEvent]) -> None:
+    with path.open("w") as out:
+        for event in events:
+            out.write(json.dumps({
+                "ID": event.row_id, "TIMESTAMP_X": event.timestamp.isoformat(),
+                "EVENT_NAME": event.event_name, "EVENT_DATA": event.event_data,
+                "MESSAGE_ID": event.message_id, "PROCESS_ID": event.process_id or "",
+            }) + "\n")
+
+
+def read_events(path: Path) -> list[QueueEvent]:
+    with path.open() as lines:
+        return [QueueEvent.from_row(json.loads(line)) for line in lines if line.strip()]
+
+
+def write_frame(path: Path, frame: pd.DataFrame) -> Path:
+    partial = path.with_suffix(".partial")
+    frame.to_parquet(partial, index=False)
+    os.replace(partial, path)
+    return path
+
+
+@dataclass
+class Reserved:
+    """What the reserve step hands to fetch: which reservations, where their events are."""
+
+    portal: str
+    mode: str  # "changes" | "full_resync" | "error_lane"
+    process_ids: list[str] = field(default_factory=list)
+    events_file: str | None = None
+    event_count: int = 0
+    oldest_event_at: str | None = None  # TIMESTAMP_X of the oldest row: the sync lag starts there
+    at_most_once: bool = False  # clear=1 degrade mode: nothing to ack, a crash loses changes
+    recovered: int = 0  # reservations re-read after a crash (journal or orphan)
+    acked_on_recovery: int = 0  # loaded-but-not-acked reservations acknowledged first
+
+
+@dataclass
+class TablePart:
+    """One entity table's share of a run: its schema, staged chunks and tombstones."""
+
+    kind: str
+    table: str
+    schema_file: str
+    chunks: list[str] = field(default_factory=list)
+    rows: int = 0
+    events: int = 0  # queue events about this table's objects
+    tombstones: list[tuple[int, str, str]] = field(default_factory=list)  # (id, reason, deleted_at ISO)
+    scanned_ids_file: str | None = None  # full resync: every id the scan saw (tombstone the rest)
+
+
+@dataclass
+class Fetched:
+    """What the fetch step hands to commit."""
+
+    reserved: Reserved
+    tables: list[TablePart] = field(default_factory=list)
+    failed: dict[str, list[str]] = field(default_factory=dict)  # process_id -> MESSAGE_IDs to the error lane
+    unknown_events: int = 0
+
+
+@dataclass
+class TableOutcome:
+    table: str
+    rows_upserted: int = 0
+    rows_ignored_older: int = 0
+    tombstones: int = 0
+    events: int = 0
+
+
+@dataclass
+class Committed:
+    """What commit hands to ack, and what the orchestrator reports per table."""
+
+    fetched_file: str
+    tables: dict[str, TableOutcome] = field(default_factory=dict)
+
+
+def committed_from_json(payload: dict) -> Committed:
+    return Committed(payload["fetched_file"],
+                     {name: TableOutcome(**outcome) for name, outcome in payload["tables"].items()})
+
+
+def reserved_from_json(payload: dict) -> Reserved:
+    return Reserved(**payload)
+
+
+def fetched_from_json(payload: dict) -> Fetched:
+    return Fetched(
+        reserved=Reserved(**payload["reserved"]),
+        tables=[TablePart(**{**part, "tombstones": [tuple(t) for t in part["tombstones"]]})
+                for part in payload["tables"]],
+        failed=payload["failed"],
+        unknown_events=payload["unknown_events"],
+    )
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()

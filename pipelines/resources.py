@@ -1,0 +1,51 @@
+"""Dagster resources: the Bitrix24 app (with its state store) and the warehouse.
+
+Secrets arrive through `dg.EnvVar`, so they resolve at launch and never sit in run config.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from connectors.bitrix24 import Bitrix24Client, OAuthApp, OfflineQueue, RateLimits
+from connectors.state import StateStore, open_state_store
+from connectors.sync.portal import DEFAULT_CONNECTOR
+from connectors.warehouse import Warehouse, open_warehouse
+
+OAUTH_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
+
+
+class Bitrix24Resource(dg.ConfigurableResource):
+    """A Bitrix24 OAuth application and the state store holding its portals and tokens."""
+
+    client_id: str
+    client_secret: str
+    oauth_token_url: str = OAUTH_TOKEN_URL
+    state_store: str  # SQLite file path or postgresql:// DSN
+    connector: str = DEFAULT_CONNECTOR  # auth_connector key: our queue, and no echo of our writes
+    burst: int = 50  # the portal's leaky bucket: 50/2 on most plans, 250/5 on Enterprise
+    drain_per_s: float = 2.0
+    operating_limit_s: float = 480.0
+
+    def state(self) -> StateStore:
+        return open_state_store(self.state_store)
+
+    def client(self, portal: str, state: StateStore | None = None) -> Bitrix24Client:
+        app = OAuthApp(self.client_id, self.client_secret, token_url=self.oauth_token_url)
+        limits = RateLimits(burst=self.burst, drain_per_s=self.drain_per_s,
+                            operating_limit_s=self.operating_limit_s)
+        return Bitrix24Client(app.session(portal, state or self.state()), limits=limits)
+
+    def queue(self, client: Bitrix24Client) -> OfflineQueue:
+        return OfflineQueue(client, self.connector)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """Where the entity tables live: a DuckDB file (default) or a PostgreSQL DSN."""
+
+    url: str
+    schema_name: str = "bitrix24"  # PostgreSQL schema of the tables and views
+    snapshot_path: str | None = None  # DuckDB: the read-only copy analysts open
+
+    def open(self) -> Warehouse:
+        return open_warehouse(self.url, schema=self.schema_name, snapshot_path=self.snapshot_path)

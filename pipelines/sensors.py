@@ -1,0 +1,120 @@
+"""The sensor that turns pending queue rows into one sync run per portal.
+
+It never calls the destructive ``event.offline.get`` (a tick that fails would lose what it read):
+push signals (``ONOFFLINEEVENT``, recorded by the receiver) say which portals have news; a few
+portals per tick are also peeked with the read-only ``event.offline.list`` as a fallback, so a
+tick over thousands of portals stays a handful of HTTP calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from connectors.bitrix24 import Bitrix24Error
+from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
+from pipelines.partitions import portals
+from pipelines.resources import Bitrix24Resource
+from pipelines.tables import QUEUE_ASSET
+
+POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
+POLL_INTERVAL_S = 60.0  # a portal without push signals is peeked at most this often
+ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                       dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+@dataclass
+class SensorCursor:
+    signals: str | None = None  # the state store's push-signal cursor
+    pending: list[str] = field(default_factory=list)  # signalled portals not yet peeked
+    bootstrapped: dict[str, str] = field(default_factory=dict)  # portal -> installed_at of its resync
+    polled_at: dict[str, float] = field(default_factory=dict)  # portal -> last fallback peek
+
+    @classmethod
+    def parse(cls, raw: str | None) -> SensorCursor:
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dg.sensor(
+    jobs=[SYNC_JOB, FULL_RESYNC_JOB],
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Starts a sync run for every portal whose offline-event queue has rows.",
+)
+def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource) -> dg.SensorResult:
+    cursor = SensorCursor.parse(context.cursor)
+    state = bitrix24.state()
+    try:
+        active = {portal.key: portal for portal in state.portals()}
+        signalled, cursor.signals = state.signals_since(cursor.signals)
+    finally:
+        state.close()
+
+    known = set(context.instance.get_dynamic_partitions(portals.name))
+    new_partitions = sorted(set(active) - known)
+    requests: list[dg.RunRequest] = []
+    for key, portal in active.items():
+        installed = portal.installed_at.isoformat()
+        if cursor.bootstrapped.get(key) != installed:
+            # A new (or re-installed) portal: bind its events and load everything once.
+            requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key,
+                                          run_key=f"full_resync:{key}:{installed}"))
+            cursor.bootstrapped[key] = installed
+
+    busy = _portals_with_active_runs(context)
+    candidates = [p for p in dict.fromkeys([*cursor.pending, *signalled]) if p in active]
+    candidates += _due_for_polling(cursor, sorted(active), exclude=set(candidates))
+    observations: list[dg.AssetObservation] = []
+    still_pending: list[str] = []
+    for key in candidates:
+        if key in busy:
+            still_pending.append(key)  # its run will see the rows; look again when it is done
+            continue
+        cursor.polled_at[key] = time.time()
+        try:
+            peek = _peek(bitrix24, key)
+        except Bitrix24Error as error:
+            context.log.warning(f"portal {key}: peek failed: {error}")
+            still_pending.append(key)
+            continue
+        lag_s = (datetime.now(UTC) - peek.head.timestamp).total_seconds() if peek.head else 0.0
+        if key in known:
+            observations.append(dg.AssetObservation(QUEUE_ASSET, partition=key, metadata={
+                "depth": peek.depth, "lag_s": round(lag_s, 1)}))
+        if peek.depth:
+            head = peek.head.row_id if peek.head else 0
+            requests.append(dg.RunRequest(job_name=SYNC_JOB.name, partition_key=key,
+                                          run_key=f"sync:{key}:{head}:{peek.depth}"))
+    cursor.pending = still_pending
+    cursor.polled_at = {k: v for k, v in cursor.polled_at.items() if k in active}
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[portals.build_add_request(new_partitions)] if new_partitions else [],
+        asset_events=observations,
+        cursor=cursor.dump(),
+    )
+
+
+def _peek(bitrix24: Bitrix24Resource, portal: str):
+    with bitrix24.client(portal) as client:
+        return bitrix24.queue(client).peek()
+
+
+def _due_for_polling(cursor: SensorCursor, portal_keys: list[str], exclude: set[str]) -> list[str]:
+    now = time.time()
+    due = [key for key in portal_keys
+           if key not in exclude and now - cursor.polled_at.get(key, 0.0) >= POLL_INTERVAL_S]
+    due.sort(key=lambda key: cursor.polled_at.get(key, 0.0))  # least recently peeked first
+    return due[:POLLS_PER_TICK]
+
+
+def _portals_with_active_runs(context: dg.SensorEvaluationContext) -> set[str]:
+    runs = context.instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES))
+    return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
