@@ -132,7 +132,9 @@ async def batch(ctx: CallContext, params: dict) -> dict[str, Any]:
         executed += 1
         method, _, query = command.partition("?")
         method = method.strip().lower().removesuffix(".json")
-        sub_params = _substitute(decode_query(query), results) if query else {}
+        sub_params = decode_query(query)
+        if "$" in query or "%24" in query:
+            sub_params = _substitute(sub_params, results)
         for name in AUTH_PARAMS:
             sub_params.pop(name, None)
         caller = ctx.caller

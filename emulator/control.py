@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from emulator.faults import Fault, FaultSpecError
+from emulator.faults import Fault
 from emulator.portal import Portal, User
-from emulator.world import ALL_SCOPES, UnknownApp, UnknownPortal, World
+from emulator.world import ALL_SCOPES, World
 
 PREFIX = "/_emulator"
 _LIMIT_FIELDS = {"enabled": bool, "burst": int, "drain_per_s": float, "operating_limit_s": float,
@@ -247,12 +247,14 @@ def build_control_app(world: World) -> Starlette:
         return JSONResponse(portal.stats.snapshot())
 
     async def on_control_error(request: Request, error: Exception) -> JSONResponse:
-        status = getattr(error, "status", 400)
-        if isinstance(error, UnknownPortal):
-            return JSONResponse({"error": f"no portal {error}"}, status_code=404)
-        if isinstance(error, UnknownApp):
-            return JSONResponse({"error": f"no app {error}"}, status_code=404)
-        return JSONResponse({"error": str(error)}, status_code=status)
+        if isinstance(error, ControlError):
+            status = error.status
+        elif isinstance(error, LookupError):  # unknown portal, app, entity or record
+            status = 404
+        else:
+            status = 400
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        return JSONResponse({"error": str(message)}, status_code=status)
 
     portal_path = PREFIX + "/portals/{portal}"
     routes = [
@@ -273,6 +275,5 @@ def build_control_app(world: World) -> Starlette:
         Route(portal_path + "/queue", queue, methods=["GET"]),
         Route(portal_path + "/stats", stats, methods=["GET", "DELETE"]),
     ]
-    handlers = {error: on_control_error for error in (ControlError, UnknownPortal, UnknownApp, FaultSpecError,
-                                                      ValueError, KeyError, TypeError)}
+    handlers = {error: on_control_error for error in (ControlError, LookupError, ValueError, TypeError)}
     return Starlette(routes=routes, exception_handlers=handlers)

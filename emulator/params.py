@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote_plus
 
 _INDEX = re.compile(r"\[([^\]]*)\]")
 # PHP turns a decimal string key without leading zeros into an integer key.
@@ -70,26 +70,56 @@ def _split_name(name: str) -> list[int | str | None] | None:
     return path
 
 
-def _assign(root: _PhpArray, path: list[int | str | None], value: str) -> None:
+Path = tuple[int | str | None, ...]
+
+# Parameter names repeat across requests and batch commands (``filter[@ID][0]`` …), so their decoded
+# paths are cached by raw (still percent-encoded) name. Bounded: cleared when full.
+_PATHS: dict[str, Path | None] = {}
+_PATHS_MAX = 8192
+
+
+def _path_of(raw_name: str) -> Path | None:
+    try:
+        return _PATHS[raw_name]
+    except KeyError:
+        pass
+    if len(_PATHS) >= _PATHS_MAX:
+        _PATHS.clear()
+    split = _split_name(unquote_plus(raw_name))
+    path = _PATHS[raw_name] = tuple(split) if split is not None else None
+    return path
+
+
+def _assign(root: _PhpArray, path: Path | list[int | str | None], value: str) -> None:
+    # The hot loop of every form body and batch sub-query: `_PhpArray.put` is inlined here.
     node = root
     for key in path[:-1]:
         if key is None:
             child = _PhpArray()
-            node.put(None, child)
+            key = node.next_index
+            node.next_index = key + 1
+            node[key] = child
         else:
             child = node.get(key)
-            if not isinstance(child, _PhpArray):
+            if child.__class__ is not _PhpArray:
                 child = _PhpArray()
                 node.put(key, child)
         node = child
-    node.put(path[-1], value)
+    key = path[-1]
+    if key is None:
+        key = node.next_index
+        node.next_index = key + 1
+    elif key.__class__ is int and key >= node.next_index:
+        node.next_index = key + 1
+    node[key] = value
 
 
 def _finish(array: _PhpArray) -> list | dict:
-    values = [_finish(v) if isinstance(v, _PhpArray) else v for v in array.values()]
-    if all(key == position for position, key in enumerate(array)):
+    values = [_finish(v) if v.__class__ is _PhpArray else v for v in array.values()]
+    keys = list(array)
+    if keys == list(range(len(keys))):
         return values
-    return {str(key): value for key, value in zip(array, values, strict=True)}
+    return {str(key): value for key, value in zip(keys, values, strict=True)}
 
 
 def decode_pairs(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
@@ -108,7 +138,20 @@ def decode_query(query: str) -> dict[str, Any]:
     """Decoded parameters of a query string or ``application/x-www-form-urlencoded`` body."""
     if not query:
         return {}
-    return decode_pairs(parse_qsl(query, keep_blank_values=True))
+    root = _PhpArray()
+    # PHP splits on "&" only and takes everything after the first "=" as the value.
+    for part in query.split("&"):
+        if not part:
+            continue
+        raw_name, _, value = part.partition("=")
+        path = _path_of(raw_name)
+        if path is None:
+            continue
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        _assign(root, path, value)
+    top = _finish(root)
+    return top if isinstance(top, dict) else {str(i): v for i, v in enumerate(top)}
 
 
 def normalize_json(value: Any) -> Any:

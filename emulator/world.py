@@ -7,12 +7,12 @@ are built here: users, plan and limits first, then the CRM data and event queues
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator import crm, events
 from emulator.auth import OAuthServer, auth_block
 from emulator.limits import LimitSettings
 from emulator.outbound import post_form
@@ -67,18 +67,6 @@ class EmulatorOptions:
         return "https" if self.ssl_certfile else "http"
 
 
-def _attach_crm(portal: Portal, seed: int, counts: Mapping[str, int], smart_process_types: int) -> None:
-    # The crm half lives in its own package; until it exists a portal serves the system methods only.
-    if importlib.util.find_spec("emulator.events") is None:
-        return
-    from emulator import crm, events
-
-    if not hasattr(crm, "attach"):
-        return
-    crm.attach(portal, seed, {**counts, "smart_process_types": smart_process_types})
-    events.attach(portal)
-
-
 class World:
     def __init__(self, root_url: str = "") -> None:
         self.oauth = OAuthServer(root_url)
@@ -114,7 +102,9 @@ class World:
         portal.oauth = self.oauth
         for user_id, user_name, is_admin in users:
             portal.users[user_id] = User(user_id, user_name, is_admin)
-        _attach_crm(portal, seed, DEFAULT_COUNTS if counts is None else counts, smart_process_types)
+        crm.attach(portal, seed, dict(DEFAULT_COUNTS if counts is None else counts),
+                   smart_process_types=smart_process_types)
+        events.attach(portal)
         self.portals[name] = portal
         return portal
 
@@ -122,7 +112,7 @@ class World:
         try:
             return self.portals[name]
         except KeyError:
-            raise UnknownPortal(name) from None
+            raise UnknownPortal(f"no portal {name!r}") from None
 
     def route(self, path: str) -> tuple[Portal | None, str]:
         """The portal a request path belongs to and the path below the portal's base."""
@@ -147,7 +137,7 @@ class World:
         """
         app = self.oauth.apps.get(client_id)
         if app is None:
-            raise UnknownApp(client_id)
+            raise UnknownApp(f"no app {client_id!r}")
         if user_id is None:
             user_id = min(user.id for user in portal.users.values() if user.is_admin)
         if user_id not in portal.users:

@@ -22,11 +22,6 @@ from emulator.registry import rest_method
 from emulator.testing import run_emulator
 
 
-@rest_method("test.auth.apponly", scope="basic", app_only=True)
-def _app_only(ctx, params):
-    return True
-
-
 @rest_method("test.auth.scoped", scope="crm")
 def _scoped(ctx, params):
     return True
@@ -59,13 +54,6 @@ def test_webhook_without_the_scope_gets_401_insufficient_scope(http, emu):
     assert response.status_code == 401
     assert response.json()["error"] == "insufficient_scope"
     assert "webhook token" in response.json()["error_description"]
-
-
-def test_webhook_calling_an_app_only_method_gets_403_wrong_auth_type(http, emu, tokens):
-    response = http.get(emu.webhook_url + "test.auth.apponly")
-    assert response.status_code == 403
-    assert response.json()["error"] == "WRONG_AUTH_TYPE"
-    assert _call(http, emu, "test.auth.apponly", tokens["access_token"]).json()["result"] is True
 
 
 # -- OAuth tokens -----------------------------------------------------------------------------------
