@@ -160,9 +160,10 @@ class Bitrix24Client:
 
     def _request(self, method: str, params: dict, retry_safe: bool, pace: tuple[str, ...]) -> ApiResponse:
         renewed = False
-        attempt = 0
+        failures = 0  # transient failures and 429s, limited by attempts
+        refusals = 0  # 503s, limited by the total time waited for them
+        refused_for = 0.0
         while True:
-            attempt += 1
             grant = self.credentials.grant()
             try:
                 return self._attempt(method, {**params, **grant.body}, grant.endpoint + method, pace)
@@ -173,21 +174,26 @@ class Bitrix24Client:
                 self.credentials.renew(grant)
                 self.usage.refresh()
                 renewed = True
-                attempt -= 1
                 continue
             except OperationTimeLimit as error:
-                if attempt >= self.retry.attempts:
+                failures += 1
+                if failures >= self.retry.attempts:
                     raise
                 self._wait_for_budget(method, error)
             except LimitExceeded as error:
-                if attempt >= self.retry.attempts:
+                refusals += 1
+                delay = self.retry.backoff(refusals, self._rng)
+                if refused_for + delay > self.retry.max_query_limit_wait_s:
                     raise
+                refused_for += delay
+                # Someone else fills this portal's bucket too: assume it is full, then back off.
                 self.throttle.on_query_limit()
-                self._backoff(attempt, method, error)
+                self._sleep(delay, refusals, method, error)
             except _Transient as transient:
-                if attempt >= self.retry.attempts or (transient.sent and not retry_safe):
+                failures += 1
+                if failures >= self.retry.attempts or (transient.sent and not retry_safe):
                     raise transient.error from None
-                self._backoff(attempt, method, transient.error)
+                self._sleep(self.retry.backoff(failures, self._rng), failures, method, transient.error)
             self.usage.retry()
 
     def _wait_for_budget(self, method: str, error: OperationTimeLimit) -> None:
@@ -200,8 +206,7 @@ class Bitrix24Client:
                     self.portal, method, max(wait, 0.0))
         # Throttle.pace holds the method until the reset before the next attempt goes out.
 
-    def _backoff(self, attempt: int, method: str, error: Exception) -> None:
-        delay = self.retry.backoff(attempt, self._rng)
+    def _sleep(self, delay: float, attempt: int, method: str, error: Exception) -> None:
         log.warning("portal %s: %s failed (%s); retry %d in %.1f s", self.portal, method,
                     type(error).__name__, attempt, delay)
         time.sleep(delay)

@@ -4,7 +4,9 @@ The policy, explicitly:
 
 * **Refused by a limit** (503 QUERY_LIMIT_EXCEEDED, 429 OPERATION_TIME_LIMIT): the portal checks
   limits before running anything (facts §6.2), so every method is retried — after a jittered
-  backoff (503) or once the method's budget resets (429, bounded by `max_operating_wait_s`).
+  backoff (503; expected whenever another client shares the bucket, so bounded by the total time
+  waited, `max_query_limit_wait_s`, not by `attempts`) or once the method's budget resets (429,
+  bounded by `max_operating_wait_s`).
 * **Never sent** (connect error, connect timeout, pool timeout): retried for every method.
 * **Sent, outcome unknown** (dropped connection, read timeout, 5xx, an HTML error page): retried only
   for reads that are safe to repeat (`is_retry_safe`). Repeating ``event.offline.get clear=1`` would
@@ -29,9 +31,10 @@ _IDEMPOTENT_WRITES = frozenset({"event.offline.clear"})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    attempts: int = 6  # total tries of one request, the first included
+    attempts: int = 6  # tries of one request after transient failures, the first included
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
+    max_query_limit_wait_s: float = 300.0  # total backoff after 503s before giving up
     max_operating_wait_s: float = 660.0  # a 429 waits at most this long (a budget window is 600 s)
 
     def backoff(self, attempt: int, rng: random.Random) -> float:

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 # A 429 arrives without a time block (facts §1.4); if no earlier response told us when the
 # method's budget resets, wait one of the limiter's one-minute buckets and look again.
 UNKNOWN_RESET_WAIT_S = 60.0
+# ``operating_reset_at`` is whole seconds while the budget's buckets expire at fractional times:
+# waiting until the reported second can be up to a second early.
+RESET_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,7 @@ class OperatingBudget:
         if operating is not None:
             self._operating[method] = float(operating)
         if reset_at is not None:
-            self._reset_at[method] = float(reset_at)
-
-    def reset_at(self, method: str) -> float | None:
-        return self._reset_at.get(method)
+            self._reset_at[method] = float(reset_at) + RESET_MARGIN_S
 
     def blocked(self, method: str, wall_now: float) -> float:
         """Unix time until which ``method`` should not be called (``wall_now`` if it is free)."""

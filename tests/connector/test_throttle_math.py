@@ -13,6 +13,7 @@ import pytest
 
 from connectors.bitrix24.retry import RetryPolicy
 from connectors.bitrix24.throttle import (
+    RESET_MARGIN_S,
     UNKNOWN_RESET_WAIT_S,
     LeakyBucket,
     OperatingBudget,
@@ -63,18 +64,18 @@ def test_after_a_503_the_mirror_assumes_a_full_bucket() -> None:
 
 def test_a_spent_operating_budget_holds_only_that_method_until_reset() -> None:
     budget = OperatingBudget(limit_s=480.0)
-    budget.observe("crm.deal.list", operating=481.5, reset_at=1_000.0)
-    budget.observe("crm.contact.list", operating=12.0, reset_at=900.0)
-    assert budget.blocked("crm.deal.list", wall_now=700.0) == 1_000.0
+    budget.observe("crm.deal.list", operating=481.5, reset_at=1_000)
+    budget.observe("crm.contact.list", operating=12.0, reset_at=900)
+    assert budget.blocked("crm.deal.list", wall_now=700.0) == 1_000.0 + RESET_MARGIN_S
     assert budget.blocked("crm.contact.list", wall_now=700.0) == 700.0
     assert budget.blocked("crm.deal.list", wall_now=1_200.0) == 1_200.0
 
 
 def test_a_429_waits_for_the_last_reported_reset_or_a_bucket_minute() -> None:
     budget = OperatingBudget(limit_s=480.0)
-    budget.observe("crm.deal.list", operating=5.0, reset_at=1_000.0)
-    assert budget.on_limit("crm.deal.list", wall_now=700.0) == 1_000.0
-    assert budget.blocked("crm.deal.list", wall_now=800.0) == 1_000.0
+    budget.observe("crm.deal.list", operating=5.0, reset_at=1_000)
+    assert budget.on_limit("crm.deal.list", wall_now=700.0) == 1_000.0 + RESET_MARGIN_S
+    assert budget.blocked("crm.deal.list", wall_now=800.0) == 1_000.0 + RESET_MARGIN_S
     assert budget.on_limit("crm.lead.list", wall_now=700.0) == 700.0 + UNKNOWN_RESET_WAIT_S
 
 
@@ -90,11 +91,11 @@ def test_throttle_sleeps_for_the_budget_then_for_the_bucket() -> None:
                         wall=lambda: clock["now"], sleep=sleep)
     throttle.observe("crm.deal.list", {"operating": 500.0, "operating_reset_at": 130})
     throttle.pace(("batch", "crm.deal.list"))
-    assert slept == [30.0]
+    assert slept == [30.0 + RESET_MARGIN_S]
     for _ in range(3):
         throttle.pace(("crm.contact.list",))
     assert slept[1:] == [pytest.approx(1.0)]
-    assert throttle.waited_s == pytest.approx(31.0)
+    assert throttle.waited_s == pytest.approx(31.0 + RESET_MARGIN_S)
 
 
 def test_backoff_is_jittered_and_capped() -> None:
