@@ -57,14 +57,12 @@ class ActivityGenerator:
 
     def _plan(self, mix: dict[str, float]) -> tuple[list[tuple[str, str]], list[float]]:
         entities = self.store.entities()
+        smart_processes = [name for name in entities if name.startswith("item:")]
         choices: list[tuple[str, str]] = []
         weights: list[float] = []
         for key, weight in mix.items():
             entity, _, operation = key.partition(".")
-            if entity == "item":
-                targets = [name for name in entities if name.startswith("item:")]
-            else:
-                targets = [entity]
+            targets = smart_processes if entity == "item" else [entity]
             for target in targets:
                 self.store.table(target)  # unknown entities fail here, not in the thread
                 split = [(operation, 1.0)] if operation else OPERATION_SPLIT

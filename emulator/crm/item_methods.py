@@ -60,13 +60,23 @@ def _field(table: EntityTable, name: str, original_uf_names: bool) -> Any:
     return spec
 
 
+def _as_group(value: Any) -> dict[str, Any] | None:
+    """A nested condition group; PHP arrays with keys 0, 1, ... may arrive decoded as lists."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, list) and value and all(isinstance(member, dict) for member in value):
+        return {str(index): member for index, member in enumerate(value)}
+    return None
+
+
 def _item_group(table: EntityTable, raw: dict[str, Any], original_uf_names: bool, clock: Any) -> Group:
     group = Group(any_of=str(raw.get("logic", "AND")).upper() == "OR")
     for key, value in raw.items():
         if key == "logic":
             continue
-        if isinstance(value, dict):
-            group.members.append(_item_group(table, value, original_uf_names, clock))
+        nested = _as_group(value) if str(key).isdigit() or isinstance(value, dict) else None
+        if nested is not None:
+            group.members.append(_item_group(table, nested, original_uf_names, clock))
             continue
         operation, name = split_key(str(key))
         spec = _field(table, name, original_uf_names)
@@ -84,9 +94,10 @@ def item_query(table: EntityTable, raw_filter: Any, raw_order: Any, original_uf_
                clock: Any) -> Query:
     if raw_filter in (None, "", []):
         raw_filter = {}
-    if not isinstance(raw_filter, dict):
+    grouped = _as_group(raw_filter)
+    if grouped is None:
         raise InvalidArgValue("Invalid filter: filter must be an array")
-    where = _item_group(table, raw_filter, original_uf_names, clock)
+    where = _item_group(table, grouped, original_uf_names, clock)
     if raw_order in (None, "", []):
         raw_order = {}
     if not isinstance(raw_order, dict):
