@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 CODE_TTL_S = 30
 REFRESH_TTL_S = 180 * 24 * 3600  # current docs (facts §7.2); older docs said 28 days
+# Expired access tokens keep answering 401 expired_token (not invalid_token) this long, then are dropped.
+EXPIRED_TOKEN_MEMORY_S = 24 * 3600
+_PURGE_EVERY = 1024  # issued pairs between sweeps
 
 
 class OAuthError(Exception):
@@ -63,6 +66,7 @@ class OAuthServer:
         self._codes: dict[str, _Grant] = {}
         self._access: dict[str, _Grant] = {}
         self._refresh: dict[str, _Grant] = {}
+        self._issued = 0
 
     @property
     def host(self) -> str:
@@ -80,6 +84,11 @@ class OAuthServer:
     def issue_tokens(self, portal: Portal, installation: Installation, user_id: int) -> dict[str, Any]:
         """A new token pair for ``user_id`` in the token endpoint's response shape (facts §7.2)."""
         now = time.time()
+        self._issued += 1
+        if self._issued % _PURGE_EVERY == 0:
+            # Every event POST carries a fresh pair (facts §7.4), so long runs would pile them up.
+            self._purge(self._access, grace_s=EXPIRED_TOKEN_MEMORY_S)
+            self._purge(self._refresh)
         access_token, refresh_token = _new_secret(), _new_secret()
         client_id = installation.app.client_id
         expires = int(now + portal.token_ttl_s)
@@ -169,9 +178,9 @@ class OAuthServer:
         return expired
 
     @staticmethod
-    def _purge(store: dict[str, _Grant]) -> None:
-        now = time.time()
-        for key in [key for key, grant in store.items() if grant.expires_at <= now]:
+    def _purge(store: dict[str, _Grant], grace_s: float = 0.0) -> None:
+        cutoff = time.time() - grace_s
+        for key in [key for key, grant in store.items() if grant.expires_at <= cutoff]:
             del store[key]
 
 

@@ -266,6 +266,9 @@ class _DropFilter(logging.Filter):
         return record.getMessage() != _DROPPED
 
 
+_drop_filter = _DropFilter()
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -300,7 +303,7 @@ class EmulatorServer:
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
-        logging.getLogger("uvicorn.error").addFilter(_DropFilter())
+        logging.getLogger("uvicorn.error").addFilter(_drop_filter)  # added once: filters are a set
 
     @property
     def started(self) -> bool:
