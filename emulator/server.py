@@ -152,8 +152,8 @@ class EmulatorApp:
         connector = params.get("auth_connector")
         connector = connector if isinstance(connector, str) else ""
         fault = portal.faults.draw(method, TRANSPORT_KINDS)
-        if fault is not None and fault.kind == "expire_token" and token and portal.oauth is not None:
-            portal.oauth.expire(portal, access_token=token)
+        if fault is not None and fault.kind == "expire_token" and token:
+            self.world.oauth.expire(portal, access_token=token)
         if fault is not None and fault.phase == "before":
             portal.stats.record_call(method, 500 if fault.kind == "http_500" else 502)
             await self._fault_response(portal, send, fault, b"")
@@ -161,10 +161,8 @@ class EmulatorApp:
         try:
             if webhook is not None:
                 caller = webhook_caller(portal, webhook[0], webhook[1], connector)
-            elif portal.oauth is not None:
-                caller = portal.oauth.caller(portal, token, connector)
             else:
-                raise RestError("Wrong authorization data", code="NO_AUTH_FOUND", status=401)
+                caller = self.world.oauth.caller(portal, token, connector)
         except RestError as error:
             portal.stats.record_call(method, error.status)
             await self._error(portal, send, error)
