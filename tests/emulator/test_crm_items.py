@@ -7,12 +7,22 @@ differing in shape: camelCase keys, native numbers, an ``items`` wrapper, coded 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from emulator.testing import ThreadEmulator, run_emulator
+
 SMART_PROCESS = 128
+
+
+@pytest.fixture(scope="module")
+def reader() -> Iterator[ThreadEmulator]:
+    """One emulator for the tests that only read."""
+    with run_emulator(limits=False) as running:
+        yield running
 
 
 def hook(http: httpx.Client, emu: Any, method: str, **params: Any) -> httpx.Response:
@@ -29,8 +39,8 @@ def error(response: httpx.Response) -> tuple[int, str, str]:
     return response.status_code, body["error"], body["error_description"]
 
 
-def test_item_list_has_an_items_wrapper_camel_case_names_and_native_numbers(http, emu):
-    body = hook(http, emu, "crm.item.list", entityTypeId=2, filter={"<=id": 3}).json()
+def test_item_list_has_an_items_wrapper_camel_case_names_and_native_numbers(http, reader):
+    body = hook(http, reader, "crm.item.list", entityTypeId=2, filter={"<=id": 3}).json()
     assert body["total"] == 3 and "next" not in body
     items = body["result"]["items"]
     assert [item["id"] for item in items] == [1, 2, 3]
@@ -40,9 +50,9 @@ def test_item_list_has_an_items_wrapper_camel_case_names_and_native_numbers(http
     assert "DATE_MODIFY" not in item and "updatedTime" in item and "createdBy" in item
 
 
-def test_item_and_legacy_views_show_the_same_deal(http, emu):
-    legacy = result(hook(http, emu, "crm.deal.get", id=5))
-    item = result(hook(http, emu, "crm.item.get", entityTypeId=2, id=5))["item"]
+def test_item_and_legacy_views_show_the_same_deal(http, reader):
+    legacy = result(hook(http, reader, "crm.deal.get", id=5))
+    item = result(hook(http, reader, "crm.item.get", entityTypeId=2, id=5))["item"]
     assert item["id"] == int(legacy["ID"])
     assert item["title"] == legacy["TITLE"]
     assert item["opportunity"] == pytest.approx(float(legacy["OPPORTUNITY"]))
@@ -52,48 +62,48 @@ def test_item_and_legacy_views_show_the_same_deal(http, emu):
     assert item["ufCrm_1700000000001"] == legacy["UF_CRM_1700000000001"]
 
 
-def test_select_limits_the_fields_and_keeps_the_id(http, emu):
-    items = result(hook(http, emu, "crm.item.list", entityTypeId=2, select=["title"], filter={"id": 4}))["items"]
+def test_select_limits_the_fields_and_keeps_the_id(http, reader):
+    items = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=["title"], filter={"id": 4}))["items"]
     assert items == [{"id": 4, "title": items[0]["title"]}]
 
 
-def test_item_filters_use_camel_case_names_and_or_groups(http, emu):
-    either = result(hook(http, emu, "crm.item.list", entityTypeId=SMART_PROCESS, select=["id"], filter={
+def test_item_filters_use_camel_case_names_and_or_groups(http, reader):
+    either = result(hook(http, reader, "crm.item.list", entityTypeId=SMART_PROCESS, select=["id"], filter={
         "0": {"logic": "OR", "0": {"id": 2}, "1": {"id": 4}}}))["items"]
     assert [item["id"] for item in either] == [2, 4]
-    both = result(hook(http, emu, "crm.item.list", entityTypeId=2, select=["id"],
+    both = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=["id"],
                        filter={">=id": 2, "<id": 5, "!@id": [3]}))["items"]
     assert [item["id"] for item in both] == [2, 4]
 
 
-def test_boolean_user_fields_filter_with_1_and_0_not_y_and_n(http, emu):
+def test_boolean_user_fields_filter_with_1_and_0_not_y_and_n(http, reader):
     flag = "ufCrm_1700000000003"
-    everything = result(hook(http, emu, "crm.item.list", entityTypeId=2, select=[flag]))["items"]
-    yes = result(hook(http, emu, "crm.item.list", entityTypeId=2, select=[flag], filter={flag: 1}))["items"]
+    everything = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=[flag]))["items"]
+    yes = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=[flag], filter={flag: 1}))["items"]
     assert [item["id"] for item in yes] == [item["id"] for item in everything if item[flag] == "Y"]
-    assert result(hook(http, emu, "crm.item.list", entityTypeId=2, filter={flag: "Y"}))["items"] == []
+    assert result(hook(http, reader, "crm.item.list", entityTypeId=2, filter={flag: "Y"}))["items"] == []
 
 
-def test_orders_are_applied_and_checked(http, emu):
-    items = result(hook(http, emu, "crm.item.list", entityTypeId=2, select=["opportunity"],
+def test_orders_are_applied_and_checked(http, reader):
+    items = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=["opportunity"],
                         order={"opportunity": "DESC"}))["items"]
     amounts = [item["opportunity"] for item in items]
     assert amounts == sorted(amounts, reverse=True)
-    assert error(hook(http, emu, "crm.item.list", entityTypeId=2, order={"nope": "ASC"})) == (
+    assert error(hook(http, reader, "crm.item.list", entityTypeId=2, order={"nope": "ASC"})) == (
         400, "INVALID_ARG_VALUE", "Invalid order: field 'nope' is not allowed in order")
-    assert error(hook(http, emu, "crm.item.list", entityTypeId=2, order={"id": "UP"}))[1] == "INVALID_ARG_VALUE"
+    assert error(hook(http, reader, "crm.item.list", entityTypeId=2, order={"id": "UP"}))[1] == "INVALID_ARG_VALUE"
 
 
-def test_bad_filters_are_invalid_arg_value(http, emu):
-    assert error(hook(http, emu, "crm.item.list", entityTypeId=2, filter={"TITLE": "x"})) == (
+def test_bad_filters_are_invalid_arg_value(http, reader):
+    assert error(hook(http, reader, "crm.item.list", entityTypeId=2, filter={"TITLE": "x"})) == (
         400, "INVALID_ARG_VALUE", "Invalid filter: field 'TITLE' is not allowed in filter")
-    assert error(hook(http, emu, "crm.item.list", entityTypeId=2, filter={">id": "abc"})) == (
+    assert error(hook(http, reader, "crm.item.list", entityTypeId=2, filter={">id": "abc"})) == (
         400, "INVALID_ARG_VALUE", "Invalid filter: field 'id' has invalid value")
 
 
-def test_missing_items_and_types_are_not_found(http, emu):
-    assert error(hook(http, emu, "crm.item.get", entityTypeId=2, id=9999)) == (400, "NOT_FOUND", "Item not found")
-    assert error(hook(http, emu, "crm.item.list", entityTypeId=999)) == (400, "NOT_FOUND", "SPA not found")
+def test_missing_items_and_types_are_not_found(http, reader):
+    assert error(hook(http, reader, "crm.item.get", entityTypeId=2, id=9999)) == (400, "NOT_FOUND", "Item not found")
+    assert error(hook(http, reader, "crm.item.list", entityTypeId=999)) == (400, "NOT_FOUND", "SPA not found")
 
 
 def test_item_add_update_and_delete(http, emu):
@@ -116,23 +126,23 @@ def test_contacts_show_multifields_as_fm(http, emu):
     assert isinstance(item["fm"][0]["id"], int) and item["hasEmail"] == "Y"
 
 
-def test_original_uf_names_on_request(http, emu):
-    item = result(hook(http, emu, "crm.item.get", entityTypeId=SMART_PROCESS, id=1, useOriginalUfNames="Y"))["item"]
+def test_original_uf_names_on_request(http, reader):
+    item = result(hook(http, reader, "crm.item.get", entityTypeId=SMART_PROCESS, id=1, useOriginalUfNames="Y"))["item"]
     assert "UF_CRM_1_1700000000101" in item and "ufCrm_1_1700000000101" not in item
-    camel = result(hook(http, emu, "crm.item.get", entityTypeId=SMART_PROCESS, id=1))["item"]
+    camel = result(hook(http, reader, "crm.item.get", entityTypeId=SMART_PROCESS, id=1))["item"]
     assert camel["ufCrm_1_1700000000101"] == item["UF_CRM_1_1700000000101"]
 
 
-def test_item_fields_describe_camel_case_names_with_upper_names(http, emu):
-    fields = result(hook(http, emu, "crm.item.fields", entityTypeId=SMART_PROCESS))["fields"]
+def test_item_fields_describe_camel_case_names_with_upper_names(http, reader):
+    fields = result(hook(http, reader, "crm.item.fields", entityTypeId=SMART_PROCESS))["fields"]
     assert fields["updatedTime"]["upperName"] == "UPDATED_TIME" and fields["updatedTime"]["isReadOnly"] is True
     assert fields["opened"]["type"] == "boolean"
     assert fields["ufCrm_1_1700000000102"]["isDynamic"] is True
 
 
-def test_type_list_names_the_smart_processes(http, emu):
-    body = hook(http, emu, "crm.type.list").json()
+def test_type_list_names_the_smart_processes(http, reader):
+    body = hook(http, reader, "crm.type.list").json()
     assert body["total"] == 1
     [smart_process] = body["result"]["types"]
     assert smart_process["id"] == 1 and smart_process["entityTypeId"] == SMART_PROCESS
-    assert result(hook(http, emu, "crm.type.get", id=1))["type"]["entityTypeId"] == SMART_PROCESS
+    assert result(hook(http, reader, "crm.type.get", id=1))["type"]["entityTypeId"] == SMART_PROCESS

@@ -9,13 +9,14 @@ Filter results are checked against the same rows evaluated in the test.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from emulator.testing import run_emulator
+from emulator.testing import ThreadEmulator, run_emulator
 
 
 def hook(http: httpx.Client, emu: Any, method: str, **params: Any) -> httpx.Response:
@@ -28,10 +29,17 @@ def result(response: httpx.Response) -> Any:
     return response.json()["result"]
 
 
-@pytest.fixture
-def deals(http, emu) -> list[dict[str, Any]]:
+@pytest.fixture(scope="module")
+def reader() -> Iterator[ThreadEmulator]:
+    """One emulator for the tests that only read (20 seeded deals)."""
+    with run_emulator(limits=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def deals(http, reader) -> list[dict[str, Any]]:
     """All 20 seeded deals as crm.deal.list shows them."""
-    rows = result(hook(http, emu, "crm.deal.list", order={"ID": "ASC"}))
+    rows = result(hook(http, reader, "crm.deal.list", order={"ID": "ASC"}))
     assert len(rows) == 20
     return rows
 
@@ -50,24 +58,24 @@ def test_list_values_are_strings_and_empty_values_null(deals):
     assert datetime.fromisoformat(deals[0]["DATE_MODIFY"]).utcoffset() is not None
 
 
-def test_default_select_is_standard_and_user_fields_without_multifields(http, emu):
-    contact = result(hook(http, emu, "crm.contact.list", filter={"HAS_PHONE": "Y"}))[0]
+def test_default_select_is_standard_and_user_fields_without_multifields(http, reader):
+    contact = result(hook(http, reader, "crm.contact.list", filter={"HAS_PHONE": "Y"}))[0]
     assert "NAME" in contact and "UF_CRM_1700000000011" in contact
     assert "PHONE" not in contact and "EMAIL" not in contact
-    with_phone = result(hook(http, emu, "crm.contact.list", select=["ID", "PHONE"],
+    with_phone = result(hook(http, reader, "crm.contact.list", select=["ID", "PHONE"],
                              filter={"ID": contact["ID"]}))[0]
     assert set(with_phone) == {"ID", "PHONE"}
     phone = with_phone["PHONE"][0]
     assert set(phone) == {"ID", "VALUE_TYPE", "VALUE", "TYPE_ID"} and phone["TYPE_ID"] == "PHONE"
-    standard_only = result(hook(http, emu, "crm.contact.list", select=["*"], filter={"ID": contact["ID"]}))[0]
+    standard_only = result(hook(http, reader, "crm.contact.list", select=["*"], filter={"ID": contact["ID"]}))[0]
     assert "NAME" in standard_only and not any(name.startswith("UF_") for name in standard_only)
-    user_fields_only = result(hook(http, emu, "crm.contact.list", select=["UF_*"], filter={"ID": contact["ID"]}))
+    user_fields_only = result(hook(http, reader, "crm.contact.list", select=["UF_*"], filter={"ID": contact["ID"]}))
     assert set(user_fields_only[0]) == {"ID", "UF_CRM_1700000000011", "UF_CRM_1700000000012"}
 
 
-def test_get_returns_every_field_with_multifields(http, emu):
-    contact_id = result(hook(http, emu, "crm.contact.list", filter={"HAS_PHONE": "Y"}, select=["ID"]))[0]["ID"]
-    contact = result(hook(http, emu, "crm.contact.get", id=contact_id))
+def test_get_returns_every_field_with_multifields(http, reader):
+    contact_id = result(hook(http, reader, "crm.contact.list", filter={"HAS_PHONE": "Y"}, select=["ID"]))[0]["ID"]
+    contact = result(hook(http, reader, "crm.contact.get", id=contact_id))
     assert contact["ID"] == contact_id
     assert contact["PHONE"] and "UF_CRM_1700000000012" in contact
 
@@ -90,8 +98,8 @@ def test_get_returns_every_field_with_multifields(http, emu):
     ({"UF_CRM_1700000000003": "1"}, lambda row: row["UF_CRM_1700000000003"] == "1"),
     ({"NO_SUCH_FIELD": "x"}, lambda row: True),
 ])
-def test_filters_with_operation_prefixes_match_the_rows_they_describe(http, emu, deals, filter_, expected):
-    matched = result(hook(http, emu, "crm.deal.list", filter=filter_))
+def test_filters_with_operation_prefixes_match_the_rows_they_describe(http, reader, deals, filter_, expected):
+    matched = result(hook(http, reader, "crm.deal.list", filter=filter_))
     assert ids(matched) == [int(row["ID"]) for row in deals if expected(row)]
 
 
@@ -151,11 +159,11 @@ def test_get_of_a_missing_or_deleted_id_is_not_found_with_an_empty_error_code(ht
     assert hook(http, emu, "crm.deal.delete", id=3).json()["error_description"] == "Not found"
 
 
-def test_bad_filter_or_order_parameters_are_legacy_errors(http, emu):
-    response = hook(http, emu, "crm.deal.list", filter="ID=1")
+def test_bad_filter_or_order_parameters_are_legacy_errors(http, reader):
+    response = hook(http, reader, "crm.deal.list", filter="ID=1")
     assert response.status_code == 400
     assert response.json() == {"error": "", "error_description": "Parameter 'filter' must be array."}
-    assert hook(http, emu, "crm.deal.list", order="ID").json()["error_description"] == (
+    assert hook(http, reader, "crm.deal.list", order="ID").json()["error_description"] == (
         "Parameter 'order' must be array.")
 
 
@@ -191,8 +199,8 @@ def test_multifields_are_added_edited_and_removed(http, emu):
     assert "PHONE" not in contact and contact["HAS_PHONE"] == "N"
 
 
-def test_form_encoded_filters_reach_the_list(http, emu):
-    body = http.get(emu.webhook_url + "crm.deal.list", params={"filter[>ID]": "18", "select[]": "ID"}).json()
+def test_form_encoded_filters_reach_the_list(http, reader):
+    body = http.get(reader.webhook_url + "crm.deal.list", params={"filter[>ID]": "18", "select[]": "ID"}).json()
     assert ids(body["result"]) == [19, 20]
 
 
@@ -210,8 +218,8 @@ def test_activities_list_without_communications_unless_selected(http, emu):
     assert fields["COMMUNICATIONS"]["isMultiple"] is True and fields["LAST_UPDATED"]["isReadOnly"] is True
 
 
-def test_fields_describe_types_and_user_fields(http, emu):
-    fields = result(hook(http, emu, "crm.deal.fields"))
+def test_fields_describe_types_and_user_fields(http, reader):
+    fields = result(hook(http, reader, "crm.deal.fields"))
     assert fields["ID"] == {"type": "integer", "isRequired": False, "isReadOnly": True, "isImmutable": False,
                             "isMultiple": False, "isDynamic": False, "title": "ID"}
     assert fields["STAGE_ID"]["type"] == "crm_status" and fields["STAGE_ID"]["statusType"] == "DEAL_STAGE"
