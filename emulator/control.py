@@ -15,6 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from emulator.activity import ActivityGenerator
+from emulator.events import Origin
 from emulator.faults import Fault
 from emulator.portal import Portal, User
 from emulator.world import ALL_SCOPES, World
@@ -76,12 +78,6 @@ def _require(body: dict[str, Any], name: str) -> Any:
     if name not in body:
         raise ControlError(f"missing {name!r}")
     return body[name]
-
-
-def _crm(portal: Portal) -> Any:
-    if portal.crm is None or portal.events is None:
-        raise ControlError("this portal has no CRM data attached", status=501)
-    return portal.crm
 
 
 def build_control_app(world: World) -> Starlette:
@@ -193,9 +189,6 @@ def build_control_app(world: World) -> Starlette:
 
     async def activity(request: Request) -> JSONResponse:
         portal = portal_of(request)
-        _crm(portal)
-        from emulator.activity import ActivityGenerator
-
         if request.method in ("POST", "DELETE") and portal.activity is not None:
             portal.activity.stop()
         if request.method == "POST":
@@ -212,30 +205,26 @@ def build_control_app(world: World) -> Starlette:
 
     async def crm_write(request: Request) -> JSONResponse:
         portal = portal_of(request)
-        crm = _crm(portal)
-        from emulator.events import Origin
-
         body = await _json(request)
         user_id = body.get("user_id") or min(
             (u.id for u in portal.users.values() if not u.is_admin), default=1)
         record_id = body.get("id")
+        origin = Origin(user_id=int(user_id), client_id=None, auth_connector="")
         with portal.lock:
-            new_id = crm.write(request.path_params["entity"], str(_require(body, "op")),
-                               None if record_id is None else int(record_id), body.get("fields") or {},
-                               Origin(user_id=int(user_id), client_id=None, auth_connector=""))
+            new_id = portal.crm.write(request.path_params["entity"], str(_require(body, "op")),
+                                      None if record_id is None else int(record_id),
+                                      body.get("fields") or {}, origin)
         return JSONResponse({"id": new_id})
 
     async def truth(request: Request) -> JSONResponse:
         portal = portal_of(request)
-        crm = _crm(portal)
         entity = request.path_params["entity"]
         with portal.lock:
-            rows = crm.ground_truth(entity)
+            rows = portal.crm.ground_truth(entity)
         return JSONResponse({"entity": entity, "rows": rows})
 
     async def queue(request: Request) -> JSONResponse:
         portal = portal_of(request)
-        _crm(portal)
         with portal.lock:
             rows = portal.events.queue_rows()
         return JSONResponse({"rows": rows})

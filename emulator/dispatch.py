@@ -114,16 +114,6 @@ def _check_access(portal: Portal, caller: Caller, method: RestMethod, in_batch: 
         raise WrongLicense("auth_connector")
 
 
-_async_handlers: dict[str, bool] = {}
-
-
-def _is_async(method: RestMethod) -> bool:
-    known = _async_handlers.get(method.name)
-    if known is None:
-        known = _async_handlers[method.name] = inspect.iscoroutinefunction(method.handler)
-    return known
-
-
 async def execute(portal: Portal, caller: Caller, method_name: str, params: dict, *,
                   started: float | None = None, in_batch: bool = False) -> CallOutcome:
     """Run one call of ``method_name`` (lower case, no ``.json``) for ``caller`` on ``portal``."""
@@ -148,7 +138,7 @@ async def execute(portal: Portal, caller: Caller, method_name: str, params: dict
                 while (left := wake - time.perf_counter()) > 0:
                     await asyncio.sleep(left)
             ctx = CallContext(portal, caller, method_name)
-            if _is_async(method):
+            if inspect.iscoroutinefunction(method.handler):
                 value = await method.handler(ctx, params)
             else:
                 with portal.lock:
