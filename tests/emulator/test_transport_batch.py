@@ -148,3 +148,17 @@ def test_a_batch_is_one_http_request_and_every_sub_call_is_counted(http, emu):
     assert stats["methods"]["test.batch.fail"] == {"calls": 1, "errors": 1, "status_503": 0, "status_429": 0,
                                                    "operating_s": 0.0}
     assert stats["bytes_out"] > 0
+
+
+def test_sub_calls_inherit_the_batch_auth_connector_so_own_writes_are_not_queued(http, emu, tokens):
+    token = tokens["access_token"]
+    bound = http.post(f"{emu.url}/rest/event.bind", json={
+        "auth": token, "event": "ONCRMDEALUPDATE", "event_type": "offline", "auth_connector": "etl"})
+    assert bound.json()["result"] is True
+    first, second = (row["id"] for row in emu.truth("deal")[:2])
+    update = "crm.deal.update?id={}&fields[TITLE]=renamed"
+    http.post(f"{emu.url}/rest/batch", json={"auth": token, "auth_connector": "etl",
+                                             "cmd": {"own": update.format(first)}})
+    http.post(f"{emu.url}/rest/batch", json={"auth": token, "cmd": {"other": update.format(second)}})
+    queued = {row["EVENT_DATA"]["FIELDS"]["ID"] for row in emu.queue() if row["CONNECTOR_ID"] == "etl"}
+    assert queued == {second}
