@@ -14,10 +14,10 @@ import random
 import threading
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from emulator.crm.entities import ADD, DELETE, OPERATIONS, UPDATE
-from emulator.crm.seed import Draw
+from emulator.crm.seed import Draw, Seeder
 from emulator.crm.store import CrmStore, EntityNotFound
 from emulator.events import Origin
 
@@ -54,6 +54,8 @@ class ActivityGenerator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._users = sorted(user.id for user in portal.users.values()) or [1]
+        # New rows and edits use the seeding vocabulary, so generated data looks like seeded data.
+        self._seeder = Seeder(store, 0 if seed is None else seed, self._users)
 
     def _plan(self, mix: dict[str, float]) -> tuple[list[tuple[str, str]], list[float]]:
         entities = self.store.entities()
@@ -115,7 +117,7 @@ class ActivityGenerator:
             table = self.store.table(entity)
             if operation != ADD and not table.ids:
                 operation = ADD
-            seeder: Any = self.store.seeder
+            seeder = self._seeder
             try:
                 if operation == ADD:
                     self.store.write(entity, ADD, None, seeder.new_fields(self._draw, entity), origin)

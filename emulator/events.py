@@ -150,11 +150,14 @@ class EventHub:
 
     # --- queues -----------------------------------------------------------------------------------------
 
-    def queue(self, client_id: str, connector: str) -> OfflineQueue:
+    def queue(self, client_id: str, connector: str, *, create: bool = True) -> OfflineQueue:
+        """The queue of an app and connector; reads of a queue never written get an empty, unsaved one."""
         key = (client_id, connector)
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = OfflineQueue(client_id, connector, self.clock)
+            queue = OfflineQueue(client_id, connector, self.clock)
+            if create:
+                self._queues[key] = queue
         return queue
 
     def _new_row_id(self) -> int:

@@ -364,7 +364,8 @@ def parse_order(raw: Any, allowed: tuple[str, ...]) -> Order:
 # --- REST methods -----------------------------------------------------------------------------------------
 
 def _queue(ctx: CallContext) -> OfflineQueue:
-    return ctx.portal.events.queue(ctx.caller.client_id or "", ctx.caller.auth_connector)
+    # Reading an unknown connector's queue must not leave an empty queue behind.
+    return ctx.portal.events.queue(ctx.caller.client_id or "", ctx.caller.auth_connector, create=False)
 
 
 def _require_admin(ctx: CallContext) -> None:

@@ -40,5 +40,5 @@ def attach(portal: Portal, seed: int, counts: dict[str, int], smart_process_type
         smart_process_types = counts.get("smart_process_types", 1)
     store = CrmStore(portal, clock)
     portal.crm = store
-    store.seeder = seed_portal(store, seed, counts, smart_process_types, sorted(portal.users))
+    seed_portal(store, seed, counts, smart_process_types, sorted(portal.users))
     return store

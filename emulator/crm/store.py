@@ -68,8 +68,6 @@ class CrmStore:
         self.smart_processes: dict[int, SmartProcess] = {}  # by entityTypeId
         self._last_user_field_id = 0
         self._last_multifield_id = 0
-        # Set by `emulator.crm.attach`: the activity generator draws new rows and edits from it.
-        self.seeder: Any = None
 
     # --- lookup -----------------------------------------------------------------------------------
 
