@@ -33,6 +33,7 @@ class SensorCursor:
     pending: list[str] = field(default_factory=list)  # signalled portals not yet peeked
     bootstrapped: dict[str, str] = field(default_factory=dict)  # portal -> installed_at of its resync
     polled_at: dict[str, float] = field(default_factory=dict)  # portal -> last fallback peek
+    launches: dict[str, int] = field(default_factory=dict)  # portal -> sync runs requested so far
 
     @classmethod
     def parse(cls, raw: str | None) -> SensorCursor:
@@ -89,9 +90,13 @@ def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix2
             observations.append(dg.AssetObservation(QUEUE_ASSET, partition=key, metadata={
                 "depth": peek.depth, "lag_s": round(lag_s, 1)}))
         if peek.depth:
+            # The key follows the pending state and counts launches: a tick evaluated twice asks
+            # once, and a run that failed on the same rows does not block the next (run keys are
+            # never reused, failed runs included).
+            launch = cursor.launches[key] = cursor.launches.get(key, 0) + 1
             head = peek.head.row_id if peek.head else 0
             requests.append(dg.RunRequest(job_name=SYNC_JOB.name, partition_key=key,
-                                          run_key=f"sync:{key}:{head}:{peek.depth}"))
+                                          run_key=f"sync:{key}:{head}:{peek.depth}:{launch}"))
     cursor.pending = still_pending
     cursor.polled_at = {k: v for k, v in cursor.polled_at.items() if k in active}
     return dg.SensorResult(

@@ -44,6 +44,7 @@ from connectors.bitrix24 import (
     table_schema,
     to_frame,
 )
+from connectors.sync.failpoints import failpoint
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
     Committed,
@@ -93,6 +94,7 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
         want = min(CHUNK, sync.max_events - len(events))
         result = sync.queue.reserve_errors(want) if mode == "error_lane" else sync.queue.reserve(want)
         reserved.at_most_once = reserved.at_most_once or result.at_most_once
+        failpoint("after_reserve_response")
         if result.process_ids:
             counts = {r.process_id: len(r.events) for r in result.reservations if r.process_id}
             sync.warehouse.record_reserved(sync.portal, counts)
@@ -100,7 +102,9 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
         events.extend(result.events)
         if result.exhausted:
             break
-    return _write_reserved(sync, reserved, events)
+    manifest = _write_reserved(sync, reserved, events)
+    failpoint("after_reserve")
+    return manifest
 
 
 def _recover(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
@@ -175,7 +179,7 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events: list[QueueEvent])
     events_by_object = _events_by_object(sync, events) if plan.kinds else {}
     parts: dict[str, TablePart] = {}
     for key, kind_plan in plan.kinds.items():
-        part = parts[key] = _new_part(sync, kind_plan.kind)
+        part = parts[key] = new_table_part(sync, kind_plan.kind)
         part.tombstones.extend((entity_id, "deleted", kind_plan.changed_at[entity_id].isoformat())
                                for entity_id in kind_plan.tombstone_ids)
         part.events = sum(len(events_by_object.get((key, i), ())) for i in kind_plan.changed_at)
@@ -184,9 +188,10 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events: list[QueueEvent])
             kind_plan, part = plan.kinds[key], parts[key]
             part.tombstones.extend((entity_id, "not_found", kind_plan.changed_at[entity_id].isoformat())
                                    for entity_id in result.not_found)
-            frame, bad_ids = _frame(sync, kind_plan.kind, part, result.records)
+            frame, bad_ids = typed_frame(sync, kind_plan.kind, part, result.records)
             _park(fetched, events_by_object, key, bad_ids)
-            _stage(sync, part, frame, number)
+            stage_frame(sync, part, frame, number)
+        failpoint("during_fetch")
     fetched.tables.extend(parts.values())
 
 
@@ -227,28 +232,28 @@ def _fetch_slice(sync: PortalSync, fetched: Fetched, events_by_object: ObjectEve
 
 
 def _scan_kind(sync: PortalSync, kind: EntityKind) -> TablePart:
-    part = _new_part(sync, kind)
+    part = new_table_part(sync, kind)
     seen: list[int] = []
     for number, records in enumerate(scan(sync.client, kind)):
-        frame, bad_ids = _frame(sync, kind, part, records)
+        frame, bad_ids = typed_frame(sync, kind, part, records)
         if bad_ids:
             log.error("portal %s: %d %s rows unreadable in the full scan: %s", sync.portal, len(bad_ids),
                       kind.table, sorted(bad_ids)[:20])
         seen.extend(int(record[kind.id_field]) for record in records)
-        _stage(sync, part, frame, number)
+        stage_frame(sync, part, frame, number)
     ids_file = sync.staging_dir / f"{kind.table}.scanned.parquet"
     write_frame(ids_file, pd.DataFrame({"id": pd.Series(seen, dtype="int64")}))
     part.scanned_ids_file = str(ids_file)
     return part
 
 
-def _new_part(sync: PortalSync, kind: EntityKind) -> TablePart:
+def new_table_part(sync: PortalSync, kind: EntityKind) -> TablePart:
     schema = table_schema(sync.client, kind)
     schema_file = write_json(sync.staging_dir / f"{kind.table}.schema.json", schema_to_json(schema))
     return TablePart(kind=kind.key, table=kind.table, schema_file=str(schema_file))
 
 
-def _frame(sync: PortalSync, kind: EntityKind, part: TablePart,
+def typed_frame(sync: PortalSync, kind: EntityKind, part: TablePart,
            records: list[dict]) -> tuple[pd.DataFrame, list[int]]:
     """The chunk as a typed frame; records the portal sent malformed are singled out, not fatal."""
     schema = schema_from_json(read_json(part.schema_file))
@@ -266,7 +271,7 @@ def _frame(sync: PortalSync, kind: EntityKind, part: TablePart,
         return to_frame(kind, schema, good), bad
 
 
-def _stage(sync: PortalSync, part: TablePart, frame: pd.DataFrame, number: int) -> None:
+def stage_frame(sync: PortalSync, part: TablePart, frame: pd.DataFrame, number: int) -> None:
     if frame.empty:
         return
     path = write_frame(sync.staging_dir / f"{part.table}.{number:05d}.parquet", frame)
@@ -321,6 +326,7 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
                 outcome.tombstones += tx.tombstone(sync.portal, schemas[part.table], ids, reason, deleted_at)
         if fetched.reserved.process_ids:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
+    failpoint("after_commit")
     sync.warehouse.publish_snapshot()
     return write_json(sync.staging_dir / "committed.json", asdict(committed))
 
@@ -333,6 +339,13 @@ def _absent_ids(sync: PortalSync, part: TablePart) -> list[int]:
 
 
 # --- ack -------------------------------------------------------------------------------------
+
+
+def run_once(sync: PortalSync, mode: str = "changes") -> Path:
+    """All four steps in this process; returns the committed manifest (for its numbers)."""
+    committed = commit(sync, fetch(sync, reserve(sync, mode)))
+    ack(sync, committed)
+    return committed
 
 
 def ack(sync: PortalSync, committed_path: str | Path) -> int:

@@ -1,0 +1,61 @@
+"""`python -m connectors.sync`: one pass of the CDC loop for one portal, without Dagster.
+
+For cron-style deployments, debugging and the crash tests. The app's keys come from the
+environment (B24_CLIENT_ID, B24_CLIENT_SECRET, B24_OAUTH_TOKEN_URL), never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits, TokenStore
+from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
+from connectors.sync.staging import read_json
+from connectors.sync.steps import MODES, run_once
+from connectors.warehouse import open_warehouse
+
+DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
+
+
+def token_store(args: argparse.Namespace) -> TokenStore:
+    if args.tokens_dir:
+        return FileTokenStore(Path(args.tokens_dir))
+    from connectors.state import open_state_store
+
+    return open_state_store(args.state_store or os.environ["B24_STATE_STORE"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--portal", required=True, help="portal key (as stored at install)")
+    parser.add_argument("--warehouse", required=True, help="DuckDB file or postgresql:// DSN")
+    parser.add_argument("--schema", default="bitrix24", help="PostgreSQL schema")
+    parser.add_argument("--mode", choices=MODES, default="changes")
+    parser.add_argument("--state-store", help="SQLite file or postgresql:// DSN (default $B24_STATE_STORE)")
+    parser.add_argument("--tokens-dir", help="keep tokens in files here instead of a state store")
+    parser.add_argument("--connector", default=DEFAULT_CONNECTOR)
+    parser.add_argument("--max-events", type=int, default=25_000)
+    parser.add_argument("--burst", type=int, default=50)
+    parser.add_argument("--drain-per-s", type=float, default=2.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    app = OAuthApp(os.environ["B24_CLIENT_ID"], os.environ["B24_CLIENT_SECRET"],
+                   token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
+    limits = RateLimits(burst=args.burst, drain_per_s=args.drain_per_s)
+    with Bitrix24Client(app.session(args.portal, token_store(args)), limits=limits) as client, \
+            open_warehouse(args.warehouse, schema=args.schema) as warehouse, \
+            tempfile.TemporaryDirectory(prefix="b24wh-") as staging:
+        sync = PortalSync(args.portal, client, warehouse, Path(staging), connector=args.connector,
+                          max_events=args.max_events)
+        committed = read_json(run_once(sync, args.mode))
+        print(json.dumps({"tables": committed["tables"], "usage": client.usage.snapshot()["http_requests"]}))
+
+
+if __name__ == "__main__":
+    main()
