@@ -14,7 +14,7 @@ from typing import Any
 
 from emulator.crm.entities import LEGACY_TYPES, EntityType
 from emulator.crm.phpish import array_values, intval, upper_keys
-from emulator.crm.query import Group, Query, make_condition, run, split_key
+from emulator.crm.query import PAGE_SIZE, Group, Query, make_condition, run, split_key
 from emulator.crm.store import CrmStore, EntityNotFound, InvalidFieldValue
 from emulator.crm.table import EntityTable
 from emulator.crm.userfields import UserFieldError
@@ -86,12 +86,19 @@ def legacy_query(table: EntityTable, raw_filter: Any, raw_order: Any, clock: Any
     return Query(where, order)
 
 
+def legacy_offset(start: int) -> int:
+    """Legacy lists page with ``iNumPage = intval(start / 50) + 1`` (IRestService::getNavData), so a
+    ``start`` of 30 reads the first page; any negative start means "no count" like -1."""
+    if start < 0:
+        return -1
+    return start // PAGE_SIZE * PAGE_SIZE
+
+
 def list_entities(entity_type: EntityType, ctx: CallContext, params: dict) -> Page:
     table = _table(ctx, entity_type)
     query = legacy_query(table, param(params, "filter"), param(params, "order"), _store(ctx).clock)
     select = array_values(param(params, "select"))
-    start = intval(param(params, "start", 0))
-    page = run(table, query, start)
+    page = run(table, query, legacy_offset(intval(param(params, "start", 0))))
     view = legacy_view(table, select)
     return Page([view(entity_id) for entity_id in page.ids], total=page.total, next=page.next)
 

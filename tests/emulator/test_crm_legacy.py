@@ -109,6 +109,8 @@ def test_order_is_typed_and_paging_gives_total_and_next(http):
         assert len(first["result"]) == 50 and first["total"] == 120 and first["next"] == 50
         last = hook(http, emu, "crm.deal.list", select=["ID"], start=100).json()
         assert ids(last["result"]) == list(range(101, 121)) and last["total"] == 120 and "next" not in last
+        # start is turned into a page number: 130 reads the third page like 100 does.
+        assert hook(http, emu, "crm.deal.list", select=["ID"], start=130).json()["result"] == last["result"]
         newest = result(hook(http, emu, "crm.deal.list", order={"ID": "DESC"}, select=["ID"]))
         assert ids(newest)[:3] == [120, 119, 118]
         by_amount = result(hook(http, emu, "crm.deal.list", order={"OPPORTUNITY": "ASC"}, select=["OPPORTUNITY"]))
