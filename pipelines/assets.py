@@ -5,8 +5,6 @@ next op the path of a small manifest in the run's staging directory. The ack op 
 tables count as materialized only once the queue rows behind them are acknowledged.
 """
 
-from __future__ import annotations
-
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +31,15 @@ class SyncConfig(dg.Config):
     max_events: int = 25_000  # per run; the sensor starts another run for the rest
 
 
-def staging_dir(context: dg.OpExecutionContext) -> Path:
+RunContext = dg.OpExecutionContext | dg.AssetExecutionContext
+
+
+def staging_dir(context: RunContext) -> Path:
     return Path(context.instance.storage_directory()) / "bitrix24_staging" / context.run_id
 
 
 @contextmanager
-def portal_sync(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, warehouse: WarehouseResource,
+def portal_sync(context: RunContext, bitrix24: Bitrix24Resource, warehouse: WarehouseResource,
                 max_events: int = 25_000) -> Iterator[PortalSync]:
     """The run's portal, connected; its HTTP usage is added to the run's tally when the op ends."""
     portal = context.partition_key
@@ -138,9 +139,8 @@ def _lag_seconds(oldest_event_at: str | None) -> float:
 
 
 @dg.graph_multi_asset(
-    outs={name: dg.AssetOut.from_spec(dg.AssetSpec(
-        asset_key(name), description=DESCRIPTIONS[name], deps=[QUEUE_ASSET], group_name="bitrix24",
-        kinds={"bitrix24", "duckdb"})) for name in ENTITY_ASSETS},
+    outs={name: dg.AssetOut(key=asset_key(name), description=DESCRIPTIONS[name], group_name="bitrix24",
+                            kinds={"bitrix24"}) for name in ENTITY_ASSETS},
     partitions_def=portals,
 )
 def bitrix24_crm():

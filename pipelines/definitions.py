@@ -9,13 +9,23 @@ import os
 import dagster as dg
 
 from pipelines.assets import bitrix24_crm, offline_queue
-from pipelines.jobs import ERROR_LANE_JOB, FULL_RESYNC_JOB, SYNC_JOB
+from pipelines.health import ENTITY_CHECKS, dead_letters, reconciliation
+from pipelines.jobs import (
+    ERROR_LANE_JOB,
+    ERROR_LANE_SCHEDULE,
+    FULL_RESYNC_JOB,
+    RECONCILE_JOB,
+    RECONCILE_SCHEDULE,
+    SYNC_JOB,
+)
 from pipelines.resources import OAUTH_TOKEN_URL, Bitrix24Resource, WarehouseResource
 from pipelines.sensors import offline_events_sensor
 
 defs = dg.Definitions(
-    assets=[bitrix24_crm, offline_queue],
-    jobs=[SYNC_JOB, FULL_RESYNC_JOB, ERROR_LANE_JOB],
+    assets=[bitrix24_crm, offline_queue, reconciliation, dead_letters],
+    asset_checks=ENTITY_CHECKS,
+    jobs=[SYNC_JOB, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB],
+    schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE],
     sensors=[offline_events_sensor],
     resources={
         "bitrix24": Bitrix24Resource(

@@ -6,8 +6,6 @@ portals per tick are also peeked with the read-only ``event.offline.list`` as a 
 tick over thousands of portals stays a handful of HTTP calls.
 """
 
-from __future__ import annotations
-
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +34,7 @@ class SensorCursor:
     launches: dict[str, int] = field(default_factory=dict)  # portal -> sync runs requested so far
 
     @classmethod
-    def parse(cls, raw: str | None) -> SensorCursor:
+    def parse(cls, raw: str | None) -> "SensorCursor":
         return cls(**json.loads(raw)) if raw else cls()
 
     def dump(self) -> str:

@@ -1,0 +1,108 @@
+"""How operators know the tables can be trusted: asset checks, reconciliation, the error lane.
+
+* every entity asset: its ids are unique per portal, and its last sync's lag is small;
+* ``bitrix24/reconciliation``: an id + modification-time scan against the portal (scheduled),
+  repairing what it finds; its check fails while anything was out of sync;
+* ``bitrix24/dead_letters``: the depth of the error lane after a drain; its check fails while
+  objects are parked there, so a poisoned object is never silently dropped.
+"""
+
+import dagster as dg
+
+from connectors.sync.reconcile import reconcile
+from pipelines.assets import WAREHOUSE_POOL, portal_sync
+from pipelines.partitions import portals
+from pipelines.resources import Bitrix24Resource, WarehouseResource
+from pipelines.tables import ENTITY_ASSETS, asset_key
+
+MAX_LAG_S = 300.0  # the promise is "fresh within a minute"; five minutes of lag is an incident
+RECONCILIATION = dg.AssetKey(["bitrix24", "reconciliation"])
+DEAD_LETTERS = dg.AssetKey(["bitrix24", "dead_letters"])
+
+
+def _tables_of(asset_name: str, warehouse_tables: list[str]) -> list[str]:
+    prefix = ENTITY_ASSETS[asset_name]
+    return [t for t in warehouse_tables if t == prefix or (prefix.endswith("_") and t.startswith(prefix))]
+
+
+def unique_ids_check(asset_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset_key(asset_name), name="unique_ids", partitions_def=portals, pool=WAREHOUSE_POOL,
+                    description="Each object appears once per portal (the upsert key holds).")
+    def _check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        duplicates: dict[str, int] = {}
+        rows = 0
+        with warehouse.open() as wh:
+            for table in _tables_of(asset_name, wh.entity_tables()):
+                ids = wh.row_versions(context.partition_key, table)["id"]
+                rows += len(ids)
+                duplicates[table] = int(ids.duplicated().sum())
+        return dg.AssetCheckResult(passed=not any(duplicates.values()),
+                                   metadata={"rows": rows, "duplicates": sum(duplicates.values())})
+
+    return _check
+
+
+def sync_lag_check(asset_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset_key(asset_name), name="sync_lag", partitions_def=portals,
+                    description=f"The oldest change of the last sync waited under {MAX_LAG_S:.0f} s.")
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key(asset_name), asset_partitions=[context.partition_key]),
+            limit=1).records
+        if not records:
+            return dg.AssetCheckResult(passed=True, metadata={"lag_s": 0.0, "synced": False})
+        lag = records[0].asset_materialization.metadata.get("lag_s")
+        lag_s = float(lag.value) if lag is not None else 0.0
+        return dg.AssetCheckResult(passed=lag_s <= MAX_LAG_S, metadata={"lag_s": lag_s})
+
+    return _check
+
+
+ENTITY_CHECKS = [factory(name) for name in ENTITY_ASSETS for factory in (unique_ids_check, sync_lag_check)]
+
+
+class ReconcileConfig(dg.Config):
+    repair: bool = True  # upsert missing and stale objects, tombstone the ones the portal lacks
+
+
+@dg.asset(
+    key=RECONCILIATION,
+    deps=[asset_key(name) for name in ENTITY_ASSETS],
+    partitions_def=portals,
+    group_name="bitrix24",
+    pool=WAREHOUSE_POOL,
+    check_specs=[dg.AssetCheckSpec("in_sync_with_portal", asset=RECONCILIATION)],
+)
+def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, bitrix24: Bitrix24Resource,
+                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Ids and modification times compared between the portal and the warehouse, per table."""
+    with portal_sync(context, bitrix24, warehouse) as sync:
+        reports = reconcile(sync, repair=config.repair)
+    totals = {name: sum(getattr(r, name) for r in reports) for name in ("missing", "extra", "stale", "revived")}
+    by_table = {r.table: {"portal": r.portal_rows, "warehouse": r.warehouse_live_rows, "missing": r.missing,
+                          "extra": r.extra, "stale": r.stale, "revived": r.revived} for r in reports}
+    return dg.MaterializeResult(
+        metadata={**totals, "repaired": config.repair, "tables": by_table},
+        check_results=[dg.AssetCheckResult(
+            check_name="in_sync_with_portal", passed=all(r.in_sync for r in reports),
+            metadata={**totals, "examples": {r.table: r.examples for r in reports if r.examples}})],
+    )
+
+
+@dg.asset(
+    key=DEAD_LETTERS,
+    deps=[asset_key(name) for name in ENTITY_ASSETS],
+    partitions_def=portals,
+    group_name="bitrix24",
+    check_specs=[dg.AssetCheckSpec("error_lane_empty", asset=DEAD_LETTERS)],
+)
+def dead_letters(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource) -> dg.MaterializeResult:
+    """Objects Bitrix24 keeps in our error lane because syncing them failed repeatedly."""
+    with bitrix24.client(context.partition_key) as client:
+        peek = bitrix24.queue(client).peek(error_lane=True)
+    oldest = peek.head.timestamp.isoformat() if peek.head else None
+    return dg.MaterializeResult(
+        metadata={"depth": peek.depth, "oldest": oldest},
+        check_results=[dg.AssetCheckResult(check_name="error_lane_empty", passed=peek.depth == 0,
+                                           metadata={"depth": peek.depth, "oldest": oldest})],
+    )
