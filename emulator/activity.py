@@ -17,9 +17,9 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from emulator.crm.entities import ADD, DELETE, OPERATIONS, UPDATE
+from emulator.crm.origin import Origin
 from emulator.crm.seed import Draw, Seeder
 from emulator.crm.store import CrmStore, EntityNotFound
-from emulator.events import Origin
 
 if TYPE_CHECKING:
     from emulator.portal import Portal

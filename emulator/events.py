@@ -11,14 +11,16 @@ Also here: the ``event.bind``, ``event.unbind``, ``event.get`` and ``events`` me
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from emulator.crm.clock import PortalClock
+from emulator.crm.origin import Origin
 from emulator.crm.phpish import intval, upper_keys
 from emulator.errors import AccessDenied, ArgumentError, RestError
 from emulator.offline import OfflineQueue
@@ -26,6 +28,8 @@ from emulator.registry import CallContext, rest_method
 
 if TYPE_CHECKING:
     from emulator.portal import Portal
+
+__all__ = ["EventHub", "Handler", "Origin", "attach", "message_id"]
 
 ONOFFLINEEVENT = "ONOFFLINEEVENT"
 DEFAULT_MIN_TIMEOUT = 1  # seconds, EventOfflineTable::OFFLINE_EVENT_DEFAULT_TIMEOUT
@@ -39,15 +43,6 @@ ONLINE_ONLY = frozenset({ONOFFLINEEVENT})
 
 Post = Callable[[str, dict[str, Any]], None]
 EventAuth = Callable[["Portal", str], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Origin:
-    """Who made a change. ``client_id`` is None for UI users, webhooks and the activity generator."""
-
-    user_id: int
-    client_id: str | None = None
-    auth_connector: str = ""
 
 
 @dataclass
@@ -73,9 +68,10 @@ class Handler:
 
 
 def message_id(event_name: str, data: Any) -> str:
-    """``md5(EVENT_NAME|json_encode(EVENT_DATA))``: stable per event name and object (facts §2.11)."""
-    encoded = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.md5(f"{event_name}|{encoded}".encode()).hexdigest()
+    """``md5(EVENT_NAME|json_encode(EVENT_DATA))``: stable per event name and object (facts §2.11).
+
+    orjson writes the same compact form as PHP for the integer-only payloads of CRM events."""
+    return hashlib.md5(event_name.encode() + b"|" + orjson.dumps(data)).hexdigest()
 
 
 def _post_form(url: str, payload: dict[str, Any]) -> None:

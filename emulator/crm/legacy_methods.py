@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 from emulator.crm.entities import LEGACY_TYPES, EntityType
+from emulator.crm.origin import Origin
 from emulator.crm.phpish import array_values, intval, upper_keys
 from emulator.crm.query import PAGE_SIZE, Group, Query, make_condition, run, split_key
 from emulator.crm.store import CrmStore, EntityNotFound, InvalidFieldValue
@@ -20,7 +21,6 @@ from emulator.crm.table import EntityTable
 from emulator.crm.userfields import UserFieldError
 from emulator.crm.views import legacy_view
 from emulator.errors import LegacyCrmError
-from emulator.events import Origin
 from emulator.registry import CallContext, Page, param, rest_method
 
 

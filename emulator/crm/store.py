@@ -18,7 +18,7 @@ from emulator.crm.userfields import UserField, check_user_type, field_name
 from emulator.crm.views import item_view
 
 if TYPE_CHECKING:
-    from emulator.events import Origin
+    from emulator.crm.origin import Origin
     from emulator.portal import Portal
 
 FIRST_SMART_PROCESS_TYPE_ID = 128  # smart processes get entityTypeId >= 128 (facts §3)
