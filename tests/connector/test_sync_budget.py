@@ -82,20 +82,20 @@ def test_a_standard_plan_portal_is_drained_by_one_client_with_zero_503s(limited_
     queue = OfflineQueue(oauth_client(limited_emu, limits=RateLimits.standard()), CONNECTOR)
     queue.bind(KINDS)
     changed = changed_everywhere(limited_emu, {"deal": 20, "contact": 10})
-    changed["deal"] |= set(user_changes(limited_emu, "deal", "add", count=1000))
+    changed["deal"] |= set(user_changes(limited_emu, "deal", "add", count=850))
 
     seen = drain_in_small_steps(queue, KINDS)
 
     stats = limited_emu.stats()
     assert seen == changed
-    assert stats["http_requests"] > 60  # well past the burst of 50: pacing was needed
+    assert stats["http_requests"] > 55  # past the burst of 50: pacing was needed
     assert stats["status"].get("503", 0) == 0 and queue.client.usage.retries == 0
     assert limited_emu.queue() == []
 
 
 def test_two_competing_clients_drain_with_retries_and_nothing_lost(limited_emu, oauth_client) -> None:
     OfflineQueue(oauth_client(limited_emu), CONNECTOR).bind(KINDS)
-    changed = set(user_changes(limited_emu, "deal", "add", count=1200))
+    changed = set(user_changes(limited_emu, "deal", "add", count=1000))
     limited_emu.reset_stats()
 
     queues = [OfflineQueue(oauth_client(limited_emu, max_concurrency=1), CONNECTOR) for _ in range(2)]
