@@ -445,7 +445,8 @@ def event_offline_clear(ctx: CallContext, params: dict) -> bool:
     _require_admin(ctx)
     query = lower_keys(params)
     process_id = _process_id(query)
-    if process_id is None:
+    if not process_id:
+        # Empty counts as missing (facts §2.9); it must never select the unreserved rows.
         raise ArgumentError("Argument 'PROCESS_ID' is null or empty", "PROCESS_ID")
     queue = _queue(ctx)
     # The source checks message_id first and then ignores id (facts §10.4).

@@ -240,6 +240,14 @@ def test_clear_needs_a_process_id_but_accepts_an_unknown_one(app):
     assert result(app("event.offline.clear", process_id="no-such-process-00000000000000000")) is True
 
 
+def test_clear_with_an_empty_process_id_is_refused_and_keeps_the_unreserved_rows(emu, app):
+    user_edit(emu, "deal", 3, TITLE="waiting")
+    response = app("event.offline.clear", process_id="")
+    assert response.status_code == 400
+    assert response.json()["argument"] == "PROCESS_ID"
+    assert len(listed(app)) == 1
+
+
 def test_failed_message_moves_to_the_error_lane_that_only_error_1_reads(emu, app):
     user_edit(emu, "deal", 1, TITLE="poison")
     user_edit(emu, "deal", 2, TITLE="fine")

@@ -1,0 +1,90 @@
+"""The product as a user runs it, for end-to-end tests: receiver + `dagster dev` against an emulator.
+
+The app is installed through the real flow: the emulator POSTs the install callback to our
+receiver, which stores the portal and its tokens and binds the events; the sensor of a real
+`dagster dev` (webserver + daemon) then bootstraps the portal and keeps it in sync.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from emulator.testing import RunningEmulator
+from pipelines.demo import REPO, Processes, demo_environment, free_port, wait_for
+
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+
+
+@dataclass
+class Stack:
+    emulator: RunningEmulator
+    home: Path
+    warehouse: str
+    processes: Processes
+
+    def instance(self) -> dg.DagsterInstance:
+        return dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(self.home / "dagster_home")))
+
+    def runs(self, job: str | None = None, statuses: list[dg.DagsterRunStatus] | None = None) -> list[dg.DagsterRun]:
+        with self.instance() as instance:
+            return list(instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=statuses or [])))
+
+    def wait_until(self, condition, timeout_s: float, what: str, poll_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for child in self.processes.children:
+                if child.poll() is not None:
+                    raise AssertionError(f"{child.args} exited while waiting for {what}; logs in {self.home}/logs")
+            if condition():
+                return
+            time.sleep(poll_s)
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; logs in {self.home}/logs")
+
+    def our_queue(self) -> list[dict]:
+        return [row for row in self.emulator.queue() if row["APP_ID"] and row["ERROR"] in (0, "0")]
+
+    def wait_until_drained(self, timeout_s: float = 240.0) -> None:
+        """The queue is empty and no run is active, twice in a row (a run may be about to start)."""
+        calm: list[bool] = []
+
+        def drained() -> bool:
+            calm.append(not self.our_queue() and not self.runs(statuses=ACTIVE))
+            return calm[-2:] == [True, True]
+
+        self.wait_until(drained, timeout_s, "the queue to drain")
+
+
+@contextmanager
+def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
+                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    (home / "dagster_home").mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    shutil.copy(REPO / "pipelines" / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
+    env = {**demo_environment(home, emulator.url), "B24_WAREHOUSE": warehouse, **(extra_env or {})}
+    env["B24_CLIENT_ID"], env["B24_CLIENT_SECRET"] = emulator.client_id, emulator.client_secret
+    processes = Processes(home / "logs")
+    receiver_port, ui_port = free_port(0), free_port(0)
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    try:
+        receiver = processes.start("receiver", [
+            sys.executable, "-m", "connectors.receiver", "--host", "127.0.0.1", "--port", str(receiver_port),
+            "--public-url", receiver_url, "--min-timeout", "1"], env)
+        wait_for(f"{receiver_url}/health", 60, receiver)
+        emulator.register_app(emulator.client_id, emulator.client_secret, handler_url=f"{receiver_url}/install")
+        emulator.install(emulator.client_id)
+        dagster = processes.start("dagster", [
+            sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+            "-p", str(ui_port)], env)
+        wait_for(f"http://127.0.0.1:{ui_port}/server_info", 240, dagster)
+        yield Stack(emulator, home, warehouse, processes)
+    finally:
+        processes.stop()
