@@ -5,14 +5,17 @@ Each runs in one process: per-step processes cost seconds each on a small machin
 hand each other files, not memory.
 """
 
+import os
+
 import dagster as dg
 
 from pipelines.assets import bitrix24_crm
 from pipelines.health import ENTITY_CHECKS, dead_letters, reconciliation
 from pipelines.partitions import portals
 
-# A run whose worker died (OOM, kill -9) is failed after this long, and run retries take over.
-MAX_RUNTIME_TAG = {"dagster/max_runtime": "1800"}
+# A run whose worker died (OOM, kill -9) is stopped by run monitoring after this long; the sensor's
+# next run then recovers its reservations. Far above a normal sync run (seconds).
+MAX_RUNTIME_TAG = {"dagster/max_runtime": os.environ.get("B24_SYNC_MAX_RUNTIME_S", "1800")}
 
 
 def _mode(mode: str) -> dict:

@@ -1,7 +1,9 @@
 """Named points where a test can kill the process, to prove recovery from a crash at that point.
 
 Inactive unless ``B24WH_FAILPOINT`` names the point: then the process SIGKILLs itself there (no
-cleanup, no flush: exactly what a power cut or the OOM killer does). The crash tests set it.
+cleanup, no flush: exactly what a power cut or the OOM killer does). With
+``B24WH_FAILPOINT_ONCE=<path>`` it fires only while that file does not exist (it creates the file
+first), so a long-running service crashes once and then recovers. The crash tests set these.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import signal
 
 ENV = "B24WH_FAILPOINT"
+ONCE_ENV = "B24WH_FAILPOINT_ONCE"
 
 POINTS = (
     "after_reserve_response",  # event.offline.get answered, the journal does not know the process ids yet
@@ -20,5 +23,12 @@ POINTS = (
 
 
 def failpoint(name: str) -> None:
-    if os.environ.get(ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(ENV) != name:
+        return
+    marker = os.environ.get(ONCE_ENV)
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
