@@ -7,6 +7,7 @@ tick over thousands of portals stays a handful of HTTP calls.
 """
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,8 @@ from pipelines.resources import Bitrix24Resource
 from pipelines.tables import QUEUE_ASSET
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
-POLL_INTERVAL_S = 60.0  # a portal without push signals is peeked at most this often
+# A portal without push signals is peeked at most this often.
+POLL_INTERVAL_S = float(os.environ.get("B24_POLL_INTERVAL_S", "60"))
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                        dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 

@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--public-url", required=True, help="the address the portal POSTs to")
     parser.add_argument("--min-timeout", type=int, default=5, help="ONOFFLINEEVENT minTimeout, seconds")
     parser.add_argument("--connector", default=DEFAULT_CONNECTOR)
+    parser.add_argument("--no-push", action="store_true",
+                        help="do not bind ONOFFLINEEVENT: the sensor then relies on polling alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -37,7 +39,8 @@ def main() -> None:
 
     def on_install(portal: str, settings: ReceiverSettings) -> None:
         with Bitrix24Client(app_keys.session(portal, open_state_store(os.environ["B24_STATE_STORE"]))) as client:
-            bind_portal(client, args.connector, f"{settings.public_url}/events", settings.min_timeout_s)
+            push_url = None if args.no_push else f"{settings.public_url}/events"
+            bind_portal(client, args.connector, push_url, settings.min_timeout_s)
 
     settings = ReceiverSettings(public_url=args.public_url.rstrip("/"), min_timeout_s=args.min_timeout)
     uvicorn.run(create_app(state, settings, on_install), host=args.host, port=args.port, log_level="warning")

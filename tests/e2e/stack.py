@@ -65,7 +65,7 @@ class Stack:
 
 @contextmanager
 def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
-                  extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+                  extra_env: dict[str, str] | None = None, push: bool = True) -> Iterator[Stack]:
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
     shutil.copy(REPO / "pipelines" / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
@@ -77,7 +77,7 @@ def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
     try:
         receiver = processes.start("receiver", [
             sys.executable, "-m", "connectors.receiver", "--host", "127.0.0.1", "--port", str(receiver_port),
-            "--public-url", receiver_url, "--min-timeout", "1"], env)
+            "--public-url", receiver_url, "--min-timeout", "1", *([] if push else ["--no-push"])], env)
         wait_for(f"{receiver_url}/health", 60, receiver)
         emulator.register_app(emulator.client_id, emulator.client_secret, handler_url=f"{receiver_url}/install")
         emulator.install(emulator.client_id)
