@@ -130,25 +130,38 @@ class PostgresWarehouse(SqlWarehouse):
 
     def _apply_statement(self, table: str, stage: str, columns: tuple[str, ...],
                          null_columns: list[str]) -> str:
+        # Lookups of stored rows are LATERAL subqueries fenced with OFFSET 0: the planner must probe
+        # the primary key / open-version index once per staged row. A join it may plan freely turns
+        # into a scan of the whole table per chunk (or worse, a nested loop over a CTE) whenever the
+        # statistics lag behind a fast-growing table, which is exactly what a bootstrap produces.
         d = self.dialect
-        main = d.qualified(TableNames.of(table).table)
+        names = TableNames.of(table)
+        main, history = d.qualified(names.table), d.qualified(names.history)
         applied = f"('{versioning.INSERT}', '{versioning.UPDATE}')"
-        written_rows = "(SELECT c.* FROM classified AS c JOIN written AS w ON w.id = c.id)"
-        replaced_rows = (f"(SELECT c.* FROM classified AS c JOIN written AS w ON w.id = c.id "
-                         f"WHERE c._action = '{versioning.UPDATE}')")
         upsert = versioning.upsert(d, table, columns, null_columns,
                                    f"(SELECT * FROM classified WHERE _action IN {applied}) AS s")
+        returned = ", ".join(["t.id", *(f"t.{quote(c)}" for c in columns), "t._source_modified_at",
+                              "t._content_hash"])
         return f"""WITH incoming AS (
                 SELECT *, hashtextextended(_raw, 0) AS _content_hash FROM {stage}
             ), classified AS (
                 SELECT s.*, {versioning.action('s', 't')} AS _action
-                FROM incoming AS s LEFT JOIN {main} AS t ON t.portal = %(portal)s::text AND t.id = s.id
+                FROM incoming AS s LEFT JOIN LATERAL (
+                    SELECT id, _deleted_at, _source_modified_at, _content_hash FROM {main}
+                    WHERE portal = %(portal)s::text AND id = s.id OFFSET 0) AS t ON TRUE
+            ), replaced_versions AS (
+                SELECT o.row_ref, COALESCE(c._source_modified_at, now()) AS valid_to
+                FROM classified AS c CROSS JOIN LATERAL (
+                    SELECT ctid AS row_ref FROM {history}
+                    WHERE portal = %(portal)s::text AND id = c.id AND _valid_to IS NULL OFFSET 0) AS o
+                WHERE c._action = '{versioning.UPDATE}'
             ), written AS (
-                {upsert} RETURNING t.id
+                {upsert} RETURNING {returned}
             ), closed AS (
-                {versioning.close_versions(d, table, f"{replaced_rows} AS s")}
+                UPDATE {history} AS h SET _valid_to = r.valid_to
+                FROM replaced_versions AS r WHERE h.ctid = r.row_ref
             ), versions AS (
-                {versioning.add_versions(d, table, columns, f"{written_rows} AS s")}
+                {versioning.add_versions(d, table, columns, "written AS s")}
             )
             SELECT _action, count(*) FROM classified GROUP BY _action"""
 
