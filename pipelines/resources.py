@@ -34,7 +34,7 @@ class Bitrix24Resource(dg.ConfigurableResource):
         app = OAuthApp(self.client_id, self.client_secret, token_url=self.oauth_token_url)
         limits = RateLimits(burst=self.burst, drain_per_s=self.drain_per_s,
                             operating_limit_s=self.operating_limit_s)
-        return Bitrix24Client(app.session(portal, state or self.state()), limits=limits)
+        return Bitrix24Client(app.session(portal, (state or self.state()).tokens), limits=limits)
 
     def queue(self, client: Bitrix24Client) -> OfflineQueue:
         return OfflineQueue(client, self.connector)

@@ -29,7 +29,7 @@ ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_START
 
 @dataclass
 class SensorCursor:
-    signals: str | None = None  # the state store's push-signal cursor
+    signals: int | None = None  # the state store's push-signal cursor
     pending: list[str] = field(default_factory=list)  # signalled portals not yet peeked
     bootstrapped: dict[str, str] = field(default_factory=dict)  # portal -> installed_at of its resync
     polled_at: dict[str, float] = field(default_factory=dict)  # portal -> last fallback peek
@@ -62,7 +62,7 @@ def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix2
     new_partitions = sorted(set(active) - known)
     requests: list[dg.RunRequest] = []
     for key, portal in active.items():
-        installed = portal.installed_at.isoformat()
+        installed = portal.installed_at.isoformat() if portal.installed_at else "unknown"
         if cursor.bootstrapped.get(key) != installed:
             # A new (or re-installed) portal: bind its events and load everything once.
             requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key,

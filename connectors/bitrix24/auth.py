@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +39,9 @@ class TokenStore(Protocol):
     def load(self, portal: str) -> dict | None: ...
 
     def save(self, portal: str, token: dict) -> None: ...
+
+    # Optional: stores shared by several processes also offer ``refresh_lock(portal)``, a context
+    # manager held around a refresh so only one process rotates the pair.
 
 
 class FileTokenStore:
@@ -181,12 +185,15 @@ class OAuthSession:
             if current.get("access_token") != stale.access_token:
                 return  # another thread refreshed while we waited for the lock
             # Another process (a second worker, the install receiver) may have rotated already;
-            # refreshing with the same refresh token again would fail or fork the pair.
-            stored = self.store.load(self.portal)
-            if stored and stored.get("access_token") != stale.access_token:
-                self._adopt(stored)
-                return
-            self._refresh(stored or current)
+            # refreshing with the same refresh token again would fail or fork the pair. A store
+            # shared by processes offers a lock around the read-refresh-save.
+            cross_process = getattr(self.store, "refresh_lock", None)
+            with cross_process(self.portal) if cross_process else nullcontext():
+                stored = self.store.load(self.portal)
+                if stored and stored.get("access_token") != stale.access_token:
+                    self._adopt(stored)
+                    return
+                self._refresh(stored or current)
 
     def _current(self) -> dict:
         with self._lock:

@@ -38,7 +38,7 @@ def main() -> None:
                         token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
 
     def on_install(portal: str, settings: ReceiverSettings) -> None:
-        with Bitrix24Client(app_keys.session(portal, open_state_store(os.environ["B24_STATE_STORE"]))) as client:
+        with Bitrix24Client(app_keys.session(portal, state.tokens)) as client:
             push_url = None if args.no_push else f"{settings.public_url}/events"
             bind_portal(client, args.connector, push_url, settings.min_timeout_s)
 

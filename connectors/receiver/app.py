@@ -9,7 +9,6 @@ The receiver only records; the Dagster sensor reads the signals and starts the r
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from connectors.state import PortalRecord, StateStore
+from connectors.state import Portal, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,6 @@ InstallHook = Callable[[str, ReceiverSettings], None]
 
 
 def create_app(state: StateStore, settings: ReceiverSettings, on_install: InstallHook | None = None) -> Starlette:
-    lock = threading.Lock()  # the state store is shared by the request threads
-
     async def install(request: Request) -> Response:
         form = bracket_form(list((await request.form()).multi_items()))
         auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
@@ -89,16 +86,15 @@ def create_app(state: StateStore, settings: ReceiverSettings, on_install: Instal
             key = portal_key(auth["client_endpoint"])
         except ValueError as error:
             return JSONResponse({"error": "invalid_install", "detail": str(error)}, status_code=400)
-        with lock:
-            known = state.portal_by_member(auth["member_id"])
-            if known is not None and known.key != key:
-                # A renamed portal keeps its member_id (facts §1.1): same warehouse rows, new address.
-                log.warning("portal %s now answers at %s", known.key, key)
-            state.save_portal(PortalRecord(
-                key=key, member_id=auth["member_id"], domain=str(auth.get("domain", "")),
-                client_endpoint=auth["client_endpoint"], application_token=auth["application_token"],
-                installed_at=datetime.now(UTC)))
-            state.save(key, {name: auth[name] for name in TOKEN_FIELDS if name in auth})
+        known = state.portal_by_member_id(auth["member_id"])
+        if known is not None and known.key != key:
+            # A renamed portal keeps its member_id (facts §1.1): same warehouse rows, new address.
+            log.warning("portal %s now answers at %s", known.key, key)
+        state.save_portal(Portal(
+            key=key, member_id=auth["member_id"], domain=str(auth.get("domain", "")),
+            client_endpoint=auth["client_endpoint"], application_token=auth["application_token"],
+            installed_at=datetime.now(UTC)))
+        state.save_token(key, {name: auth[name] for name in TOKEN_FIELDS if name in auth})
         log.info("installed on portal %s", key)
         if on_install is not None:
             threading.Thread(target=_run_hook, args=(on_install, key, settings), daemon=True).start()
@@ -108,20 +104,17 @@ def create_app(state: StateStore, settings: ReceiverSettings, on_install: Instal
         form = bracket_form(list((await request.form()).multi_items()))
         auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
         name = str(form.get("event", "")).upper()
-        with lock:
-            portal = state.portal_by_member(str(auth.get("member_id", "")))
-        if portal is None or not hmac.compare_digest(str(auth.get("application_token", "")),
-                                                     portal.application_token):
+        portal = state.portal_by_member_id(str(auth.get("member_id", "")))
+        if portal is None or not state.verify_application_token(portal.key, str(auth.get("application_token", ""))):
             # The only proof an event comes from the portal (facts §7.4): refuse anything else.
             return PlainTextResponse("unknown portal or application_token", status_code=401)
-        with lock:
-            if name == "ONOFFLINEEVENT":
-                state.record_signal(portal.key, datetime.now(UTC))
-            elif name == "ONAPPUNINSTALL":
-                state.mark_uninstalled(portal.key)
-                log.warning("portal %s uninstalled the app", portal.key)
-            else:
-                return PlainTextResponse(f"event {name or '?'} not handled", status_code=400)
+        if name == "ONOFFLINEEVENT":
+            state.record_signal(portal.key, datetime.now(UTC))
+        elif name == "ONAPPUNINSTALL":
+            state.mark_uninstalled(portal.key)
+            log.warning("portal %s uninstalled the app", portal.key)
+        else:
+            return PlainTextResponse(f"event {name or '?'} not handled", status_code=400)
         return PlainTextResponse("ok")
 
     async def health(_: Request) -> Response:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits, TokenStore
+from connectors.state import open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import read_json
 from connectors.sync.steps import MODES, run_once
@@ -25,9 +26,7 @@ DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 def token_store(args: argparse.Namespace) -> TokenStore:
     if args.tokens_dir:
         return FileTokenStore(Path(args.tokens_dir))
-    from connectors.state import open_state_store
-
-    return open_state_store(args.state_store or os.environ["B24_STATE_STORE"])
+    return open_state_store(args.state_store or os.environ["B24_STATE_STORE"]).tokens
 
 
 def main() -> None:
