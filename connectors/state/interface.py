@@ -1,0 +1,96 @@
+"""The state store's one interface: portals, OAuth tokens and push signals, shared by processes.
+
+The Dagster sensor, the runs and the small HTTP receiver all open the same store; every write is
+one short transaction, so they can work at the same time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from datetime import datetime
+
+from connectors.state.portal import Portal, PortalStatus
+
+
+class StateStore(ABC):
+    # -- portals --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def save_portal(self, portal: Portal) -> None:
+        """Insert or replace a portal (an install or re-install)."""
+
+    @abstractmethod
+    def portal(self, key: str) -> Portal | None: ...
+
+    @abstractmethod
+    def portal_by_member_id(self, member_id: str) -> Portal | None:
+        """The portal installed under ``member_id``, preferring an active, then the latest install."""
+
+    @abstractmethod
+    def portals(self, status: PortalStatus | None = PortalStatus.ACTIVE) -> list[Portal]:
+        """Portals with a status (all of them with None), by key."""
+
+    @abstractmethod
+    def mark_uninstalled(self, key: str) -> None: ...
+
+    def verify_application_token(self, key: str, application_token: str) -> bool:
+        """Whether an inbound event carries the portal's application token (facts §7.4)."""
+        portal = self.portal(key)
+        if portal is None or not portal.application_token:
+            return False
+        return hmac.compare_digest(portal.application_token.encode(), application_token.encode())
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def load_token(self, portal: str) -> dict | None: ...
+
+    @abstractmethod
+    def save_token(self, portal: str, token: dict) -> None:
+        """Replace the portal's token JSON in one transaction: readers see the old or the new pair."""
+
+    @abstractmethod
+    def refresh_lock(self, portal: str, timeout: float = 60.0) -> AbstractContextManager[None]:
+        """A cross-process lock per portal, held around a token refresh so only one process refreshes
+        (Bitrix24 rotates the refresh token on use; facts §7.2). Re-read the token inside it.
+        Raises `LockTimeout` after ``timeout`` seconds of waiting."""
+
+    @property
+    def tokens(self) -> PortalTokens:
+        """This store as the source side's ``TokenStore`` (``load``/``save``) plus ``refresh_lock``."""
+        return PortalTokens(self)
+
+    # -- push signals ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def record_signal(self, portal: str, received_at: datetime | None = None) -> None:
+        """Note that the portal pushed ONOFFLINEEVENT (facts §2.13): it has queued changes."""
+
+    @abstractmethod
+    def signals_since(self, cursor: int | None) -> tuple[dict[str, datetime], int]:
+        """Portals signalled after ``cursor`` -> their latest signal time, and the new cursor.
+
+        Each signal moves its portal to the head of one sequence, so a reader holding a cursor
+        reads only portals signalled since, however many portals exist."""
+
+
+class PortalTokens:
+    """Adapter with the ``TokenStore`` protocol of ``connectors.bitrix24.auth``."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return f"PortalTokens({self._store!r})"
+
+    def load(self, portal: str) -> dict | None:
+        return self._store.load_token(portal)
+
+    def save(self, portal: str, token: dict) -> None:
+        self._store.save_token(portal, token)
+
+    def refresh_lock(self, portal: str, timeout: float = 60.0) -> AbstractContextManager[None]:
+        return self._store.refresh_lock(portal, timeout)
+

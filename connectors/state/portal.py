@@ -1,0 +1,42 @@
+"""A portal installation as the state store keeps it, and the rule for portal keys."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from connectors.state.errors import InvalidPortalKey
+
+# Hostname-like, optionally with a port (the emulator listens on 127.0.0.1:<port>): the key is a
+# Dagster dynamic partition key, which must not hold ',', '|' or whitespace (dagster-notes).
+_PORTAL_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::[0-9]{1,5})?$")
+
+
+def check_portal_key(key: str) -> str:
+    if not isinstance(key, str) or not _PORTAL_KEY.fullmatch(key):
+        raise InvalidPortalKey(f"not a hostname-like portal key: {key!r}")
+    return key
+
+
+class PortalStatus(enum.StrEnum):
+    ACTIVE = "active"
+    UNINSTALLED = "uninstalled"
+
+
+@dataclass(frozen=True)
+class Portal:
+    """One app installation. ``member_id`` is stable across domain renames (facts §8);
+    ``application_token`` is the secret inbound events are checked against (facts §7.4)."""
+
+    key: str
+    member_id: str
+    domain: str
+    client_endpoint: str
+    application_token: str = field(repr=False)
+    status: PortalStatus = PortalStatus.ACTIVE
+    installed_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        check_portal_key(self.key)

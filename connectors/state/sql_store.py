@@ -1,0 +1,153 @@
+"""The engine-neutral half of the state store: its tables and statements.
+
+SQL is written with ``%(name)s`` parameters and ``{portals}``-style table names; an engine supplies
+sessions (one connection and transaction each), time encoding and the table namespace.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime
+
+import orjson
+
+from connectors.state.interface import StateStore
+from connectors.state.portal import Portal, PortalStatus, check_portal_key
+
+Run = Callable[[str, Mapping[str, object] | None], list[tuple]]
+
+_PORTAL_COLUMNS = "portal, member_id, domain, client_endpoint, application_token, status, installed_at"
+
+
+class SqlStateStore(StateStore):
+    @abstractmethod
+    def _session(self, *, write: bool) -> AbstractContextManager[Run]:
+        """A connection in a transaction; ``write`` sessions are serialized between processes."""
+
+    @abstractmethod
+    def _table(self, name: str) -> str: ...
+
+    @abstractmethod
+    def _encode_time(self, moment: datetime) -> object: ...
+
+    @abstractmethod
+    def _decode_time(self, value: object) -> datetime: ...
+
+    def _serialize_signals(self, run: Run) -> None:
+        """Make signal writers take turns where write sessions alone do not (PostgreSQL)."""
+
+    def _schema_statements(self, time_type: str) -> list[str]:
+        portals, tokens, signals = self._table("portals"), self._table("tokens"), self._table("signals")
+        return [
+            f"""CREATE TABLE IF NOT EXISTS {portals} (
+                portal TEXT PRIMARY KEY,
+                member_id TEXT NOT NULL,
+                domain TEXT NOT NULL,
+                client_endpoint TEXT NOT NULL,
+                application_token TEXT NOT NULL,
+                status TEXT NOT NULL,
+                installed_at {time_type},
+                updated_at {time_type} NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS portals_member_id ON {portals} (member_id)",
+            f"""CREATE TABLE IF NOT EXISTS {tokens} (
+                portal TEXT PRIMARY KEY,
+                token TEXT NOT NULL,
+                updated_at {time_type} NOT NULL)""",
+            f"""CREATE TABLE IF NOT EXISTS {signals} (
+                portal TEXT PRIMARY KEY,
+                latest_at {time_type} NOT NULL,
+                seq BIGINT NOT NULL)""",
+            f"CREATE INDEX IF NOT EXISTS signals_seq ON {signals} (seq)",
+        ]
+
+    # -- portals --------------------------------------------------------------------------------
+
+    def save_portal(self, portal: Portal) -> None:
+        with self._session(write=True) as run:
+            run(f"""INSERT INTO {self._table("portals")} ({_PORTAL_COLUMNS}, updated_at)
+                VALUES (%(portal)s, %(member_id)s, %(domain)s, %(client_endpoint)s,
+                        %(application_token)s, %(status)s, %(installed_at)s, %(now)s)
+                ON CONFLICT (portal) DO UPDATE SET member_id = excluded.member_id,
+                    domain = excluded.domain, client_endpoint = excluded.client_endpoint,
+                    application_token = excluded.application_token, status = excluded.status,
+                    installed_at = excluded.installed_at, updated_at = excluded.updated_at""", {
+                "portal": portal.key, "member_id": portal.member_id, "domain": portal.domain,
+                "client_endpoint": portal.client_endpoint, "application_token": portal.application_token,
+                "status": PortalStatus(portal.status).value,
+                "installed_at": None if portal.installed_at is None else self._encode_time(portal.installed_at),
+                "now": self._encode_time(datetime.now(UTC))})
+
+    def portal(self, key: str) -> Portal | None:
+        return self._one_portal(f"SELECT {_PORTAL_COLUMNS} FROM {self._table('portals')} "
+                                f"WHERE portal = %(value)s", check_portal_key(key))
+
+    def portal_by_member_id(self, member_id: str) -> Portal | None:
+        return self._one_portal(
+            f"SELECT {_PORTAL_COLUMNS} FROM {self._table('portals')} WHERE member_id = %(value)s "
+            f"ORDER BY CASE WHEN status = 'active' THEN 0 ELSE 1 END, installed_at DESC LIMIT 1", member_id)
+
+    def _one_portal(self, sql: str, value: str) -> Portal | None:
+        with self._session(write=False) as run:
+            rows = run(sql, {"value": value})
+        return self._portal(rows[0]) if rows else None
+
+    def portals(self, status: PortalStatus | None = PortalStatus.ACTIVE) -> list[Portal]:
+        with self._session(write=False) as run:
+            rows = run(f"SELECT {_PORTAL_COLUMNS} FROM {self._table('portals')} "
+                       f"WHERE CAST(%(status)s AS TEXT) IS NULL OR status = CAST(%(status)s AS TEXT) "
+                       f"ORDER BY portal", {"status": None if status is None else PortalStatus(status).value})
+        return [self._portal(row) for row in rows]
+
+    def mark_uninstalled(self, key: str) -> None:
+        with self._session(write=True) as run:
+            run(f"UPDATE {self._table('portals')} SET status = %(status)s, updated_at = %(now)s "
+                f"WHERE portal = %(portal)s", {"status": PortalStatus.UNINSTALLED.value,
+                                               "now": self._encode_time(datetime.now(UTC)),
+                                               "portal": check_portal_key(key)})
+
+    def _portal(self, row: tuple) -> Portal:
+        key, member_id, domain, client_endpoint, application_token, status, installed_at = row
+        return Portal(key, member_id, domain, client_endpoint, application_token, PortalStatus(status),
+                      None if installed_at is None else self._decode_time(installed_at))
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def load_token(self, portal: str) -> dict | None:
+        with self._session(write=False) as run:
+            rows = run(f"SELECT token FROM {self._table('tokens')} WHERE portal = %(portal)s",
+                       {"portal": check_portal_key(portal)})
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def save_token(self, portal: str, token: dict) -> None:
+        with self._session(write=True) as run:
+            run(f"""INSERT INTO {self._table("tokens")} (portal, token, updated_at)
+                VALUES (%(portal)s, %(token)s, %(now)s)
+                ON CONFLICT (portal) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at""",
+                {"portal": check_portal_key(portal), "token": orjson.dumps(token).decode(),
+                 "now": self._encode_time(datetime.now(UTC))})
+
+    # -- signals --------------------------------------------------------------------------------
+
+    def record_signal(self, portal: str, received_at: datetime | None = None) -> None:
+        at = self._encode_time(received_at or datetime.now(UTC))
+        signals = self._table("signals")
+        # Write sessions are serialized, so the sequence grows in commit order: a reader that saw
+        # seq N has seen every signal up to N, and its cursor never skips one committed later.
+        with self._session(write=True) as run:
+            self._serialize_signals(run)
+            run(f"""INSERT INTO {signals} AS current (portal, latest_at, seq)
+                VALUES (%(portal)s, %(at)s, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {signals}))
+                ON CONFLICT (portal) DO UPDATE SET seq = excluded.seq,
+                    latest_at = CASE WHEN excluded.latest_at > current.latest_at
+                                     THEN excluded.latest_at ELSE current.latest_at END""",
+                {"portal": check_portal_key(portal), "at": at})
+
+    def signals_since(self, cursor: int | None) -> tuple[dict[str, datetime], int]:
+        with self._session(write=False) as run:
+            rows = run(f"SELECT portal, latest_at, seq FROM {self._table('signals')} "
+                       f"WHERE seq > %(cursor)s ORDER BY seq", {"cursor": int(cursor or 0)})
+        signalled = {portal: self._decode_time(latest_at) for portal, latest_at, _ in rows}
+        return signalled, max((int(seq) for *_, seq in rows), default=int(cursor or 0))
+
