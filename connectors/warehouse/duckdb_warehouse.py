@@ -171,12 +171,20 @@ class DuckDBWarehouse(SqlWarehouse):
 
 @lru_cache(maxsize=256)
 def _translate(sql: str) -> tuple[str, tuple[str, ...]]:
-    """``%(name)s`` (the shared SQL's style) -> DuckDB's ``$name``; returns the names used."""
-    names = tuple(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
-    translated = re.sub(r"%\((\w+)\)s", r"$\1", sql)
-    if "%" in translated:
-        raise WarehouseError("unexpected '%' in SQL")
-    return translated, names
+    """psycopg's parameter style (``%(name)s``, ``%%``) -> DuckDB's (``$name``, ``%``); returns the
+    names used, since DuckDB refuses parameters a statement does not use."""
+    names: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(1):
+            names.append(match.group(1))
+            return "$" + match.group(1)
+        if match.group(0) == "%%":
+            return "%"
+        raise WarehouseError("a lone '%' in SQL: write '%%' for a literal percent sign")
+
+    translated = re.sub(r"%\((\w+)\)s|%%|%", replace, sql)
+    return translated, tuple(dict.fromkeys(names))
 
 
 @lru_cache(maxsize=64)

@@ -21,6 +21,7 @@ from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, Offlin
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import run_once
 from connectors.warehouse import open_warehouse
+from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare, duckdb_rows
 
@@ -57,7 +58,7 @@ def sync_in_subprocess(emu: ThreadEmulator, tokens_dir: Path, warehouse_path: Pa
         env["B24WH_FAILPOINT"] = failpoint
     done = subprocess.run(
         [sys.executable, "-m", "connectors.sync", "--portal", PORTAL, "--warehouse", str(warehouse_path),
-         "--tokens-dir", str(tokens_dir), "--mode", mode, "--max-events", "1200"],
+         "--tokens-dir", str(tokens_dir), "--mode", mode, "--max-events", "400"],
         env=env, capture_output=True, text=True, timeout=300)
     if failpoint is None and done.returncode != 0:
         raise AssertionError(done.stderr[-3000:])
@@ -68,6 +69,22 @@ def change_data_for_a_while(emu: ThreadEmulator, seconds: float = 2.0, rate: flo
     emu.start_activity(rate, seed=11)
     time.sleep(seconds)
     emu.stop_activity()
+
+
+def change_many_objects(emu: ThreadEmulator) -> None:
+    """Updates to every deal, contact and company, some deletes and adds: ~700+ distinct queue rows
+    (the queue keeps one row per object, so only distinct objects make it longer)."""
+    crm = emu.world.portal(PORTAL).crm
+    user = Origin(user_id=2)
+    for entity, count in (("deal", COUNTS["deal"]), ("contact", COUNTS["contact"]), ("company", COUNTS["company"]),
+                          ("lead", COUNTS["lead"])):
+        for entity_id in range(1, count + 1):
+            crm.write(entity, "update", entity_id, {"TITLE" if entity != "contact" else "NAME": f"bulk {entity_id}"},
+                      user)
+    for entity_id in range(5, 60, 7):
+        crm.write("deal", "delete", entity_id, {}, user)
+    for number in range(40):
+        crm.write("deal", "add", None, {"TITLE": f"new deal {number}"}, user)
 
 
 def our_queue(emu: ThreadEmulator) -> list[dict]:
@@ -104,8 +121,9 @@ def test_a_crash_at_any_step_is_recovered_by_the_next_run_without_loss_or_duplic
         emu: ThreadEmulator, tokens: FileTokenStore, tmp_path: Path, failpoint: str) -> None:
     warehouse = tmp_path / "wh.duckdb"
     sync_once(emu, tokens, warehouse, tmp_path / "s0", mode="full_resync")
-    change_data_for_a_while(emu, seconds=3.0)
-    assert len(our_queue(emu)) > 1200, "enough changes for several reserve requests"
+    change_many_objects(emu)
+    change_data_for_a_while(emu, seconds=1.0)
+    assert len(our_queue(emu)) > 800, "more changes than one run takes (--max-events 400)"
 
     assert sync_in_subprocess(emu, tokens.directory, warehouse, failpoint) == -9  # SIGKILL
 
