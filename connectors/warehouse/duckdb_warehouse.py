@@ -90,10 +90,10 @@ class DuckDBWarehouse(SqlWarehouse):
         return self._run(sql, params).df()
 
     def _run(self, sql: str, params: Mapping[str, object] | None) -> duckdb.DuckDBPyConnection:
+        if params is None:  # DDL: literal text (a column comment may hold a '%')
+            return self._con.execute(sql)
         translated, names = _translate(sql)
-        if not names:
-            return self._con.execute(translated)
-        return self._con.execute(translated, {name: params[name] for name in names})  # type: ignore[index]
+        return self._con.execute(translated, {name: params[name] for name in names})
 
     def _stored_columns(self, table: str) -> dict[str, str] | None:
         rows = self._query(

@@ -106,6 +106,14 @@ class Warehouse(ABC):
         """``id, _source_modified_at, _deleted_at`` of every stored row, for reconciliation."""
 
     @abstractmethod
+    def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
+        """Run a read query (asset checks, tests); parameters are written ``%(name)s``."""
+
+    @abstractmethod
+    def relation(self, name: str) -> str:
+        """The quoted, schema-qualified SQL name of a warehouse table or view."""
+
+    @abstractmethod
     def publish_snapshot(self) -> Path | None:
         """Publish the read-only copy for analysts now; None where the engine needs none."""
 

@@ -227,6 +227,13 @@ class SqlWarehouse(Warehouse):
         rows = self._query(journal.runs(self.dialect), {"portal": portal, "limit": int(limit)})
         return [SyncRun(*row) for row in rows]
 
+    def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
+        # Always with parameters, so '%%' means a literal '%' on both engines.
+        return self._query(sql, params or {})
+
+    def relation(self, name: str) -> str:
+        return self.dialect.qualified(name)
+
     def row_versions(self, portal: str, table: str) -> pd.DataFrame:
         name = self._require_table(table)
         return self._query_frame(versioning.row_versions(self.dialect, name), {"portal": portal})
