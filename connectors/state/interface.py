@@ -10,6 +10,7 @@ import hmac
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from datetime import datetime
+from types import TracebackType
 
 from connectors.state.portal import Portal, PortalStatus
 
@@ -74,6 +75,20 @@ class StateStore(ABC):
 
         Each signal moves its portal to the head of one sequence, so a reader holding a cursor
         reads only portals signalled since, however many portals exist."""
+
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the store holds open."""
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
 
 class PortalTokens:

@@ -54,6 +54,9 @@ class PostgresStateStore(SqlStateStore):
         run("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
             {"key": f"connectors.state signals {self.schema}"})
 
+    def close(self) -> None:
+        """Nothing stays open between calls: each opens and closes its own connection."""
+
     def _table(self, name: str) -> str:
         return f'"{self.schema}"."{name}"'
 

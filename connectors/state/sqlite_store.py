@@ -67,6 +67,9 @@ class SQLiteStateStore(SqlStateStore):
         finally:
             connection.close()
 
+    def close(self) -> None:
+        """Nothing stays open between calls: each opens and closes its own connection."""
+
     def _table(self, name: str) -> str:
         return name
 

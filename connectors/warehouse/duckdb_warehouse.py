@@ -102,6 +102,11 @@ class DuckDBWarehouse(SqlWarehouse):
             "AND table_name = %(table)s ORDER BY ordinal_position", {"table": table})
         return dict(rows) if rows else None
 
+    def _table_names(self) -> set[str]:
+        return {row[0] for row in self._query(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = 'main' AND table_type = 'BASE TABLE'", {})}
+
     @contextmanager
     def _atomic(self) -> Iterator[None]:
         self._con.begin()

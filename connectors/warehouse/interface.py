@@ -74,6 +74,10 @@ class Warehouse(ABC):
         """Create the table, history and current view, or add the columns of new user fields."""
 
     @abstractmethod
+    def entity_tables(self) -> list[str]:
+        """Names of the entity tables present (those with a ``_history`` twin), sorted."""
+
+    @abstractmethod
     def transaction(self) -> AbstractContextManager[Transaction]:
         """One atomic unit of writes; rolled back if the block raises."""
 

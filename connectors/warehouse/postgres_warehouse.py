@@ -80,6 +80,11 @@ class PostgresWarehouse(SqlWarehouse):
             "ORDER BY a.attnum", {"relation": self.dialect.qualified(table)})
         return dict(rows) if rows else None
 
+    def _table_names(self) -> set[str]:
+        return {row[0] for row in self._query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %(schema)s "
+            "AND table_type = 'BASE TABLE'", {"schema": self.schema})}
+
     @contextmanager
     def _atomic(self) -> Iterator[None]:
         with self._conn.transaction():

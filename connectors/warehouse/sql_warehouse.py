@@ -27,7 +27,7 @@ from connectors.warehouse.evolution import SchemaChanges, TypeConflict, plan_cha
 from connectors.warehouse.frames import Rows, StagedRows, stage
 from connectors.warehouse.interface import Transaction, UpsertCounts, Warehouse
 from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
-from connectors.warehouse.layout import Dialect, TableNames
+from connectors.warehouse.layout import HISTORY_SUFFIX, Dialect, TableNames
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class SqlWarehouse(Warehouse):
     @abstractmethod
     def _stored_columns(self, table: str) -> dict[str, str] | None:
         """Column name -> catalog type of a table in table order, or None if it does not exist."""
+
+    @abstractmethod
+    def _table_names(self) -> set[str]:
+        """Base tables in the warehouse's namespace."""
 
     @abstractmethod
     def _atomic(self) -> AbstractContextManager[None]:
@@ -129,6 +133,11 @@ class SqlWarehouse(Warehouse):
         if self._in_transaction:
             self._touched_in_transaction.add(schema.name)
         return changes
+
+    def entity_tables(self) -> list[str]:
+        names = self._table_names()
+        return sorted(name for name in names
+                      if not name.startswith("_") and f"{name}{HISTORY_SUFFIX}" in names)
 
     def _require_table(self, table: TableSchema | str) -> str:
         if isinstance(table, TableSchema):

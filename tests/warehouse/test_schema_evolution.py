@@ -104,3 +104,10 @@ def test_column_titles_from_the_portal_become_column_comments(warehouse: Warehou
                        "AND column_name = 'uf_crm_budget' AND %(relation)s IS NOT NULL")
     assert warehouse.query(comment_sql, {"relation": warehouse.relation("deals")}) == [(title,)]
     assert warehouse.query(f"SELECT count(*) FROM {warehouse.relation('deals')}") == [(0,)]
+
+
+def test_entity_tables_lists_the_tables_with_history_and_nothing_else(warehouse: Warehouse) -> None:
+    warehouse.ensure_table(deals_schema())
+    warehouse.ensure_table(deals_schema(name="items_1038"))
+
+    assert warehouse.entity_tables() == ["deals", "items_1038"]
