@@ -100,9 +100,15 @@ class SqlWarehouse(Warehouse):
         known = self._known.get(schema.name)
         if known is not None and known.schema == schema:
             return SchemaChanges(schema.name, conflicts=known.conflicts)
-        with self._own_or_current_transaction():
-            changes = self._evolve(schema)
-        return changes
+        if self._in_transaction:
+            return self._evolve(schema)
+        try:
+            with self._atomic():
+                return self._evolve(schema)
+        except BaseException:
+            self._known.pop(schema.name, None)
+            self._forget_transaction_state()
+            raise
 
     def _ensure_known(self, schema: TableSchema) -> _KnownTable:
         known = self._known.get(schema.name)
@@ -169,18 +175,6 @@ class SqlWarehouse(Warehouse):
             self._in_transaction = False
             self._touched_in_transaction.clear()
         self._after_commit()
-
-    @contextmanager
-    def _own_or_current_transaction(self) -> Iterator[None]:
-        if self._in_transaction:
-            yield
-            return
-        try:
-            with self._atomic():
-                yield
-        except BaseException:
-            self._forget_transaction_state()
-            raise
 
     def _outside_transaction(self, what: str) -> None:
         # These writes must survive a rollback of the data transaction (DESIGN §3: reserve before
