@@ -16,6 +16,8 @@ from connectors.state.portal import Portal, PortalStatus
 
 
 class StateStore(ABC):
+    """Portals, tokens and push signals; `open_state_store` picks SQLite or PostgreSQL."""
+
     # -- portals --------------------------------------------------------------------------------
 
     @abstractmethod

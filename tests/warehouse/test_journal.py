@@ -19,7 +19,7 @@ from connectors.warehouse import (
     Warehouse,
     open_warehouse,
 )
-from tests.warehouse.conftest import Opener
+from tests.warehouse.conftest import WarehouseTarget
 from tests.warehouse.entities import PORTAL, deal_frame, deals_schema
 
 SCHEMA = deals_schema()
@@ -67,20 +67,20 @@ def _write_then_die(target: str, options: dict) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_a_process_killed_before_its_commit_leaves_neither_data_nor_loaded_marks(open_target: Opener) -> None:
-    warehouse = open_target()
+def test_a_process_killed_before_its_commit_leaves_neither_data_nor_loaded_marks(
+        warehouse_target: WarehouseTarget) -> None:
+    warehouse = warehouse_target.open()
     warehouse.ensure_table(SCHEMA)
     warehouse.record_reserved(PORTAL, {P1: 2})
-    if open_target.engine == "duckdb":  # type: ignore[attr-defined]
-        warehouse.close()  # one writer per DuckDB file: hand it to the child
+    warehouse.close()  # DuckDB allows one writer per file: hand it to the child
 
     child = multiprocessing.get_context("spawn").Process(
-        target=_write_then_die, args=(open_target.target, open_target.options))  # type: ignore[attr-defined]
+        target=_write_then_die, args=(warehouse_target.target, warehouse_target.options))
     child.start()
     child.join(60)
 
     assert child.exitcode == -signal.SIGKILL
-    survivor = open_target()
+    survivor = warehouse_target.open()
     assert deal_count(survivor) == 0
     assert statuses(survivor) == {P1: JournalStatus.RESERVED}
 
