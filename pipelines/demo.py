@@ -25,14 +25,14 @@ CLIENT_ID = "local.emulator.app"
 CLIENT_SECRET = "emulator-secret"  # the emulator's built-in demo app; never a real secret
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int = 0) -> int:
+    """``preferred`` if it is free, else any free port (0: any)."""
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
-            return preferred
         except OSError:
             probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
+        return probe.getsockname()[1]
 
 
 def wait_for(url: str, timeout_s: float, process: subprocess.Popen) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.instance.ref import InstanceRef
 
 from emulator.testing import RunningEmulator
 from pipelines.demo import REPO, Processes, demo_environment, free_port, wait_for
@@ -32,7 +33,7 @@ class Stack:
     processes: Processes
 
     def instance(self) -> dg.DagsterInstance:
-        return dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(self.home / "dagster_home")))
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home / "dagster_home")))
 
     def runs(self, job: str | None = None, statuses: list[dg.DagsterRunStatus] | None = None) -> list[dg.DagsterRun]:
         with self.instance() as instance:
@@ -72,7 +73,7 @@ def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
     env = {**demo_environment(home, emulator.url), "B24_WAREHOUSE": warehouse, **(extra_env or {})}
     env["B24_CLIENT_ID"], env["B24_CLIENT_SECRET"] = emulator.client_id, emulator.client_secret
     processes = Processes(home / "logs")
-    receiver_port, ui_port = free_port(0), free_port(0)
+    receiver_port, ui_port = free_port(), free_port()
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     try:
         receiver = processes.start("receiver", [
