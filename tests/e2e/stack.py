@@ -7,7 +7,6 @@ receiver, which stores the portal and its tokens and binds the events; the senso
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import yaml
 from dagster._core.instance.ref import InstanceRef
 
 from emulator.testing import RunningEmulator
@@ -66,10 +66,14 @@ class Stack:
 
 @contextmanager
 def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
-                  extra_env: dict[str, str] | None = None, push: bool = True) -> Iterator[Stack]:
+                  extra_env: dict[str, str] | None = None, push: bool = True,
+                  instance_settings: dict | None = None) -> Iterator[Stack]:
+    """``instance_settings`` override top-level sections of the product's dagster.yaml."""
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
-    shutil.copy(REPO / "pipelines" / "dagster.yaml", home / "dagster_home" / "dagster.yaml")
+    settings = yaml.safe_load((REPO / "pipelines" / "dagster.yaml").read_text())
+    settings.update(instance_settings or {})
+    (home / "dagster_home" / "dagster.yaml").write_text(yaml.safe_dump(settings))
     env = {**demo_environment(home, emulator.url), "B24_WAREHOUSE": warehouse, **(extra_env or {})}
     env["B24_CLIENT_ID"], env["B24_CLIENT_SECRET"] = emulator.client_id, emulator.client_secret
     processes = Processes(home / "logs")

@@ -55,3 +55,26 @@ def test_changes_made_in_the_portal_reach_the_warehouse_through_dagster(
         rows_of = (duckdb_rows(warehouse, portal) if backend == "duckdb"
                    else postgres_rows(pg_schema, portal))
         assert compare(emu, rows_of) == []
+
+
+@pytest.mark.parametrize("failpoint", ["after_reserve_response", "after_reserve", "during_fetch", "after_commit"])
+def test_a_sync_run_killed_at_any_step_is_recovered_by_the_next_run(tmp_path: Path, failpoint: str) -> None:
+    """The run process is SIGKILLed once (failpoint; the first run to get there, which for
+    after_commit is the full resync); Dagster fails and retries the dead run, monitoring frees its
+    pool slot, and recovery (journal, orphans) leaves the warehouse equal to the portal."""
+    crash_env = {"B24WH_FAILPOINT": failpoint, "B24WH_FAILPOINT_ONCE": str(tmp_path / "crashed"),
+                 "B24_SYNC_MAX_RUNTIME_S": "15"}
+    fast_monitoring = {"run_monitoring": {"enabled": True, "poll_interval_seconds": 2,
+                                          "cancel_timeout_seconds": 5, "free_slots_after_run_end_seconds": 2}}
+    with run_emulator_process(counts=COUNTS, seed=6, limits=True, plan="professional") as emu:
+        warehouse = str(tmp_path / "warehouse.duckdb")
+        with running_stack(emu, tmp_path, warehouse, extra_env=crash_env,
+                           instance_settings=fast_monitoring) as stack:
+            stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 300, "the full resync")
+            emu.start_activity(30, seed=4)
+            time.sleep(6)
+            emu.stop_activity()
+            stack.wait_until(lambda: (tmp_path / "crashed").exists(), 120, f"a run to reach {failpoint}")
+            stack.wait_until_drained(timeout_s=300)
+            portal = stack.runs("sync")[0].tags["dagster/partition"]
+        assert compare(emu, duckdb_rows(warehouse, portal)) == []
