@@ -135,10 +135,12 @@ class PostgresWarehouse(SqlWarehouse):
 
     def _apply_statement(self, table: str, stage: str, columns: tuple[str, ...],
                          null_columns: list[str]) -> str:
-        # Lookups of stored rows are LATERAL subqueries fenced with OFFSET 0: the planner must probe
-        # the primary key / open-version index once per staged row. A join it may plan freely turns
-        # into a scan of the whole table per chunk (or worse, a nested loop over a CTE) whenever the
-        # statistics lag behind a fast-growing table, which is exactly what a bootstrap produces.
+        # Lookups of stored rows are LATERAL subqueries with LIMIT 1 (at most one row matches): the
+        # planner must probe the primary key / open-version index once per staged row, with a plain
+        # index scan. A join it may plan freely turns into a scan of the whole table per chunk (or
+        # worse, a nested loop over a CTE) whenever the statistics lag behind a fast-growing table,
+        # which is exactly what a bootstrap produces; without the LIMIT it picked bitmap scans at
+        # ~0.6 ms per probe (1.5 s per chunk at a million rows instead of 14 ms).
         d = self.dialect
         names = TableNames.of(table)
         main, history = d.qualified(names.table), d.qualified(names.history)
@@ -153,12 +155,12 @@ class PostgresWarehouse(SqlWarehouse):
                 SELECT s.*, {versioning.action('s', 't')} AS _action
                 FROM incoming AS s LEFT JOIN LATERAL (
                     SELECT id, _deleted_at, _source_modified_at, _content_hash FROM {main}
-                    WHERE portal = %(portal)s::text AND id = s.id OFFSET 0) AS t ON TRUE
+                    WHERE portal = %(portal)s::text AND id = s.id LIMIT 1) AS t ON TRUE
             ), replaced_versions AS (
                 SELECT o.row_ref, COALESCE(c._source_modified_at, now()) AS valid_to
                 FROM classified AS c CROSS JOIN LATERAL (
                     SELECT ctid AS row_ref FROM {history}
-                    WHERE portal = %(portal)s::text AND id = c.id AND _valid_to IS NULL OFFSET 0) AS o
+                    WHERE portal = %(portal)s::text AND id = c.id AND _valid_to IS NULL LIMIT 1) AS o
                 WHERE c._action = '{versioning.UPDATE}'
             ), written AS (
                 {upsert} RETURNING {returned}

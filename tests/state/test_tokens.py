@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.state import LockTimeout, StateStore
+from connectors.state import LockTimeout, StateStore, UnsupportedStateStore, open_state_store
 from tests.state.conftest import StoreTarget
 
 PORTAL = "acme.bitrix24.de"
@@ -97,25 +98,22 @@ def test_a_held_refresh_lock_makes_others_time_out_but_not_other_portals(store: 
 
 
 def test_the_sqlite_store_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
-    from connectors.state import open_state_store
-
-    os.umask(0o022)
     path = tmp_path / "state" / "state.sqlite3"
-    store = open_state_store(path)
-    import sqlite3
+    previous_umask = os.umask(0o022)  # a usual umask would leave new files world-readable
+    try:
+        store = open_state_store(path)
+        holder = sqlite3.connect(path)  # keeps the -wal and -shm files in place while we look
+        holder.execute("PRAGMA journal_mode")
+        store.tokens.save(PORTAL, {"access_token": "at"})
+        with store.refresh_lock(PORTAL):
+            pass
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        holder.close()
+    finally:
+        os.umask(previous_umask)
 
-    holder = sqlite3.connect(path)  # keeps the -wal and -shm files in place while we look
-    holder.execute("PRAGMA journal_mode")
-    store.tokens.save(PORTAL, {"access_token": "at"})
-    with store.refresh_lock(PORTAL):
-        pass
-
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
-    holder.close()
-    assert modes["state.sqlite3"] == 0o600
-    assert modes["state.sqlite3-wal"] == 0o600
-    assert modes["state.sqlite3-shm"] == 0o600
-    assert modes["state.sqlite3.locks"] == 0o700
+    assert modes == {"state.sqlite3": 0o600, "state.sqlite3-wal": 0o600, "state.sqlite3-shm": 0o600,
+                     "state.sqlite3.locks": 0o700}
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -123,8 +121,6 @@ def test_the_sqlite_store_is_created_readable_by_its_owner_only(tmp_path: Path) 
 
 @pytest.mark.parametrize("target", ["mysql://admin:hunter2@db/x", "redis://:hunter2@cache"])
 def test_an_unknown_scheme_is_rejected_without_echoing_the_url(target: str) -> None:
-    from connectors.state import UnsupportedStateStore, open_state_store
-
     with pytest.raises(UnsupportedStateStore) as refused:
         open_state_store(target)
     assert "hunter2" not in str(refused.value)
