@@ -1,0 +1,120 @@
+"""The offline-events sensor, evaluated like the daemon evaluates it, against the emulator.
+
+Under test: new portals become partitions and get a full resync; a portal with pending rows gets one
+sync run and a queue observation, one without gets nothing; the sensor only ever reads the queue
+(never the destructive event.offline.get); and a tick over a thousand portals stays a handful of
+HTTP calls because it peeks only signalled portals and a bounded round-robin slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from connectors.bitrix24 import EntityRegistry
+from connectors.receiver import portal_key
+from connectors.state import Portal, open_state_store
+from emulator.events import Origin
+from emulator.testing import ThreadEmulator, run_emulator
+from pipelines.definitions import defs
+from pipelines.resources import Bitrix24Resource
+from pipelines.sensors import POLLS_PER_TICK, offline_events_sensor
+
+
+@pytest.fixture
+def emu() -> Iterator[ThreadEmulator]:
+    with run_emulator(limits=False) as running:
+        yield running
+
+
+def install(emu: ThreadEmulator, state_path: Path, key: str | None = None, tokens: dict | None = None) -> str:
+    tokens = tokens or emu.install_tokens()
+    key = key or portal_key(tokens["client_endpoint"])
+    with open_state_store(state_path) as state:
+        state.save_portal(Portal(key=key, member_id=f"member-{key}", domain="emulator",
+                                 client_endpoint=tokens["client_endpoint"], application_token="app-token",
+                                 installed_at=datetime.now(UTC)))
+        state.save_token(key, tokens)
+    return key
+
+
+def bind_deal_events(resource: Bitrix24Resource, key: str) -> None:
+    with resource.client(key) as client:
+        resource.queue(client).bind(EntityRegistry.standard().subset(["deal"]))
+
+
+def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: str | None = None):
+    """One tick; the partitions it asks for are added as the daemon would add them."""
+    context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
+                                      cursor=cursor, resources={"bitrix24": resource})
+    result = offline_events_sensor.evaluate_tick(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def resource_for(emu: ThreadEmulator, state_path: Path) -> Bitrix24Resource:
+    return Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
+                            oauth_token_url=f"{emu.url}/oauth/token/", state_store=str(state_path))
+
+
+def test_a_new_portal_becomes_a_partition_with_a_full_resync(emu: ThreadEmulator, tmp_path: Path) -> None:
+    state_path = tmp_path / "state.sqlite3"
+    key = install(emu, state_path)
+    with dg.instance_for_test() as instance:
+        result = evaluate(instance, resource_for(emu, state_path))
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("full_resync", key)]
+        assert instance.get_dynamic_partitions("bitrix24_portal") == [key]
+
+        # The next tick does not ask again.
+        again = evaluate(instance, resource_for(emu, state_path), result.cursor)
+        assert [r.job_name for r in again.run_requests] == []
+
+
+def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
+        emu: ThreadEmulator, tmp_path: Path) -> None:
+    state_path = tmp_path / "state.sqlite3"
+    key = install(emu, state_path)
+    resource = resource_for(emu, state_path)
+    bind_deal_events(resource, key)
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource)
+        assert [r.job_name for r in first.run_requests] == ["full_resync"]  # queue still empty
+
+        emu.world.portal("default").crm.write("deal", "update", 3, {"TITLE": "changed"}, Origin(user_id=2))
+        with open_state_store(state_path) as state:
+            state.record_signal(key)
+        emu.reset_stats()
+        second = evaluate(instance, resource, first.cursor)
+
+        assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("sync", key)]
+        [observation] = second.asset_events
+        assert observation.asset_key == dg.AssetKey(["bitrix24", "offline_queue"])
+        assert observation.partition == key
+        assert observation.metadata["depth"].value == 1
+        called = set(emu.stats()["methods"])
+        assert "event.offline.get" not in called
+        assert "event.offline.list" in called
+        assert len(emu.queue()) == 1, "the sensor must not consume the row"
+
+
+def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
+        emu: ThreadEmulator, tmp_path: Path) -> None:
+    state_path = tmp_path / "state.sqlite3"
+    tokens = emu.install_tokens()  # every "portal" here is the emulator's default one
+    keys = [install(emu, state_path, key=f"portal-{number:04d}.example.com", tokens=tokens)
+            for number in range(1000)]
+    resource = resource_for(emu, state_path)
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource)
+        assert len(first.run_requests) == 1000  # one full resync each, asked once
+        with open_state_store(state_path) as state:
+            for key in keys[:5]:
+                state.record_signal(key)
+        emu.reset_stats()
+        evaluate(instance, resource, first.cursor)
+        assert emu.stats()["http_requests"] <= 5 + POLLS_PER_TICK
