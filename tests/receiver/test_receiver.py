@@ -95,7 +95,7 @@ def test_install_stores_the_portal_and_its_tokens_and_binds_the_events(
 def test_a_push_from_the_portal_becomes_a_signal(emu: ThreadEmulator, receiver: str, state: StateStore) -> None:
     key = installed(emu, receiver)
     assert eventually(lambda: ("ONOFFLINEEVENT", f"{receiver}/events") in bound_events(emu))
-    signals, cursor = state.signals_since(None)
+    _, cursor = state.signals_since(None)
     emu.world.portal("default").crm.write("deal", "update", 2, {"TITLE": "pushed"}, Origin(user_id=2))
     assert eventually(lambda: key in state.signals_since(cursor)[0])
 
