@@ -75,6 +75,10 @@ class Processes:
                 os.killpg(child.pid, signal.SIGKILL)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def demo_environment(state_dir: Path, emulator_url: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -109,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = demo_environment(state_dir, emulator_url)
     python = sys.executable
     processes = Processes(state_dir / "logs")
+    # `kill` or a closed terminal stops the children too, as Ctrl-C does (they run in their own sessions).
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
     try:
         receiver = processes.start("receiver", [
             python, "-m", "connectors.receiver", "--host", "127.0.0.1", "--port", str(receiver_port),
