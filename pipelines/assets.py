@@ -107,7 +107,9 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
         cleared = steps.ack(sync, committed)
     outcome = committed_from_json(read_json(committed))
     fetched = fetched_from_json(read_json(outcome.fetched_file))
-    usage = read_json(staging_dir(context) / "usage.json")
+    # A retried run (from failure) reuses the manifests of its parent run: both directories count.
+    run_dirs = list(dict.fromkeys([staging_dir(context), Path(committed).parent]))
+    usage = _total_usage(run_dirs)
     lag_s = _lag_seconds(fetched.reserved.oldest_event_at)
     per_asset: dict[str, dict[str, float | int]] = {
         name: {"rows_upserted": 0, "tombstones": 0, "events": 0, "rows_ignored_older": 0}
@@ -128,8 +130,19 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
             "parked_in_error_lane": sum(len(ids) for ids in fetched.failed.values()),
             "mode": fetched.reserved.mode,
         }, output_name=name)
-    shutil.rmtree(staging_dir(context), ignore_errors=True)
+    for directory in run_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
     return tuple(None for _ in ENTITY_ASSETS)
+
+
+def _total_usage(directories: list[Path]) -> dict[str, float]:
+    total = {"http_requests": 0, "operating_s": 0.0}
+    for directory in directories:
+        if (directory / "usage.json").exists():
+            tally = read_json(directory / "usage.json")
+            total["http_requests"] += tally["http_requests"]
+            total["operating_s"] += tally["operating_s"]
+    return total
 
 
 def _lag_seconds(oldest_event_at: str | None) -> float:
