@@ -13,50 +13,40 @@ from pipelines.assets import bitrix24_crm
 from pipelines.health import ENTITY_CHECKS, dead_letters, reconciliation
 from pipelines.partitions import portals
 
-# A run whose worker died (OOM, kill -9) is stopped by run monitoring after this long; the sensor's
-# next run then recovers its reservations. Far above a normal sync run (seconds).
-MAX_RUNTIME_TAG = {"dagster/max_runtime": os.environ.get("B24_SYNC_MAX_RUNTIME_S", "1800")}
-
-
-def _mode(mode: str) -> dict:
-    return {"ops": {"bitrix24_crm": {"ops": {"reserve_changes": {"config": {"mode": mode}}}}}}
-
+# A run whose worker died (OOM, kill -9) is stopped by run monitoring after this long at the latest;
+# a retry then recovers its reservations. Far above a normal sync run (seconds).
+SYNC_MAX_RUNTIME_S = os.environ.get("B24_SYNC_MAX_RUNTIME_S", "1800")
+SCAN_MAX_RUNTIME_S = "21600"  # a full scan of a big portal at 2 requests/s takes hours
 
 CRM_TABLES = dg.AssetSelection.assets(bitrix24_crm) | dg.AssetSelection.checks(*ENTITY_CHECKS)
 
-SYNC_JOB = dg.define_asset_job(
-    "sync",
-    selection=CRM_TABLES,
-    description="Reserve pending offline events, re-read the changed objects, commit, acknowledge.",
-    executor_def=dg.in_process_executor,
-    config=_mode("changes"),
-    tags=MAX_RUNTIME_TAG,
-)
 
-FULL_RESYNC_JOB = dg.define_asset_job(
-    "full_resync",
-    selection=CRM_TABLES,
-    description="Bind the offline events, then scan every entity and tombstone what the portal lacks.",
-    executor_def=dg.in_process_executor,
-    config=_mode("full_resync"),
-    tags={"dagster/max_runtime": "21600"},
-)
+def _crm_job(name: str, mode: str, description: str, max_runtime_s: str,
+             also: dg.AssetSelection | None = None):
+    """A job over the CRM tables whose reserve op runs in ``mode``; one process, no per-step spawn."""
+    return dg.define_asset_job(
+        name,
+        selection=CRM_TABLES | also if also is not None else CRM_TABLES,
+        description=description,
+        executor_def=dg.in_process_executor,
+        config={"ops": {"bitrix24_crm": {"ops": {"reserve_changes": {"config": {"mode": mode}}}}}},
+        tags={"dagster/max_runtime": max_runtime_s},
+    )
 
-ERROR_LANE_JOB = dg.define_asset_job(
-    "drain_error_lane",
-    selection=CRM_TABLES | dg.AssetSelection.assets(dead_letters),
-    description="Retry the objects parked in the error lane (event.offline.get error=1).",
-    executor_def=dg.in_process_executor,
-    config=_mode("error_lane"),
-    tags=MAX_RUNTIME_TAG,
-)
 
+SYNC_JOB = _crm_job("sync", "changes", "Reserve pending offline events, re-read the changed objects, commit, "
+                    "acknowledge.", SYNC_MAX_RUNTIME_S)
+FULL_RESYNC_JOB = _crm_job("full_resync", "full_resync", "Bind the offline events, then scan every entity and "
+                           "tombstone what the portal lacks.", SCAN_MAX_RUNTIME_S)
+ERROR_LANE_JOB = _crm_job("drain_error_lane", "error_lane", "Retry the objects parked in the error lane "
+                          "(event.offline.get error=1).", SYNC_MAX_RUNTIME_S,
+                          also=dg.AssetSelection.assets(dead_letters))
 RECONCILE_JOB = dg.define_asset_job(
     "reconcile",
     selection=dg.AssetSelection.assets(reconciliation),
     description="Compare every portal id and modification time with the warehouse; repair differences.",
     executor_def=dg.in_process_executor,
-    tags={"dagster/max_runtime": "21600"},
+    tags={"dagster/max_runtime": SCAN_MAX_RUNTIME_S},
 )
 
 
