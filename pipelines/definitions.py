@@ -39,6 +39,7 @@ defs = dg.Definitions(
         "warehouse": WarehouseResource(
             url=dg.EnvVar("B24_WAREHOUSE"),
             schema_name=os.environ.get("B24_WAREHOUSE_SCHEMA", "bitrix24"),
+            snapshot_every_s=float(os.environ.get("B24_SNAPSHOT_EVERY_S", "0")),
         ),
     },
 )

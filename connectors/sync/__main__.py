@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--tokens-dir", help="keep tokens in files here instead of a state store")
     parser.add_argument("--connector", default=DEFAULT_CONNECTOR)
     parser.add_argument("--max-events", type=int, default=25_000)
+    parser.add_argument("--snapshot-every", type=float, default=0.0,
+                        help="DuckDB: publish the analysts' snapshot after commits at most every N s")
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--drain-per-s", type=float, default=2.0)
     args = parser.parse_args()
@@ -48,7 +50,7 @@ def main() -> None:
                    token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
     limits = RateLimits(burst=args.burst, drain_per_s=args.drain_per_s)
     with Bitrix24Client(app.session(args.portal, token_store(args)), limits=limits) as client, \
-            open_warehouse(args.warehouse, schema=args.schema) as warehouse, \
+            open_warehouse(args.warehouse, schema=args.schema, publish_every=args.snapshot_every) as warehouse, \
             tempfile.TemporaryDirectory(prefix="b24wh-") as staging:
         sync = PortalSync(args.portal, client, warehouse, Path(staging), connector=args.connector,
                           max_events=args.max_events)

@@ -24,7 +24,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 CHUNK = 2_500  # entities per fetch request and per staged Parquet chunk (50 commands x 50 rows)
 
 MODES = ("changes", "full_resync", "error_lane")
+JOURNAL_KEEP = timedelta(days=7)  # acked journal entries kept for inspection, then pruned
 
 
 # --- reserve ---------------------------------------------------------------------------------
@@ -327,7 +328,6 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
         if fetched.reserved.process_ids:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
     failpoint("after_commit")
-    sync.warehouse.publish_snapshot()
     return write_json(sync.staging_dir / "committed.json", asdict(committed))
 
 
@@ -356,4 +356,5 @@ def ack(sync: PortalSync, committed_path: str | Path) -> int:
         return 0
     sync.queue.ack(process_ids)
     sync.warehouse.mark_acked(sync.portal, process_ids)
+    sync.warehouse.prune_journal(sync.portal, acked_before=datetime.now(UTC) - JOURNAL_KEEP)
     return len(process_ids)
