@@ -181,13 +181,16 @@ class OfflineQueue:
         """The rows still reserved under ``process_id`` (after a crash), without clearing them."""
         return self.reread_all([process_id])[0]
 
-    def reread_all(self, process_ids: Iterable[str]) -> list[Reservation]:
+    def reread_all(self, process_ids: Iterable[str], *, error_lane: bool = False) -> list[Reservation]:
+        """Re-read several reservations, 50 per request. Reservations taken from the error lane are
+        only visible with ``error_lane`` (``get`` filters on ERROR, facts §2.7)."""
         ids = list(dict.fromkeys(process_ids))
         connector = self.connector
+        params: dict[str, Any] = {"clear": 0, "limit": ROWS_PER_CALL, **({"error": 1} if error_lane else {})}
         reservations: list[Reservation] = []
         for group in in_groups(ids, MAX_COMMANDS):
             commands = {f"reread{index}": Command("event.offline.get", self._with_connector(
-                {"process_id": pid, "clear": 0, "limit": ROWS_PER_CALL}, connector))
+                {"process_id": pid, **params}, connector))
                 for index, pid in enumerate(group)}
             outcome = self.client.batch(commands)
             for key, pid in zip(commands, group, strict=True):

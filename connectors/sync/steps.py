@@ -124,9 +124,14 @@ def _recover(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
         log.warning("portal %s: %d reservations not in the journal (crash before the journal write); "
                     "re-reading them", sync.portal, len(orphans))
         sync.warehouse.record_reserved(sync.portal, dict.fromkeys(orphans, 0))
+    reservations = sync.queue.reread_all(unfinished + orphans)
+    empty = [r.process_id for r in reservations if not r.events]
+    if empty:
+        # An error-lane drain that crashed holds its rows in the error lane, visible only there.
+        reservations = [r for r in reservations if r.events] + sync.queue.reread_all(empty, error_lane=True)
     events: list[QueueEvent] = []
     drained: list[str] = []
-    for reservation in sync.queue.reread_all(unfinished + orphans):
+    for reservation in reservations:
         if reservation.events:
             reserved.process_ids.append(reservation.process_id)
             events.extend(reservation.events)

@@ -155,3 +155,24 @@ def test_without_extended_offline_events_the_queue_is_drained_with_clear_1_and_r
         assert standard.queue() == []
         assert compare(standard, duckdb_rows(str(warehouse))) == []
         assert "DEGRADED" in caplog.text
+
+
+def test_a_crashed_error_lane_drain_is_recovered_by_the_next_run(
+        emu: ThreadEmulator, tokens: FileTokenStore, tmp_path: Path) -> None:
+    warehouse = tmp_path / "wh.duckdb"
+    sync_once(emu, tokens, warehouse, tmp_path / "s0", mode="full_resync")
+    emu.world.portal(PORTAL).crm.write("deal", "update", 3, {"TITLE": "parked"}, Origin(user_id=2))
+    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
+    with Bitrix24Client(app.session(PORTAL, tokens)) as client, open_warehouse(warehouse) as wh:
+        queue = OfflineQueue(client, DEFAULT_CONNECTOR)
+        taken = queue.reserve()
+        queue.fail(taken.process_ids[0], [event.message_id for event in taken.events])
+        # A drain run reserves the error lane, journals it, and dies before acknowledging.
+        drain = queue.reserve_errors()
+        wh.record_reserved(PORTAL, {pid: 1 for pid in drain.process_ids})
+    assert [row["ERROR"] for row in our_queue(emu)] in (["1"], [1])
+
+    sync_once(emu, tokens, warehouse, tmp_path / "s1")
+
+    assert our_queue(emu) == []
+    assert compare(emu, duckdb_rows(str(warehouse))) == []
