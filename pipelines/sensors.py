@@ -21,6 +21,7 @@ from pipelines.resources import Bitrix24Resource
 from pipelines.tables import QUEUE_ASSET
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
+RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
 # A portal without push signals is peeked at most this often.
 POLL_INTERVAL_S = float(os.environ.get("B24_POLL_INTERVAL_S", "60"))
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
@@ -34,6 +35,9 @@ class SensorCursor:
     bootstrapped: dict[str, str] = field(default_factory=dict)  # portal -> installed_at of its resync
     polled_at: dict[str, float] = field(default_factory=dict)  # portal -> last fallback peek
     launches: dict[str, int] = field(default_factory=dict)  # portal -> sync runs requested so far
+    resync_attempts: dict[str, int] = field(default_factory=dict)  # portal -> full resyncs requested again
+    checked_until: float | None = None  # ended full resyncs before this were already looked at
+    resyncs_seen: list[str] = field(default_factory=list)  # ids of recently looked-at ended resyncs
 
     @classmethod
     def parse(cls, raw: str | None) -> "SensorCursor":
@@ -70,6 +74,7 @@ def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix2
             cursor.bootstrapped[key] = installed
 
     busy = _portals_with_active_runs(context)
+    requests += _failed_resyncs_again(context, cursor, active, busy)
     candidates = [p for p in dict.fromkeys([*cursor.pending, *signalled]) if p in active]
     candidates += _due_for_polling(cursor, sorted(active), exclude=set(candidates))
     observations: list[dg.AssetObservation] = []
@@ -118,6 +123,34 @@ def _due_for_polling(cursor: SensorCursor, portal_keys: list[str], exclude: set[
            if key not in exclude and now - cursor.polled_at.get(key, 0.0) >= POLL_INTERVAL_S]
     due.sort(key=lambda key: cursor.polled_at.get(key, 0.0))  # least recently peeked first
     return due[:POLLS_PER_TICK]
+
+
+def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCursor, active: dict,
+                          busy: set[str]) -> list[dg.RunRequest]:
+    """A full resync that ended without success and will not be retried by Dagster is asked for again,
+    a bounded number of times (beyond that, hourly reconciliation repairs and the UI shows the failures)."""
+    since = cursor.checked_until
+    cursor.checked_until = time.time()
+    if since is None:
+        return []
+    # Run update times are stored to the second: look a little further back, skip what was seen.
+    ended = [run for run in context.instance.get_runs(filters=dg.RunsFilter(
+        job_name=FULL_RESYNC_JOB.name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+        updated_after=datetime.fromtimestamp(since - 2, UTC))) if run.run_id not in cursor.resyncs_seen]
+    cursor.resyncs_seen = [*cursor.resyncs_seen, *(run.run_id for run in ended)][-100:]
+    max_retries = context.instance.run_retries_max_retries if context.instance.run_retries_enabled else 0
+    requests = []
+    for run in ended:
+        key = run.tags.get("dagster/partition")
+        retry_number = int(run.tags.get("dagster/retry_number", "0"))
+        if (key not in active or key in busy or cursor.resync_attempts.get(key, 0) >= RESYNC_ATTEMPTS
+                or (run.status is dg.DagsterRunStatus.FAILURE and retry_number < max_retries)):
+            continue
+        attempt = cursor.resync_attempts[key] = cursor.resync_attempts.get(key, 0) + 1
+        context.log.warning(f"portal {key}: full resync ended {run.status.value}; asking again ({attempt})")
+        requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key,
+                                      run_key=f"full_resync:{key}:{cursor.bootstrapped.get(key)}:{attempt}"))
+    return requests
 
 
 def _portals_with_active_runs(context: dg.SensorEvaluationContext) -> set[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.utils import make_new_run_id
 
 from connectors.bitrix24 import EntityRegistry
 from connectors.receiver import portal_key
@@ -118,3 +119,17 @@ def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
         emu.reset_stats()
         evaluate(instance, resource, first.cursor)
         assert emu.stats()["http_requests"] <= 5 + POLLS_PER_TICK
+
+
+def test_a_full_resync_that_ended_without_success_is_asked_again_once(emu: ThreadEmulator, tmp_path: Path) -> None:
+    state_path = tmp_path / "state.sqlite3"
+    key = install(emu, state_path)
+    resource = resource_for(emu, state_path)
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource)
+        instance.add_run(dg.DagsterRun(job_name="full_resync", run_id=make_new_run_id(),
+                                       status=dg.DagsterRunStatus.CANCELED, tags={"dagster/partition": key}))
+        second = evaluate(instance, resource, first.cursor)
+        assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("full_resync", key)]
+        third = evaluate(instance, resource, second.cursor)
+        assert [r.job_name for r in third.run_requests] == []
