@@ -6,6 +6,7 @@ tables count as materialized only once the queue rows behind them are acknowledg
 """
 
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -132,7 +133,18 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
         }, output_name=name)
     for directory in run_dirs:
         shutil.rmtree(directory, ignore_errors=True)
+    _forget_old_staging(staging_dir(context).parent)
     return tuple(None for _ in ENTITY_ASSETS)
+
+
+STAGING_KEEP_S = 7 * 24 * 3600  # a failed run's staged files are kept this long for debugging
+
+
+def _forget_old_staging(root: Path) -> None:
+    cutoff = time.time() - STAGING_KEEP_S
+    for directory in root.glob("*"):
+        if directory.is_dir() and directory.stat().st_mtime < cutoff:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _total_usage(directories: list[Path]) -> dict[str, float]:
