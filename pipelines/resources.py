@@ -8,11 +8,12 @@ from __future__ import annotations
 import dagster as dg
 
 from connectors.bitrix24 import Bitrix24Client, OAuthApp, OfflineQueue, RateLimits
+from connectors.bitrix24.auth import DEFAULT_TOKEN_URL
 from connectors.state import StateStore, open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR
 from connectors.warehouse import Warehouse, open_warehouse
 
-OAUTH_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
+OAUTH_TOKEN_URL = DEFAULT_TOKEN_URL
 
 
 class Bitrix24Resource(dg.ConfigurableResource):

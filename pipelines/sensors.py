@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from connectors.bitrix24 import Bitrix24Error
+from connectors.bitrix24 import Bitrix24Error, QueuePeek
+from connectors.state import StateStore
 from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource
@@ -55,12 +56,14 @@ class SensorCursor:
 )
 def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource) -> dg.SensorResult:
     cursor = SensorCursor.parse(context.cursor)
-    state = bitrix24.state()
-    try:
-        active = {portal.key: portal for portal in state.portals()}
-        signalled, cursor.signals = state.signals_since(cursor.signals)
-    finally:
-        state.close()
+    with bitrix24.state() as state:
+        return _tick(context, bitrix24, state, cursor)
+
+
+def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state: StateStore,
+          cursor: SensorCursor) -> dg.SensorResult:
+    active = {portal.key: portal for portal in state.portals()}
+    signalled, cursor.signals = state.signals_since(cursor.signals)
 
     known = set(context.instance.get_dynamic_partitions(portals.name))
     new_partitions = sorted(set(active) - known)
@@ -85,7 +88,7 @@ def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix2
             continue
         cursor.polled_at[key] = time.time()
         try:
-            peek = _peek(bitrix24, key)
+            peek = _peek(bitrix24, state, key)
         except Bitrix24Error as error:
             context.log.warning(f"portal {key}: peek failed: {error}")
             still_pending.append(key)
@@ -112,8 +115,8 @@ def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix2
     )
 
 
-def _peek(bitrix24: Bitrix24Resource, portal: str):
-    with bitrix24.client(portal) as client:
+def _peek(bitrix24: Bitrix24Resource, state: StateStore, portal: str) -> QueuePeek:
+    with bitrix24.client(portal, state) as client:
         return bitrix24.queue(client).peek()
 
 

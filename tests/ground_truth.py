@@ -49,16 +49,12 @@ def compare(emu: RunningEmulator, rows_of: Callable[[str, str], list[tuple]]) ->
                  and by_id[i][2] is not None
                  and by_id[i][2] != datetime.fromisoformat(row["modified"])]
         wrong_content = [i for i, row in truth.items() if i in by_id and not row["deleted"]
-                         and str(by_id[i][3]) != str(_content(row["fields"], content_field))]
+                         and str(by_id[i][3]) != str(row["fields"].get(content_field))]
         for label, found in (("missing", missing), ("extra", extra), ("wrong delete flag", wrong_delete),
                              ("stale", stale), ("wrong content", wrong_content)):
             if found:
                 problems.append(f"{table}: {len(found)} {label}, e.g. {sorted(found)[:5]}")
     return problems
-
-
-def _content(fields: dict, name: str) -> object:
-    return fields.get(name)
 
 
 def duckdb_rows(path: str, portal: str = "default") -> Callable[[str, str], list[tuple]]:

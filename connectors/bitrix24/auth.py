@@ -145,6 +145,13 @@ class OAuthApp:
     def __post_init__(self) -> None:
         register_secret(self.client_secret)
 
+    @classmethod
+    def from_environment(cls) -> OAuthApp:
+        """B24_CLIENT_ID, B24_CLIENT_SECRET and optionally B24_OAUTH_TOKEN_URL: keys never go on a
+        command line, where any user of the machine can read them."""
+        return cls(os.environ["B24_CLIENT_ID"], os.environ["B24_CLIENT_SECRET"],
+                   token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
+
     def session(self, portal: str, store: TokenStore, *, http: httpx.Client | None = None) -> OAuthSession:
         return OAuthSession(self, portal, store, http=http)
 

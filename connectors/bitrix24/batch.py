@@ -88,6 +88,14 @@ class BatchResult:
     nexts: dict[str, int]
     times: dict[str, dict]
 
+    def absorb(self, other: BatchResult) -> None:
+        """Take in the outcome of further commands (a retry, or the next 50)."""
+        self.results.update(other.results)
+        self.errors.update(other.errors)
+        self.totals.update(other.totals)
+        self.nexts.update(other.nexts)
+        self.times.update(other.times)
+
     def ok(self, key: str) -> bool:
         return key in self.results and key not in self.errors
 

@@ -119,24 +119,14 @@ class Bitrix24Client:
                 break
             for key in refused:
                 self._wait_for_budget(commands[key].method.lower(), outcome.errors.pop(key))
-            again = self._batch_once(refused, halt)
-            outcome.results.update(again.results)
-            outcome.errors.update(again.errors)
-            outcome.totals.update(again.totals)
-            outcome.nexts.update(again.nexts)
-            outcome.times.update(again.times)
+            outcome.absorb(self._batch_once(refused, halt))
         return outcome
 
     def batch_all(self, commands: Mapping[str, Command]) -> BatchResult:
         """Any number of independent commands, 50 per request, results merged."""
         merged = BatchResult({}, {}, {}, {}, {})
         for chunk in chunked(commands):
-            outcome = self.batch(chunk)
-            merged.results.update(outcome.results)
-            merged.errors.update(outcome.errors)
-            merged.totals.update(outcome.totals)
-            merged.nexts.update(outcome.nexts)
-            merged.times.update(outcome.times)
+            merged.absorb(self.batch(chunk))
         return merged
 
     def _batch_once(self, commands: Mapping[str, Command], halt: bool) -> BatchResult:

@@ -18,8 +18,6 @@ from connectors.receiver.binding import bind_portal
 from connectors.state import open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR
 
-DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Bitrix24 app receiver: installs and push signals")
@@ -34,8 +32,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     state = open_state_store(os.environ["B24_STATE_STORE"])
-    app_keys = OAuthApp(os.environ["B24_CLIENT_ID"], os.environ["B24_CLIENT_SECRET"],
-                        token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
+    app_keys = OAuthApp.from_environment()
 
     def on_install(portal: str, settings: ReceiverSettings) -> None:
         with Bitrix24Client(app_keys.session(portal, state.tokens)) as client:

@@ -20,8 +20,6 @@ from connectors.sync.staging import read_json
 from connectors.sync.steps import MODES, run_once
 from connectors.warehouse import open_warehouse
 
-DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
-
 
 def token_store(args: argparse.Namespace) -> TokenStore:
     if args.tokens_dir:
@@ -46,8 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    app = OAuthApp(os.environ["B24_CLIENT_ID"], os.environ["B24_CLIENT_SECRET"],
-                   token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
+    app = OAuthApp.from_environment()
     limits = RateLimits(burst=args.burst, drain_per_s=args.drain_per_s)
     with Bitrix24Client(app.session(args.portal, token_store(args)), limits=limits) as client, \
             open_warehouse(args.warehouse, schema=args.schema, publish_every=args.snapshot_every) as warehouse, \
