@@ -6,7 +6,6 @@ tables count as materialized only once the queue rows behind them are acknowledg
 """
 
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,7 +15,13 @@ import dagster as dg
 
 from connectors.sync import steps
 from connectors.sync.portal import PortalSync
-from connectors.sync.staging import committed_from_json, fetched_from_json, read_json, write_json
+from connectors.sync.staging import (
+    committed_from_json,
+    fetched_from_json,
+    read_json,
+    run_staging_dir,
+    write_json,
+)
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.tables import DESCRIPTIONS, ENTITY_ASSETS, QUEUE_ASSET, asset_for_table, asset_key
@@ -36,7 +41,14 @@ RunContext = dg.OpExecutionContext | dg.AssetExecutionContext
 
 
 def staging_dir(context: RunContext) -> Path:
-    return Path(context.instance.storage_directory()) / "bitrix24_staging" / context.run_id
+    """``$DAGSTER_HOME/storage/bitrix24_staging/<portal>/<run_id>``, owner-only."""
+    root = Path(context.instance.storage_directory()) / "bitrix24_staging"
+    return run_staging_dir(root, context.partition_key, context.run_id)
+
+
+def _related_runs(context: RunContext) -> tuple[str, ...]:
+    """A run retried from failure reads manifests its parent (or the first run) staged."""
+    return tuple(run_id for run_id in (context.run.parent_run_id, context.run.root_run_id) if run_id)
 
 
 @contextmanager
@@ -48,7 +60,7 @@ def portal_sync(context: RunContext, bitrix24: Bitrix24Resource, warehouse: Ware
     client = bitrix24.client(portal, state)
     wh = warehouse.open()
     sync = PortalSync(portal, client, wh, staging_dir(context), connector=bitrix24.connector,
-                      max_events=max_events)
+                      max_events=max_events, keep_staging=_related_runs(context))
     try:
         yield sync
     finally:
@@ -131,20 +143,10 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
             "parked_in_error_lane": sum(len(ids) for ids in fetched.failed.values()),
             "mode": fetched.reserved.mode,
         }, output_name=name)
+    # A failed run's files stay for debugging until the portal's next run has recovered from it.
     for directory in run_dirs:
         shutil.rmtree(directory, ignore_errors=True)
-    _forget_old_staging(staging_dir(context).parent)
     return tuple(None for _ in ENTITY_ASSETS)
-
-
-STAGING_KEEP_S = 7 * 24 * 3600  # a failed run's staged files are kept this long for debugging
-
-
-def _forget_old_staging(root: Path) -> None:
-    cutoff = time.time() - STAGING_KEEP_S
-    for directory in root.glob("*"):
-        if directory.is_dir() and directory.stat().st_mtime < cutoff:
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _total_usage(directories: list[Path]) -> dict[str, float]:

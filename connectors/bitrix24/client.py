@@ -202,7 +202,9 @@ class Bitrix24Client:
         time.sleep(delay)
 
     def _attempt(self, method: str, body: dict, url: str, pace: tuple[str, ...]) -> ApiResponse:
-        self.throttle.pace(pace)
+        # Every wait for a spent operating budget is bounded, also this one before a request
+        # (a per-kind retry after a refused batch lands here first).
+        self.throttle.pace(pace, max_hold_s=self.retry.max_operating_wait_s)
         with self.throttle.slots:
             response = self._post(method, url, body)
         self.usage.request(response.status_code)
@@ -215,8 +217,8 @@ class Bitrix24Client:
                 raise _Transient(error, sent=True)
             raise error
         if "result" not in envelope:
-            raise MalformedResponse(method, response.status_code, "neither result nor error",
-                                    response.content)
+            raise _Transient(MalformedResponse(method, response.status_code, "neither result nor error",
+                                               response.content), sent=True)
         time_block = envelope.get("time") if isinstance(envelope.get("time"), dict) else {}
         self.usage.call(method, time_block)
         self.throttle.observe(method, time_block)
@@ -254,10 +256,9 @@ class Bitrix24Client:
         content_type = response.headers.get("content-type", "")
         if "html" in content_type:
             reason = "an HTML page"
-        error = MalformedResponse(method, response.status_code, reason, response.content)
-        if response.status_code >= 500:
-            raise _Transient(error, sent=True)
-        raise error
+        # A body cut off in transit (a 200 with half a JSON document) says nothing about whether the
+        # portal ran the call: like a dropped connection, it is retried where a repeat is safe.
+        raise _Transient(MalformedResponse(method, response.status_code, reason, response.content), sent=True)
 
 
 def _refers(command: Command) -> bool:

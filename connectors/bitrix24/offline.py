@@ -19,20 +19,22 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from connectors.bitrix24.batch import MAX_COMMANDS, Command, in_groups
 from connectors.bitrix24.client import Bitrix24Client
 from connectors.bitrix24.entities import EntityKind
-from connectors.bitrix24.errors import ApiError, MalformedResponse
+from connectors.bitrix24.errors import ApiError, MalformedResponse, TransportError
 from connectors.bitrix24.queue_rows import QueueEvent
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_CALL = 50  # event.offline.get limit per sub-call; 50 sub-calls -> 2,500 rows per request
 ROWS_PER_BATCH = ROWS_PER_CALL * MAX_COMMANDS
+MESSAGE_ID_LENGTH = 32  # event.offline.clear refuses other lengths (facts §2.9)
+FAIL_ATTEMPTS = 3
 FEATURE_OFFLINE_EXTENDED = "rest_offline_extended"
 FEATURE_AUTH_CONNECTOR = "rest_auth_connector"
 FEATURES_TTL_S = 3600.0  # a plan change (upgrade, expiry) is picked up within the hour
@@ -220,24 +222,63 @@ class OfflineQueue:
         found = dict.fromkeys(str(row.get("PROCESS_ID") or "") for page in pages for row in page)
         return tuple(pid for pid in found if pid and pid not in known)
 
-    def ack(self, process_ids: Iterable[str]) -> int:
-        """Delete the rows of these reservations (event.offline.clear, 50 per request)."""
+    def ack(self, process_ids: Iterable[str],
+            loaded: Mapping[str, Sequence[QueueEvent]] | None = None) -> int:
+        """Acknowledge reservations (event.offline.clear, 50 per request); returns how many.
+
+        A process id in ``loaded`` is acknowledged message by message: only the rows listed there
+        are deleted, so whatever else it holds (a message that failed) stays in the queue (DESIGN
+        §3 step 7). An empty list clears nothing. Rows are named by ``message_id`` (facts §2.9: each
+        exactly 32 characters, else 400) or, when a producer supplied other ids, by row ``id``; never
+        both (facts §10.4). Clearing is idempotent, so the request is safe to repeat.
+        """
+        partial = dict(loaded or {})
         ids = [pid for pid in dict.fromkeys(process_ids) if pid]
         connector = self.connector
-        commands = {f"ack{index}": Command("event.offline.clear", self._with_connector(
-            {"process_id": pid}, connector)) for index, pid in enumerate(ids)}
+        commands: dict[str, Command] = {}
+        for index, pid in enumerate(ids):
+            params: dict[str, Any] = {"process_id": pid}
+            if pid in partial:
+                rows = partial[pid]
+                if not rows:
+                    continue
+                messages = [event.message_id for event in rows]
+                if all(len(message) == MESSAGE_ID_LENGTH for message in messages):
+                    params["message_id"] = list(dict.fromkeys(messages))
+                else:
+                    params["id"] = [event.row_id for event in rows]
+            commands[f"ack{index}"] = Command("event.offline.clear", self._with_connector(params, connector))
         outcome = self.client.batch_all(commands)
         for key in commands:
             outcome.result(key)  # raises the first failure; the others are already cleared
         return len(ids)
 
-    def fail(self, process_id: str, message_ids: Iterable[str]) -> None:
-        """Move these messages of a reservation to the error lane (event.offline.error)."""
+    def fail(self, process_id: str, message_ids: Iterable[str], *, error_lane: bool = False) -> None:
+        """Move these messages of a reservation to the error lane (event.offline.error).
+
+        Not repeated blindly after a fault that leaves the outcome unknown: besides moving the rows,
+        the portal deletes other copies of the messages (facts §2.10), so the reservation is re-read
+        first and the call is repeated only for messages still reserved in the normal lane. Rows of
+        an error-lane reservation may stay reserved whatever the answer (facts §2.10, unsettled);
+        the caller keeps that reservation journalled and re-reads it.
+
+        Raises the last `TransportError`/`MalformedResponse` if three tries leave messages behind.
+        """
         messages = list(dict.fromkeys(message_ids))
-        if not messages:
-            return
-        self.client.call("event.offline.error", self._with_connector(
-            {"process_id": process_id, "message_id": messages}, self.connector))
+        for attempt in range(1, FAIL_ATTEMPTS + 1):
+            if not messages:
+                return
+            try:
+                self.client.call("event.offline.error", self._with_connector(
+                    {"process_id": process_id, "message_id": messages}, self.connector))
+                return
+            except (TransportError, MalformedResponse) as error:
+                if error_lane or attempt == FAIL_ATTEMPTS:
+                    raise
+                log.warning("portal %s: event.offline.error answered nothing readable (%s); checking the "
+                            "reservation before repeating it", self.client.portal, error)
+                still = {event.message_id for event in self.reread(process_id).events}
+                messages = [message for message in messages if message in still]
 
     def _take(self, max_rows: int, *, error_lane: bool) -> ReserveResult:
         if max_rows <= 0:

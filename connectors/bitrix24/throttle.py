@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from connectors.bitrix24.errors import OperationTimeLimit
+
 # A 429 arrives without a time block (facts §1.4); if no earlier response told us when the
 # method's budget resets, wait one of the limiter's one-minute buckets and look again.
 UNKNOWN_RESET_WAIT_S = 60.0
@@ -121,12 +123,20 @@ class Throttle:
         self.slots = threading.BoundedSemaphore(max_concurrency)
         self.waited_s = 0.0
 
-    def pace(self, methods: tuple[str, ...]) -> None:
-        """Block until one request calling ``methods`` (a batch names several) may be sent."""
+    def pace(self, methods: tuple[str, ...], *, max_hold_s: float | None = None) -> None:
+        """Block until one request calling ``methods`` (a batch names several) may be sent.
+
+        Raises `OperationTimeLimit` (with ``reset_at``) instead of waiting when a method's spent
+        operating budget would hold the request longer than ``max_hold_s`` seconds.
+        """
         with self._lock:
             wall = self._wall()
-            until = max(self.budget.blocked(method, wall) for method in methods)
+            blocked = {method: self.budget.blocked(method, wall) for method in methods}
+            method, until = max(blocked.items(), key=lambda item: item[1])
             hold = until - wall
+        if max_hold_s is not None and hold > max_hold_s:
+            raise OperationTimeLimit("OPERATION_TIME_LIMIT", f"{method} is over its operating-time budget",
+                                     status=429, method=method, reset_at=until)
         if hold > 0:
             self._pause(hold)
         with self._lock:

@@ -10,13 +10,14 @@ import argparse
 import json
 import logging
 import os
-import tempfile
+import shutil
+import uuid
 from pathlib import Path
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits, TokenStore
 from connectors.state import open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
-from connectors.sync.staging import read_json
+from connectors.sync.staging import default_staging_root, read_json, run_staging_dir
 from connectors.sync.steps import MODES, run_once
 from connectors.warehouse import open_warehouse
 
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--max-events", type=int, default=25_000)
     parser.add_argument("--snapshot-every", type=float, default=0.0,
                         help="DuckDB: publish the analysts' snapshot after commits at most every N s")
+    parser.add_argument("--staging-dir", type=Path, default=None,
+                        help="root of the runs' hand-over files (default $B24_STAGING_DIR or "
+                             "~/.local/state/b24wh/staging); owner-only")
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--drain-per-s", type=float, default=2.0)
     args = parser.parse_args()
@@ -46,13 +50,16 @@ def main() -> None:
 
     app = OAuthApp.from_environment()
     limits = RateLimits(burst=args.burst, drain_per_s=args.drain_per_s)
-    with Bitrix24Client(app.session(args.portal, token_store(args)), limits=limits) as client, \
-            open_warehouse(args.warehouse, schema=args.schema, publish_every=args.snapshot_every) as warehouse, \
-            tempfile.TemporaryDirectory(prefix="b24wh-") as staging:
-        sync = PortalSync(args.portal, client, warehouse, Path(staging), connector=args.connector,
-                          max_events=args.max_events)
-        committed = read_json(run_once(sync, args.mode))
-        print(json.dumps({"tables": committed["tables"], "usage": client.usage.snapshot()["http_requests"]}))
+    staging = run_staging_dir(args.staging_dir or default_staging_root(), args.portal, uuid.uuid4().hex)
+    try:
+        with Bitrix24Client(app.session(args.portal, token_store(args)), limits=limits) as client, \
+                open_warehouse(args.warehouse, schema=args.schema, publish_every=args.snapshot_every) as warehouse:
+            sync = PortalSync(args.portal, client, warehouse, staging, connector=args.connector,
+                              max_events=args.max_events)
+            committed = read_json(run_once(sync, args.mode))
+            print(json.dumps({"tables": committed["tables"], "usage": client.usage.snapshot()["http_requests"]}))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,16 @@ class PortalSync:
     portal: str  # the hostname-like portal key (also the Dagster partition key)
     client: Bitrix24Client
     warehouse: Warehouse
-    staging_dir: Path  # this run's hand-over directory
+    staging_dir: Path  # this run's hand-over directory: <root>/<portal>/<run> (connectors.sync.staging)
     connector: str = DEFAULT_CONNECTOR
     max_events: int = 25_000  # per run; a bigger backlog is worked off by the following runs
+    # Sibling run directories still needed (a run retried from failure reads its parent's files).
+    keep_staging: tuple[str, ...] = ()
     queue: OfflineQueue = field(init=False)
 
     def __post_init__(self) -> None:
         self.queue = OfflineQueue(self.client, self.connector)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @cached_property
     def registry(self) -> EntityRegistry:

@@ -3,12 +3,20 @@
 Steps pass each other the path of a small JSON manifest; bulky data (queue events, fetched entity
 frames) stays in files beside it (JSON lines, Parquet chunks of at most 2,500 rows), so memory is
 bounded by one chunk however large the backlog, and Dagster pickles only paths.
+
+The files hold CRM data, so they live under the product's own state directory, never the shared
+temp directory, laid out ``<root>/<portal>/<run>`` with owner-only directories (0700). A run killed
+with SIGKILL cannot clean up after itself: the next run of the same portal removes what it left,
+once its recovery has re-read the dead run's reservations from the portal (`sweep_siblings`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +25,52 @@ import pandas as pd
 
 from connectors.bitrix24 import QueueEvent
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
+from connectors.warehouse import FailedMessage
+
+RUN_MARKER = ".b24wh-run"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+
+
+def default_staging_root() -> Path:
+    """``$B24_STAGING_DIR``, else ``$XDG_STATE_HOME/b24wh/staging`` (``~/.local/state/b24wh/staging``)."""
+    if os.environ.get("B24_STAGING_DIR"):
+        return Path(os.environ["B24_STAGING_DIR"])
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "b24wh" / "staging"
+
+
+def run_staging_dir(root: str | Path, portal: str, run_id: str) -> Path:
+    """``<root>/<portal>/<run_id>``, created owner-only (0700 on every level we create).
+
+    Raises `ValueError` if ``portal`` or ``run_id`` is not a plain name (they become path parts).
+    """
+    for part in (portal, run_id):
+        if not _PLAIN_NAME.fullmatch(part):
+            raise ValueError(f"not usable as a directory name: {part!r}")
+    path = Path(root) / portal / run_id
+    for level in (Path(root), Path(root) / portal, path):
+        level.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if level.stat().st_mode & 0o077:
+            level.chmod(0o700)  # mkdir's mode is filtered by the umask, and old roots may be wider
+    (path / RUN_MARKER).touch()
+    return path
+
+
+def sweep_siblings(run_dir: Path, keep: Iterable[str] = ()) -> list[Path]:
+    """Remove the other run directories of this run's portal, except those named in ``keep``.
+
+    Only safe while no other run of the portal is alive (one drain per portal at a time) and after
+    this run has recovered the reservations a dead run left, since those rows are re-read from the
+    portal, not from the files. Returns the directories removed.
+    """
+    spared = {run_dir.name, *keep}
+    removed = []
+    for sibling in run_dir.parent.iterdir():
+        # Only directories `run_staging_dir` made: whatever else sits there is not ours to delete.
+        if sibling.name not in spared and (sibling / RUN_MARKER).is_file():
+            shutil.rmtree(sibling, ignore_errors=True)
+            removed.append(sibling)
+    return removed
 
 
 def write_json(path: Path, payload: dict) -> Path:
@@ -76,6 +130,7 @@ class Reserved:
     at_most_once: bool = False  # clear=1 degrade mode: nothing to ack, a crash loses changes
     recovered: int = 0  # reservations re-read after a crash (journal or orphan)
     acked_on_recovery: int = 0  # loaded-but-not-acked reservations acknowledged first
+    discarded: list[str] = field(default_factory=list)  # MESSAGE_IDs an operator discarded: ack, do not load
 
 
 @dataclass
@@ -99,6 +154,7 @@ class Fetched:
     reserved: Reserved
     tables: list[TablePart] = field(default_factory=list)
     failed: dict[str, list[str]] = field(default_factory=dict)  # process_id -> MESSAGE_IDs to the error lane
+    failures: list[FailedMessage] = field(default_factory=list)  # the same messages, with object and reason
     unknown_events: int = 0
 
 
@@ -134,6 +190,7 @@ def fetched_from_json(payload: dict) -> Fetched:
         tables=[TablePart(**{**part, "tombstones": [tuple(t) for t in part["tombstones"]]})
                 for part in payload["tables"]],
         failed=payload["failed"],
+        failures=[FailedMessage(**failure) for failure in payload.get("failures", [])],
         unknown_events=payload["unknown_events"],
     )
 

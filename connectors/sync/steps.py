@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,13 +30,17 @@ from pathlib import Path
 import pandas as pd
 
 from connectors.bitrix24 import (
-    ApiError,
+    Bitrix24Client,
     ChangePlan,
     EntityKind,
     FetchResult,
     KindPlan,
     MalformedRecord,
+    MalformedResponse,
+    NotFound,
     QueueEvent,
+    Reservation,
+    TransportError,
     fetch_by_ids,
     fetch_changes,
     plan_changes,
@@ -44,6 +48,8 @@ from connectors.bitrix24 import (
     table_schema,
     to_frame,
 )
+from connectors.bitrix24.errors import Forbidden, InvalidArgument, MethodNotFound
+from connectors.bitrix24.redaction import redact
 from connectors.sync.failpoints import failpoint
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
@@ -59,11 +65,12 @@ from connectors.sync.staging import (
     reserved_from_json,
     schema_from_json,
     schema_to_json,
+    sweep_siblings,
     write_events,
     write_frame,
     write_json,
 )
-from connectors.warehouse import JournalStatus
+from connectors.warehouse import FailedMessage, JournalStatus, ParkedStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +98,19 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
     events: list[QueueEvent] = []
     if mode == "changes":
         events.extend(_recover(sync, reserved))
+    else:
+        events.extend(_recover_parked(sync, reserved))
     while len(events) < sync.max_events:
         want = min(CHUNK, sync.max_events - len(events))
-        result = sync.queue.reserve_errors(want) if mode == "error_lane" else sync.queue.reserve(want)
+        try:
+            result = sync.queue.reserve_errors(want) if mode == "error_lane" else sync.queue.reserve(want)
+        except (TransportError, MalformedResponse) as error:
+            # A reserve is not repeated blindly: the lost answer may have reserved rows under a
+            # process_id we never saw. Find those reservations (read-only) and take them instead.
+            log.warning("portal %s: a reserve answered nothing readable (%s); looking for the rows it "
+                        "may have reserved", sync.portal, error)
+            events.extend(_adopt_orphans(sync, reserved, error_lane=mode == "error_lane"))
+            break
         reserved.at_most_once = reserved.at_most_once or result.at_most_once
         failpoint("after_reserve_response")
         if result.process_ids:
@@ -103,6 +120,11 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
         events.extend(result.events)
         if result.exhausted:
             break
+    if mode == "error_lane":
+        reserved.discarded = _discarded(sync, events)
+    # The reservations of any dead run are recovered (or none can be left): its files go now.
+    for removed in sweep_siblings(sync.staging_dir, sync.keep_staging):
+        log.info("portal %s: removed staging left by an earlier run: %s", sync.portal, removed.name)
     manifest = _write_reserved(sync, reserved, events)
     failpoint("after_reserve")
     return manifest
@@ -129,20 +151,58 @@ def _recover(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
     if empty:
         # An error-lane drain that crashed holds its rows in the error lane, visible only there.
         reservations = [r for r in reservations if r.events] + sync.queue.reread_all(empty, error_lane=True)
-    events: list[QueueEvent] = []
-    drained: list[str] = []
-    for reservation in reservations:
-        if reservation.events:
-            reserved.process_ids.append(reservation.process_id)
-            events.extend(reservation.events)
-        else:
-            drained.append(reservation.process_id)
-    if drained:
-        # Nothing is reserved under these any more (cleared earlier, or expired after ~34 days,
-        # facts §2.11): there is nothing left to load for them.
-        sync.warehouse.mark_acked(sync.portal, drained)
-    reserved.recovered = len(unfinished) + len(orphans) - len(drained)
+    events = _take_over(sync, reserved, reservations)
+    reserved.recovered = len([r for r in reservations if r.events])
     return events
+
+
+def _recover_parked(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
+    """An error-lane drain first re-reads reservations that kept failed messages (they may still be
+    reserved under their old process_id, facts §2.10) and reservations a crashed drain left."""
+    if not sync.queue.extended_mode():
+        return []
+    journal = sync.warehouse.journal(sync.portal)
+    held = [entry.process_id for entry in journal
+            if entry.status in (JournalStatus.PARKED, JournalStatus.RESERVED)]
+    if not held:
+        return []
+    reservations = sync.queue.reread_all(held, error_lane=True)
+    events = _take_over(sync, reserved, reservations)
+    reserved.recovered = len([r for r in reservations if r.events])
+    return events
+
+
+def _take_over(sync: PortalSync, reserved: Reserved, reservations: Sequence[Reservation]) -> list[QueueEvent]:
+    """This run processes the rows still held by ``reservations``; empty ones are finished."""
+    held = {r.process_id: len(r.events) for r in reservations if r.events and r.process_id}
+    drained = [r.process_id for r in reservations if not r.events and r.process_id]
+    sync.warehouse.record_reserved(sync.portal, held)
+    reserved.process_ids.extend(held)
+    if drained:
+        # Nothing is reserved under these any more (cleared earlier, moved back to the error lane,
+        # or expired after ~34 days, facts §2.11): there is nothing left to load for them.
+        sync.warehouse.mark_acked(sync.portal, drained)
+    return [event for r in reservations for event in r.events]
+
+
+def _adopt_orphans(sync: PortalSync, reserved: Reserved, *, error_lane: bool) -> list[QueueEvent]:
+    if not sync.queue.extended_mode():
+        return []  # clear=1: whatever the lost answer held is gone; reconciliation repairs it
+    orphans = list(sync.queue.find_orphans(entry.process_id for entry in sync.warehouse.journal(sync.portal)))
+    if not orphans:
+        return []
+    sync.warehouse.record_reserved(sync.portal, dict.fromkeys(orphans, 0))
+    reservations = sync.queue.reread_all(orphans, error_lane=error_lane)
+    return _take_over(sync, reserved, reservations)
+
+
+def _discarded(sync: PortalSync, events: list[QueueEvent]) -> list[str]:
+    """Messages an operator discarded are acknowledged without loading; a newer occurrence of the
+    same message (a later change of the object) is not covered by the discard and is loaded."""
+    discarded_at = {entry.message_id: entry.resolved_at
+                    for entry in sync.warehouse.error_lane(sync.portal, ParkedStatus.DISCARDED)}
+    return sorted({event.message_id for event in events
+                   if event.message_id in discarded_at and event.timestamp <= discarded_at[event.message_id]})
 
 
 def _write_reserved(sync: PortalSync, reserved: Reserved, events: list[QueueEvent]) -> Path:
@@ -169,10 +229,12 @@ def fetch(sync: PortalSync, reserved_path: str | Path) -> Path:
         for kind in sync.registry:
             fetched.tables.append(_scan_kind(sync, kind))
     else:
-        _fetch_changes(sync, fetched, read_events(Path(reserved.events_file or "")))
+        discarded = set(reserved.discarded)
+        events = [e for e in read_events(Path(reserved.events_file or "")) if e.message_id not in discarded]
+        _fetch_changes(sync, fetched, events)
     for process_id, message_ids in fetched.failed.items():
         # Moved out of the reservation now, before anything can acknowledge it (facts §2.10).
-        sync.queue.fail(process_id, message_ids)
+        sync.queue.fail(process_id, message_ids, error_lane=reserved.mode == "error_lane")
     return write_json(sync.staging_dir / "fetched.json", asdict(fetched))
 
 
@@ -195,7 +257,8 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events: list[QueueEvent])
             part.tombstones.extend((entity_id, "not_found", kind_plan.changed_at[entity_id].isoformat())
                                    for entity_id in result.not_found)
             frame, bad_ids = typed_frame(sync, kind_plan.kind, part, result.records)
-            _park(fetched, events_by_object, key, bad_ids)
+            _park(fetched, events_by_object, key, {i: "record unreadable (id or modification time)"
+                                                    for i in bad_ids})
             stage_frame(sync, part, frame, number)
         failpoint("during_fetch")
     fetched.tables.extend(parts.values())
@@ -218,23 +281,44 @@ def _slices(plan: ChangePlan, size: int) -> Iterator[ChangePlan]:
         yield ChangePlan(piece)
 
 
+# The portal answered, and refused these objects: the error lane is for them (DESIGN §3 step 7).
+# Everything else (transport faults, malformed bodies, limits, 5xx, authentication) says nothing
+# about the objects: it fails the step, and the retry re-reads the same reservation.
+REFUSALS = (NotFound, Forbidden, InvalidArgument, MethodNotFound)
+
+
 def _fetch_slice(sync: PortalSync, fetched: Fetched, events_by_object: ObjectEvents,
                  piece: ChangePlan) -> dict[str, FetchResult]:
     try:
         return fetch_changes(sync.client, piece)
-    except ApiError as error:
-        log.warning("portal %s: a fetch request failed (%s); retrying kind by kind", sync.portal, error)
+    except REFUSALS as error:
+        log.warning("portal %s: a fetch request was refused (%s); narrowing it down", sync.portal, error)
     results: dict[str, FetchResult] = {}
     for key, kind_plan in piece.kinds.items():
-        try:
-            results[key] = fetch_by_ids(sync.client, kind_plan.kind, kind_plan.fetch_ids)
-        except ApiError as error:
-            # Refused for another reason than "not found" (that is an answer): park these objects
-            # in the error lane, retried by the error-lane drain (DESIGN §3 step 7).
-            log.error("portal %s: fetching %d %s failed: %s", sync.portal, len(kind_plan.fetch_ids),
-                      kind_plan.kind.table, error)
-            _park(fetched, events_by_object, key, kind_plan.fetch_ids)
+        result, refused = _fetch_isolating(sync.client, kind_plan.kind, list(kind_plan.fetch_ids))
+        results[key] = result
+        if refused:
+            log.error("portal %s: the portal refused %d %s: %s", sync.portal, len(refused),
+                      kind_plan.kind.table, sorted(refused)[:20])
+            _park(fetched, events_by_object, key, refused)
     return results
+
+
+def _fetch_isolating(client: Bitrix24Client, kind: EntityKind,
+                     ids: list[int]) -> tuple[FetchResult, dict[int, str]]:
+    """Fetch ``ids``, halving any group the portal refuses until the refused objects stand alone,
+    so one poisoned object never parks the 2,499 others of its request (about 2 log2(n) extra
+    requests per refused object)."""
+    try:
+        return fetch_by_ids(client, kind, ids), {}
+    except REFUSALS as error:
+        if len(ids) == 1:
+            return FetchResult([], ()), {ids[0]: f"{type(error).__name__}: {error}"}
+    middle = len(ids) // 2
+    left, left_refused = _fetch_isolating(client, kind, ids[:middle])
+    right, right_refused = _fetch_isolating(client, kind, ids[middle:])
+    return (FetchResult(left.records + right.records, left.not_found + right.not_found),
+            {**left_refused, **right_refused})
 
 
 def _scan_kind(sync: PortalSync, kind: EntityKind) -> TablePart:
@@ -297,11 +381,14 @@ def _events_by_object(sync: PortalSync, events: Iterable[QueueEvent]) -> ObjectE
     return by_object
 
 
-def _park(fetched: Fetched, events_by_object: ObjectEvents, key: str, ids: Sequence[int]) -> None:
-    for entity_id in ids:
+def _park(fetched: Fetched, events_by_object: ObjectEvents, key: str, errors: Mapping[int, str]) -> None:
+    """Every queue row about these objects goes to the error lane, with the reason per object."""
+    for entity_id, error in errors.items():
         for event in events_by_object.get((key, entity_id), ()):
             if event.process_id:
                 fetched.failed.setdefault(event.process_id, []).append(event.message_id)
+                fetched.failures.append(FailedMessage(event.message_id, event.event_name, key, entity_id,
+                                                      redact(error)))
 
 
 # --- commit ----------------------------------------------------------------------------------
@@ -330,6 +417,12 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
                 tombstones[("absent_in_full_scan", now)].extend(absent[part.table])
             for (reason, deleted_at), ids in tombstones.items():
                 outcome.tombstones += tx.tombstone(sync.portal, schemas[part.table], ids, reason, deleted_at)
+        if fetched.failures:
+            tx.park(sync.portal, fetched.failures)
+        if fetched.reserved.mode == "error_lane":
+            failed = {message for messages in fetched.failed.values() for message in messages}
+            tx.resolve_parked(sync.portal, [event.message_id for event in _reserved_events(fetched)
+                                            if event.message_id not in failed])
         if fetched.reserved.process_ids:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
     failpoint("after_commit")
@@ -354,12 +447,30 @@ def run_once(sync: PortalSync, mode: str = "changes") -> Path:
 
 
 def ack(sync: PortalSync, committed_path: str | Path) -> int:
-    """Acknowledge what is committed; returns the number of reservations cleared."""
+    """Acknowledge what is committed; returns the number of reservations cleared.
+
+    A reservation without failures is cleared whole. One that held failed messages is cleared
+    message by message (only what was loaded or discarded) and journalled *parked*, so its failed
+    rows stay in the queue whether or not ``event.offline.error`` took them out of the reservation
+    (facts §2.10 leaves that open for error-lane rows); the next drain re-reads it.
+    """
     committed = committed_from_json(read_json(committed_path))
-    process_ids = fetched_from_json(read_json(committed.fetched_file)).reserved.process_ids
+    fetched = fetched_from_json(read_json(committed.fetched_file))
+    process_ids = fetched.reserved.process_ids
     if not process_ids:
         return 0
-    sync.queue.ack(process_ids)
-    sync.warehouse.mark_acked(sync.portal, process_ids)
+    failed = {pid: set(messages) for pid, messages in fetched.failed.items()}
+    loaded: dict[str, list[QueueEvent]] = {pid: [] for pid in failed}
+    if failed:
+        for event in _reserved_events(fetched):
+            if event.process_id in failed and event.message_id not in failed[event.process_id]:
+                loaded[event.process_id].append(event)
+    sync.queue.ack(process_ids, loaded)
+    sync.warehouse.mark_acked(sync.portal, [pid for pid in process_ids if pid not in failed])
+    sync.warehouse.mark_parked(sync.portal, [pid for pid in process_ids if pid in failed])
     sync.warehouse.prune_journal(sync.portal, acked_before=datetime.now(UTC) - JOURNAL_KEEP)
     return len(process_ids)
+
+
+def _reserved_events(fetched: Fetched) -> list[QueueEvent]:
+    return read_events(Path(fetched.reserved.events_file)) if fetched.reserved.events_file else []

@@ -23,15 +23,25 @@ from connectors.warehouse.errors import (
 from connectors.warehouse.evolution import SchemaChanges, TypeConflict
 from connectors.warehouse.frames import Rows
 from connectors.warehouse.interface import Transaction, UpsertCounts, Warehouse
-from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
+from connectors.warehouse.journal import (
+    ErrorLaneEntry,
+    FailedMessage,
+    JournalEntry,
+    JournalStatus,
+    ParkedStatus,
+    SyncRun,
+)
 from connectors.warehouse.postgres_warehouse import DEFAULT_SCHEMA, PostgresWarehouse
 
 __all__ = [
     "DuckDBWarehouse",
+    "ErrorLaneEntry",
+    "FailedMessage",
     "FrameContractError",
     "JournalEntry",
     "JournalError",
     "JournalStatus",
+    "ParkedStatus",
     "PostgresWarehouse",
     "Rows",
     "SchemaChanges",

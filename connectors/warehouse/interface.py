@@ -25,7 +25,14 @@ import pandas as pd
 from connectors.tables import TableSchema
 from connectors.warehouse.evolution import SchemaChanges
 from connectors.warehouse.frames import Rows
-from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
+from connectors.warehouse.journal import (
+    ErrorLaneEntry,
+    FailedMessage,
+    JournalEntry,
+    JournalStatus,
+    ParkedStatus,
+    SyncRun,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,14 @@ class Transaction(ABC):
     def mark_loaded(self, portal: str, process_ids: Iterable[str]) -> int:
         """Journal process ids as ``loaded`` with this transaction's data; unknown ids raise."""
 
+    @abstractmethod
+    def park(self, portal: str, failures: Iterable[FailedMessage]) -> int:
+        """Record messages moved to the error lane (attempts + 1, last error); returns how many."""
+
+    @abstractmethod
+    def resolve_parked(self, portal: str, message_ids: Iterable[str]) -> int:
+        """Parked messages whose objects this transaction loaded leave the lane as ``loaded``."""
+
 
 class Warehouse(ABC):
     """A destination for entity tables, the CDC journal and the sync log."""
@@ -92,6 +107,22 @@ class Warehouse(ABC):
     @abstractmethod
     def mark_acked(self, portal: str, process_ids: Iterable[str]) -> int:
         """Journal process ids as ``acked`` after ``event.offline.clear`` succeeded."""
+
+    @abstractmethod
+    def mark_parked(self, portal: str, process_ids: Iterable[str]) -> int:
+        """Journal process ids as ``parked``: acknowledged except their failed messages."""
+
+    @abstractmethod
+    def error_lane(self, portal: str, status: ParkedStatus | None = ParkedStatus.PARKED,
+                   limit: int = 1000) -> list[ErrorLaneEntry]:
+        """The error-lane ledger of a portal (parked messages by default), latest failure first."""
+
+    @abstractmethod
+    def discard(self, portal: str, message_ids: Iterable[str], *, by: str, reason: str) -> int:
+        """An operator gives parked messages up: the next drain acknowledges them without loading.
+
+        Returns how many were parked; raises `WarehouseError` if ``by`` or ``reason`` is empty.
+        """
 
     @abstractmethod
     def prune_journal(self, portal: str, acked_before: datetime) -> int:

@@ -3,7 +3,13 @@
 DESIGN §3: every ``process_id`` is journalled ``reserved`` in its own short transaction before its
 events are processed, becomes ``loaded`` in the same transaction as the data it produced, and
 ``acked`` once ``event.offline.clear`` succeeded. Recovery reads the journal by status: ``loaded``
-entries are acked again, ``reserved`` ones re-read with ``event.offline.get process_id=P``.
+entries are acked again, ``reserved`` ones re-read with ``event.offline.get process_id=P``. A
+reservation that held failures is acknowledged message by message and becomes ``parked``: the
+error-lane drain re-reads it (the facts sheet leaves open whether its rows are still reserved).
+
+The error-lane ledger (``_error_lane``) keeps one row per parked message: attempts, the last error,
+and how it left the lane (``loaded``, or ``discarded`` by whom and why). Nothing leaves the lane
+otherwise (DESIGN §3 step 7).
 
 SQL here is shared by both engines: parameters are written ``%(name)s`` (psycopg's style; the DuckDB
 backend rewrites them) and tables are qualified by the engine's `Dialect`.
@@ -19,12 +25,48 @@ from connectors.warehouse.layout import Dialect
 
 JOURNAL_TABLE = "_cdc_journal"
 RUNS_TABLE = "_sync_runs"
+ERROR_LANE_TABLE = "_error_lane"
 
 
 class JournalStatus(enum.StrEnum):
     RESERVED = "reserved"
     LOADED = "loaded"
     ACKED = "acked"
+    PARKED = "parked"  # acknowledged except its failed messages, which may still sit under it
+
+
+class ParkedStatus(enum.StrEnum):
+    PARKED = "parked"  # in the error lane, retried by the drain
+    LOADED = "loaded"  # a later attempt loaded it
+    DISCARDED = "discarded"  # an operator gave it up on purpose
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    """One queue message whose object could not be loaded; ``error`` is already redacted."""
+
+    message_id: str
+    event_name: str
+    entity_kind: str | None
+    entity_id: int | None
+    error: str
+
+
+@dataclass(frozen=True)
+class ErrorLaneEntry:
+    portal: str
+    message_id: str
+    event_name: str
+    entity_kind: str | None
+    entity_id: int | None
+    status: ParkedStatus
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+    last_error: str | None
+    resolved_at: datetime | None = None  # loaded or discarded at
+    discarded_by: str | None = None
+    discard_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +121,21 @@ def create_statements(d: Dialect) -> list[str]:
             requests BIGINT NOT NULL,
             errors BIGINT NOT NULL,
             error_summary {d.text})""",
+        f"""CREATE TABLE IF NOT EXISTS {d.qualified(ERROR_LANE_TABLE)} (
+            portal {d.text} NOT NULL,
+            message_id {d.text} NOT NULL,
+            event_name {d.text} NOT NULL,
+            entity_kind {d.text},
+            entity_id BIGINT,
+            status {d.text} NOT NULL,
+            attempts INTEGER NOT NULL,
+            first_failed_at {d.timestamp} NOT NULL,
+            last_failed_at {d.timestamp} NOT NULL,
+            last_error {d.text},
+            resolved_at {d.timestamp},
+            discarded_by {d.text},
+            discard_reason {d.text},
+            PRIMARY KEY (portal, message_id))""",
     ]
 
 
@@ -106,6 +163,12 @@ def mark_loaded(d: Dialect) -> str:
 
 def mark_acked(d: Dialect) -> str:
     return f"""UPDATE {d.qualified(JOURNAL_TABLE)} SET status = 'acked', acked_at = %(now)s
+        WHERE portal = %(portal)s::text AND status <> 'acked'
+          AND process_id IN (SELECT unnest(%(process_ids)s::text[]))"""
+
+
+def mark_parked(d: Dialect) -> str:
+    return f"""UPDATE {d.qualified(JOURNAL_TABLE)} SET status = 'parked', acked_at = %(now)s
         WHERE portal = %(portal)s::text AND status <> 'acked'
           AND process_id IN (SELECT unnest(%(process_ids)s::text[]))"""
 
@@ -144,3 +207,49 @@ def runs(d: Dialect) -> str:
     return f"""SELECT {", ".join(RUN_COLUMNS)} FROM {d.qualified(RUNS_TABLE)}
         WHERE %(portal)s::text IS NULL OR portal = %(portal)s::text
         ORDER BY started_at DESC, run_id LIMIT %(limit)s"""
+
+
+# --- the error-lane ledger -------------------------------------------------------------------
+
+ERROR_LANE_COLUMNS = ("portal", "message_id", "event_name", "entity_kind", "entity_id", "status", "attempts",
+                      "first_failed_at", "last_failed_at", "last_error", "resolved_at", "discarded_by",
+                      "discard_reason")
+
+
+def park(d: Dialect) -> str:
+    # A message failing again counts another attempt; one that had left the lane starts over.
+    return f"""INSERT INTO {d.qualified(ERROR_LANE_TABLE)} AS e
+            (portal, message_id, event_name, entity_kind, entity_id, status, attempts, first_failed_at,
+             last_failed_at, last_error)
+        SELECT %(portal)s::text, unnest(%(message_ids)s::text[]), unnest(%(event_names)s::text[]),
+               unnest(%(kinds)s::text[]), unnest(%(entity_ids)s::bigint[]), 'parked', 1, %(now)s, %(now)s,
+               unnest(%(errors)s::text[])
+        ON CONFLICT (portal, message_id) DO UPDATE SET
+            attempts = CASE WHEN e.status = 'parked' THEN e.attempts + 1 ELSE 1 END,
+            first_failed_at = CASE WHEN e.status = 'parked' THEN e.first_failed_at ELSE excluded.first_failed_at END,
+            status = 'parked', last_failed_at = excluded.last_failed_at, last_error = excluded.last_error,
+            event_name = excluded.event_name, resolved_at = NULL, discarded_by = NULL, discard_reason = NULL"""
+
+
+def resolve_parked(d: Dialect) -> str:
+    return f"""UPDATE {d.qualified(ERROR_LANE_TABLE)} SET status = 'loaded', resolved_at = %(now)s
+        WHERE portal = %(portal)s::text AND status = 'parked'
+          AND message_id IN (SELECT unnest(%(message_ids)s::text[]))"""
+
+
+def discard(d: Dialect) -> str:
+    return f"""UPDATE {d.qualified(ERROR_LANE_TABLE)}
+        SET status = 'discarded', resolved_at = %(now)s, discarded_by = %(by)s, discard_reason = %(reason)s
+        WHERE portal = %(portal)s::text AND status = 'parked'
+          AND message_id IN (SELECT unnest(%(message_ids)s::text[]))"""
+
+
+def error_lane_entries(d: Dialect) -> str:
+    return f"""SELECT {", ".join(ERROR_LANE_COLUMNS)} FROM {d.qualified(ERROR_LANE_TABLE)}
+        WHERE portal = %(portal)s::text AND (%(status)s::text IS NULL OR status = %(status)s::text)
+        ORDER BY last_failed_at DESC, message_id LIMIT %(limit)s"""
+
+
+def error_lane_entry(row: tuple) -> ErrorLaneEntry:
+    values = dict(zip(ERROR_LANE_COLUMNS, row, strict=True))
+    return ErrorLaneEntry(**{**values, "status": ParkedStatus(values["status"])})

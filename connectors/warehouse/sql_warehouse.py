@@ -26,7 +26,14 @@ from connectors.warehouse.errors import (
 from connectors.warehouse.evolution import SchemaChanges, TypeConflict, plan_changes
 from connectors.warehouse.frames import Rows, StagedRows, stage
 from connectors.warehouse.interface import Transaction, UpsertCounts, Warehouse
-from connectors.warehouse.journal import JournalEntry, JournalStatus, SyncRun
+from connectors.warehouse.journal import (
+    ErrorLaneEntry,
+    FailedMessage,
+    JournalEntry,
+    JournalStatus,
+    ParkedStatus,
+    SyncRun,
+)
 from connectors.warehouse.layout import HISTORY_SUFFIX, Dialect, TableNames
 
 log = logging.getLogger(__name__)
@@ -214,6 +221,29 @@ class SqlWarehouse(Warehouse):
             raise UnknownProcessIds(portal, (row[0] for row in unknown))
         return self._execute(statement, params)
 
+    def mark_parked(self, portal: str, process_ids: Iterable[str]) -> int:
+        self._outside_transaction("mark_parked")
+        with self._atomic():
+            return self._transition(journal.mark_parked(self.dialect), portal, process_ids)
+
+    def error_lane(self, portal: str, status: ParkedStatus | None = ParkedStatus.PARKED,
+                   limit: int = 1000) -> list[ErrorLaneEntry]:
+        rows = self._query(journal.error_lane_entries(self.dialect), {
+            "portal": portal, "status": None if status is None else ParkedStatus(status).value,
+            "limit": int(limit)})
+        return [journal.error_lane_entry(row) for row in rows]
+
+    def discard(self, portal: str, message_ids: Iterable[str], *, by: str, reason: str) -> int:
+        self._outside_transaction("discard")
+        if not by.strip() or not reason.strip():
+            raise WarehouseError("discarding from the error lane needs who (by) and why (reason)")
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return 0
+        with self._atomic():
+            return self._execute(journal.discard(self.dialect), {
+                "portal": portal, "message_ids": ids, "by": by, "reason": reason, "now": _now()})
+
     def prune_journal(self, portal: str, acked_before: datetime) -> int:
         self._outside_transaction("prune_journal")
         with self._atomic():
@@ -285,6 +315,26 @@ class SqlTransaction(Transaction):
     def mark_loaded(self, portal: str, process_ids: Iterable[str]) -> int:
         self._check_open()
         return self.warehouse._transition(journal.mark_loaded(self.warehouse.dialect), portal, process_ids)
+
+    def park(self, portal: str, failures: Iterable[FailedMessage]) -> int:
+        self._check_open()
+        unique = list({failure.message_id: failure for failure in failures}.values())
+        if not unique:
+            return 0
+        self.warehouse._execute(journal.park(self.warehouse.dialect), {
+            "portal": portal, "now": _now(),
+            "message_ids": [f.message_id for f in unique], "event_names": [f.event_name for f in unique],
+            "kinds": [f.entity_kind for f in unique], "entity_ids": [f.entity_id for f in unique],
+            "errors": [f.error[:2000] for f in unique]})
+        return len(unique)
+
+    def resolve_parked(self, portal: str, message_ids: Iterable[str]) -> int:
+        self._check_open()
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return 0
+        return self.warehouse._execute(journal.resolve_parked(self.warehouse.dialect),
+                                       {"portal": portal, "message_ids": ids, "now": _now()})
 
 
 def _now() -> datetime:

@@ -40,15 +40,33 @@ def test_documented_errors_arrive_typed(emu, oauth_client) -> None:
     assert isinstance(outcome.errors["bad"], InvalidArgument) and outcome.ok("good")
 
 
-def test_broken_json_raises_a_clear_error_and_is_not_repeated(emu, oauth_client) -> None:
+def test_a_cut_off_json_body_on_a_read_is_repeated_until_it_arrives_whole(emu, oauth_client) -> None:
     client = oauth_client(emu)
-    emu.add_fault("app.info", "malformed_json", count=1)
+    emu.add_fault("app.info", "malformed_json", count=2)
+    emu.reset_stats()
+    assert client.call("app.info").result["CODE"] == emu.client_id
+    assert emu.stats()["http_requests"] == 3 and client.usage.retries == 2
+
+
+def test_a_cut_off_json_body_on_a_call_that_changes_state_raises_a_clear_error_and_is_not_repeated(
+        emu, oauth_client) -> None:
+    client = oauth_client(emu)
+    emu.add_fault("crm.deal.add", "malformed_json", count=1)
     emu.reset_stats()
     with pytest.raises(MalformedResponse) as raised:
-        client.call("app.info")
-    assert raised.value.status == 200 and raised.value.method == "app.info"
+        client.call("crm.deal.add", {"fields": {"TITLE": "once"}})
+    assert raised.value.status == 200 and raised.value.method == "crm.deal.add"
     assert raised.value.excerpt.startswith('{"result"')
     assert emu.stats()["http_requests"] == 1
+
+
+def test_a_persistently_cut_off_body_ends_as_a_malformed_response_after_the_attempts(emu, oauth_client) -> None:
+    client = oauth_client(emu)
+    emu.add_fault("app.info", "malformed_json")
+    emu.reset_stats()
+    with pytest.raises(MalformedResponse, match="HTTP 200"):
+        client.call("app.info")
+    assert emu.stats()["http_requests"] == client.retry.attempts
 
 
 def test_an_html_error_page_on_a_read_is_retried_then_succeeds(emu, oauth_client) -> None:
