@@ -56,6 +56,7 @@ def portal_info(portal: Portal) -> dict[str, Any]:
         },
         "latency_ms": portal.latency_ms,
         "token_ttl_s": portal.token_ttl_s,
+        "error_unreserves_lane_rows": portal.error_unreserves_lane_rows,
         "users": [{"id": u.id, "name": u.name, "is_admin": u.is_admin} for u in portal.users.values()],
         "apps": sorted(portal.installations),
     }
@@ -125,6 +126,8 @@ def build_control_app(world: World) -> Starlette:
             portal.latency_ms = float(body["latency_ms"])
         if "token_ttl_s" in body:
             portal.token_ttl_s = int(body["token_ttl_s"])
+        if "error_unreserves_lane_rows" in body:
+            portal.error_unreserves_lane_rows = bool(body["error_unreserves_lane_rows"])
         if "authorize_user_id" in body:
             portal.authorize_user_id = body["authorize_user_id"]
         return JSONResponse(portal_info(portal))

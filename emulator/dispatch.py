@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emulator.errors import (
+    AccessDenied,
     InsufficientScope,
     MethodNotFound,
     OperationTimeLimit,
@@ -24,7 +25,7 @@ from emulator.errors import (
     WrongAuthType,
     WrongLicense,
 )
-from emulator.faults import SLOW_KINDS
+from emulator.faults import REFUSAL_KINDS, SLOW_KINDS
 from emulator.registry import METHODS, CallContext, Caller, Page, RestMethod
 
 if TYPE_CHECKING:
@@ -129,6 +130,8 @@ async def execute(portal: Portal, caller: Caller, method_name: str, params: dict
         _check_access(portal, caller, method, in_batch)
         if portal.limits.method_blocked(key):
             raise OperationTimeLimit()
+        if portal.faults.draw(method_name, REFUSAL_KINDS) is not None:
+            raise AccessDenied()
         slow = portal.faults.draw(method_name, SLOW_KINDS)
         begin = time.perf_counter()
         try:

@@ -9,7 +9,9 @@ Kinds and where they act:
 - ``drop``: the method runs, then the connection is closed after the status line, before the body;
 - ``slow``: the method sleeps ``delay_s`` inside its processing time (so it counts toward the 429
   budget, facts §6.2); also matches ``batch`` sub-calls by their own name;
-- ``expire_token``: the caller's access token expires now, so this call gets 401 ``expired_token``.
+- ``expire_token``: the caller's access token expires now, so this call gets 401 ``expired_token``;
+- ``access_denied``: the call is refused with 403 ``ACCESS_DENIED`` before it runs, as for objects the
+  app's user may not see; also matches ``batch`` sub-calls by their own name (a refused command).
 
 ``phase`` ("before" or "after" the method runs) can be overridden for http_500, html,
 malformed_json and drop: "after" models a request that changed state but whose answer was lost.
@@ -21,12 +23,14 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-FaultKind = Literal["http_500", "html", "malformed_json", "drop", "slow", "expire_token"]
-FAULT_KINDS: tuple[str, ...] = ("http_500", "html", "malformed_json", "drop", "slow", "expire_token")
+FaultKind = Literal["http_500", "html", "malformed_json", "drop", "slow", "expire_token", "access_denied"]
+FAULT_KINDS: tuple[str, ...] = ("http_500", "html", "malformed_json", "drop", "slow", "expire_token",
+                                "access_denied")
 RESPONSE_KINDS = frozenset({"http_500", "html", "malformed_json", "drop"})
 # Drawn once per HTTP request (by the top-level method name) and once per executed call, respectively.
 TRANSPORT_KINDS = RESPONSE_KINDS | {"expire_token"}
 SLOW_KINDS = frozenset({"slow"})
+REFUSAL_KINDS = frozenset({"access_denied"})
 _DEFAULT_PHASE = {"http_500": "before", "html": "before", "malformed_json": "after", "drop": "after"}
 
 

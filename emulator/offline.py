@@ -214,19 +214,22 @@ class OfflineQueue:
             self._forget(row)
         return len(doomed)
 
-    def mark_error(self, process_id: str, message_ids: list[str]) -> None:
+    def mark_error(self, process_id: str, message_ids: list[str], *, lane_rows_too: bool = False) -> None:
         """``markError`` of rest 25.x, for the given messages of this queue:
 
         1. delete non-error copies outside this process (e.g. a fresh row queued after reservation);
         2. the process's own copies get ERROR=1 and leave the reservation (PROCESS_ID '');
-        3. any other unreserved error copy is dropped, leaving one error row per message."""
+        3. any other unreserved error copy is dropped, leaving one error row per message.
+
+        Whether step 2 also applies to copies that already have ERROR=1 (reserved by a ``get error=1``
+        drain) is not settled (facts §2.10): ``lane_rows_too`` chooses the reading."""
         for message_id in dict.fromkeys(message_ids):
             copies = list(self._by_message.get(message_id, {}).values())
             for row in copies:
                 if row.error == 0 and row.process_id != process_id:
                     self._forget(row)
             for row in copies:
-                if row.id not in self.rows or row.error != 0 or row.process_id != process_id:
+                if row.id not in self.rows or row.process_id != process_id or (row.error != 0 and not lane_rows_too):
                     continue
                 previous = self._unreserved.get(message_id)
                 if previous is not None and previous is not row:
@@ -483,6 +486,7 @@ def event_offline_error(ctx: CallContext, params: dict) -> bool:
     if values is None:
         raise ArgumentError("Value must be array of MESSAGE_ID values", "message_id")
     if values:
-        _queue(ctx).mark_error(process_id, [str(value) for value in values])
+        _queue(ctx).mark_error(process_id, [str(value) for value in values],
+                               lane_rows_too=ctx.portal.error_unreserves_lane_rows)
     return True
 

@@ -89,6 +89,9 @@ class Portal:
     limit_settings: LimitSettings = field(default_factory=LimitSettings)
     latency_ms: float = 0.0  # added to every REST request (asyncio sleep: other requests go on)
     token_ttl_s: int = 3600  # access-token lifetime (facts §7.2: 1 hour)
+    # The unsettled point of facts §2.10: does event.offline.error also take rows that are already in
+    # the error lane out of a `get error=1 clear=0` reservation? False leaves them reserved.
+    error_unreserves_lane_rows: bool = False
     authorize_user_id: int | None = None  # who /oauth/authorize/ approves as; None = the installer
     oauth: OAuthServer | None = None  # the shared auth server (like oauth.bitrix.info), set by the world
     activity: object = None  # a running emulator.activity.ActivityGenerator, if any
