@@ -16,6 +16,7 @@ from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.tables import ENTITY_ASSETS, asset_key
 
 MAX_LAG_S = 300.0  # the promise is "fresh within a minute"; five minutes of lag is an incident
+EXAMPLES = 10  # parked messages shown with the dead-letter check (the CLI lists them all)
 RECONCILIATION = dg.AssetKey(["bitrix24", "reconciliation"])
 DEAD_LETTERS = dg.AssetKey(["bitrix24", "dead_letters"])
 
@@ -94,15 +95,24 @@ def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, b
     deps=[asset_key(name) for name in ENTITY_ASSETS],
     partitions_def=portals,
     group_name="bitrix24",
-    check_specs=[dg.AssetCheckSpec("error_lane_empty", asset=DEAD_LETTERS)],
+    check_specs=[dg.AssetCheckSpec(
+        "error_lane_empty", asset=DEAD_LETTERS,
+        description="No object waits in the error lane (each example shows its attempts and last error).")],
 )
-def dead_letters(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource) -> dg.MaterializeResult:
+def dead_letters(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
+                 warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Objects Bitrix24 keeps in our error lane because syncing them failed repeatedly."""
     with bitrix24.client(context.partition_key) as client:
         peek = bitrix24.queue(client).peek(error_lane=True)
+    with warehouse.open() as wh:
+        parked = wh.error_lane(context.partition_key, limit=EXAMPLES)
     oldest = peek.head.timestamp.isoformat() if peek.head else None
+    examples = [{"message_id": entry.message_id, "object": f"{entry.entity_kind} {entry.entity_id}",
+                 "attempts": entry.attempts, "last_error": entry.last_error,
+                 "last_failed_at": entry.last_failed_at.isoformat()} for entry in parked]
+    numbers = {"depth": peek.depth, "oldest": oldest, "examples": examples}
     return dg.MaterializeResult(
-        metadata={"depth": peek.depth, "oldest": oldest},
+        metadata=numbers,
         check_results=[dg.AssetCheckResult(check_name="error_lane_empty", passed=peek.depth == 0,
-                                           metadata={"depth": peek.depth, "oldest": oldest})],
+                                           metadata=numbers)],
     )

@@ -10,6 +10,9 @@ recovered within the run.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from connectors.bitrix24 import Bitrix24Client, Bitrix24Error, FileTokenStore, O
 from connectors.bitrix24.errors import OperationTimeLimit
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import fetch, reserve, run_once
-from connectors.warehouse import ParkedStatus, open_warehouse
+from connectors.warehouse import ParkedStatus, WarehouseError, open_warehouse
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare, duckdb_rows
 from tests.warehouse.conftest import PG_DSN
@@ -120,10 +123,17 @@ def test_an_operator_discard_is_recorded_and_acknowledged_by_the_next_drain_but_
     sync(emu, tokens, target, tmp_path / "s1")
     [parked] = ledger(target)
 
-    with open_warehouse(target[0]) as warehouse:
-        with pytest.raises(Exception, match="who"):
-            warehouse.discard(PORTAL, [parked.message_id], by="", reason="")
-        assert warehouse.discard(PORTAL, [parked.message_id], by="ops@example.com", reason="deal is broken") == 1
+    with open_warehouse(target[0]) as warehouse, pytest.raises(WarehouseError, match="who"):
+        warehouse.discard(PORTAL, [parked.message_id], by=" ", reason="")
+    cli = [sys.executable, "-m", "connectors.sync.error_lane"]
+    where = ["--portal", PORTAL, "--warehouse", target[0]]
+    listed = subprocess.run([*cli, "list", *where], capture_output=True, text=True, check=True).stdout
+    assert json.loads(listed)["message_id"] == parked.message_id
+    refused = subprocess.run([*cli, "discard", *where, "--message-id", "f" * 32, "--by", "ops", "--reason", "x"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "not parked" in refused.stderr
+    subprocess.run([*cli, "discard", *where, "--message-id", parked.message_id, "--by", "ops@example.com",
+                    "--reason", "deal is broken"], check=True, capture_output=True)
     sync(emu, tokens, target, tmp_path / "d1", mode="error_lane")
     assert our_rows(emu) == []
     [discarded] = ledger(target, ParkedStatus.DISCARDED)
