@@ -54,6 +54,10 @@ def sync_in_subprocess(emu: ThreadEmulator, tokens_dir: Path, warehouse_path: Pa
     env = {**os.environ, "B24_CLIENT_ID": emu.client_id, "B24_CLIENT_SECRET": emu.client_secret,
            "B24_OAUTH_TOKEN_URL": f"{emu.url}/oauth/token/"}
     env.pop("B24WH_FAILPOINT", None)
+    # Staged CRM data belongs under the product's state directory, never the shared temp directory.
+    env["B24_STAGING_DIR"] = str(Path(tokens_dir).parent / "staging")
+    env["TMPDIR"] = str(Path(tokens_dir).parent / "tmp")
+    Path(env["TMPDIR"]).mkdir(exist_ok=True)
     if failpoint:
         env["B24WH_FAILPOINT"] = failpoint
     done = subprocess.run(
@@ -126,6 +130,8 @@ def test_a_crash_at_any_step_is_recovered_by_the_next_run_without_loss_or_duplic
     assert len(our_queue(emu)) > 800, "more changes than one run takes (--max-events 400)"
 
     assert sync_in_subprocess(emu, tokens.directory, warehouse, failpoint) == -9  # SIGKILL
+    [left] = list((tmp_path / "staging" / PORTAL).iterdir())  # what the killed run staged stays, owner-only
+    assert all(path.stat().st_mode & 0o777 == 0o700 for path in (tmp_path / "staging", left))
 
     for _ in range(5):  # each run takes up to --max-events rows; recovery happens in the first
         sync_in_subprocess(emu, tokens.directory, warehouse)
@@ -133,6 +139,8 @@ def test_a_crash_at_any_step_is_recovered_by_the_next_run_without_loss_or_duplic
             break
     assert our_queue(emu) == []
     assert compare(emu, duckdb_rows(str(warehouse))) == []
+    assert list((tmp_path / "staging" / PORTAL).iterdir()) == [], "the next run removes what the dead one left"
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_without_extended_offline_events_the_queue_is_drained_with_clear_1_and_reported(
