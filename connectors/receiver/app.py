@@ -182,13 +182,16 @@ def _refused(reason: str) -> Response:
 
 
 def _store(state: StateStore, key: str, verified: VerifiedInstall, application_token: str, token: dict) -> None:
-    """Save what the OAuth server vouched for: its member_id, domain and client_endpoint win."""
+    """Save what the OAuth server vouched for: its member_id, domain and client_endpoint win.
+
+    The token first: whoever sees the portal row (the sensor) finds its token too.
+    """
+    state.save_token(key, {**token, "member_id": verified.member_id, "domain": verified.domain,
+                           "client_endpoint": verified.client_endpoint})
     state.save_portal(Portal(
         key=key, member_id=verified.member_id, domain=verified.domain,
         client_endpoint=verified.client_endpoint, application_token=application_token,
         installed_at=datetime.now(UTC)))
-    state.save_token(key, {**token, "member_id": verified.member_id, "domain": verified.domain,
-                           "client_endpoint": verified.client_endpoint})
 
 
 def _run_hook(hook: InstallHook, key: str, settings: ReceiverSettings) -> None:
