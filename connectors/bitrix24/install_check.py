@@ -13,8 +13,11 @@ retried a few times. Redeeming a refresh token rotates the pair, so it is never 
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import re
+import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -24,13 +27,14 @@ import orjson
 
 from connectors.bitrix24.auth import DEFAULT_TOKEN_URL, OAuthApp
 from connectors.bitrix24.errors import Bitrix24Error
-from connectors.bitrix24.redaction import redact, register_secret
+from connectors.bitrix24.redaction import MASK, redact, register_secret
 from connectors.bitrix24.retry import RetryPolicy
 
 DEFAULT_SERVER_ENDPOINT = "https://oauth.bitrix.info/rest/"
 # The portal waits for our answer to its callback: a few quick tries, then 503 and the portal retries.
 VERIFY_RETRY = RetryPolicy(attempts=3, backoff_base_s=0.3, backoff_max_s=1.0)
 _TOKEN_PATH = "/oauth/token"
+_AUTH_IN_QUERY = re.compile(r"([?&]auth=)[^&\s\"']+")
 
 
 class InstallRejected(Bitrix24Error):
@@ -110,6 +114,7 @@ class InstallVerifier:
         self.retry = retry
         self._http = http
         self._rng = random.Random()
+        _mask_auth_in_request_logs()
 
     def __repr__(self) -> str:
         return f"InstallVerifier(client_id={self.app.client_id!r}, server_endpoint={self.server_endpoint!r})"
@@ -126,7 +131,8 @@ class InstallVerifier:
         (``client_id``), or belongs to another portal (``member_id``, ``domain``, ``client_endpoint``);
         `InstallUnverifiable` when the OAuth server cannot answer after `VERIFY_RETRY`.
         """
-        register_secret(claim.access_token)
+        # Not registered as a secret until verified: a stranger could flood the redaction registry
+        # (evicting real secrets) with made-up tokens. The query-string filter masks it in logs.
         result = self._app_info(claim.access_token)
         install = result.get("install")
         if not isinstance(install, dict) or "client_id" not in result:
@@ -142,6 +148,7 @@ class InstallVerifier:
             raise InstallRejected("the access token belongs to another portal (domain)")
         if not _same_endpoint(str(install.get("client_endpoint", "")), claim.client_endpoint):
             raise InstallRejected("the access token belongs to another portal (client_endpoint)")
+        register_secret(claim.access_token)
         user_id = result.get("user_id")
         return VerifiedInstall(
             client_id=result["client_id"], member_id=claim.member_id, domain=str(install["domain"]),
@@ -155,7 +162,6 @@ class InstallVerifier:
         its answer names the portal. Not repeated: a second try after a lost answer would present a
         used token. Raises `InstallRejected` (refused, or another portal) or `InstallUnverifiable`.
         """
-        register_secret(refresh_token)
         form = {"grant_type": "refresh_token", "client_id": self.app.client_id,
                 "client_secret": self.app.client_secret, "refresh_token": refresh_token}
         try:
@@ -198,6 +204,29 @@ class InstallVerifier:
 
     def _client(self) -> AbstractContextManager[httpx.Client]:
         return nullcontext(self._http) if self._http is not None else httpx.Client(timeout=self.timeout_s)
+
+
+class _AuthQueryFilter(logging.Filter):
+    """Masks ``auth=<token>`` in logged URLs: app.info takes the token in its query string (facts
+    §7.5) and httpx logs request URLs at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _AUTH_IN_QUERY.sub(rf"\g<1>{MASK}", message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_filter_lock = threading.Lock()
+_auth_filter = _AuthQueryFilter()
+
+
+def _mask_auth_in_request_logs() -> None:
+    with _filter_lock:
+        logger = logging.getLogger("httpx")
+        if _auth_filter not in logger.filters:
+            logger.addFilter(_auth_filter)
 
 
 def _json_object(response: httpx.Response) -> dict | None:

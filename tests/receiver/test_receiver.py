@@ -377,3 +377,15 @@ def test_the_oauth_server_endpoint_is_derived_from_the_token_url() -> None:
         server_endpoint_for("https://auth.example.com/token")
     default = InstallVerifier(OAuthApp("app.x", "secret-value"))
     assert default.server_endpoint == "https://oauth.bitrix.info/rest/"
+
+
+def test_presented_access_tokens_never_reach_the_log(
+        emu: ThreadEmulator, receiver: str, caplog: pytest.LogCaptureFixture) -> None:
+    genuine = genuine_auth(emu)
+    forged = made_up(genuine["domain"], genuine["client_endpoint"], genuine["member_id"])
+    with caplog.at_level("INFO"):
+        assert httpx.post(f"{receiver}/install", data=install_form(forged)).status_code == 403
+        assert httpx.post(f"{receiver}/install", data=install_form(genuine)).status_code == 200
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "app.info?auth=***" in logged
+    assert forged["access_token"] not in logged and genuine["access_token"] not in logged
