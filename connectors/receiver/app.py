@@ -138,7 +138,9 @@ def create_app(state: StateStore, settings: ReceiverSettings, verifier: InstallV
             return _refused(error.reason)
         except InstallUnverifiable as error:
             log.warning("install not verified, the portal may retry: %s", error.reason)
-            return JSONResponse({"error": "install_unverified", "detail": error.reason}, status_code=503)
+            return JSONResponse({"error": "install_unverified",
+                                 "detail": "the OAuth server could not confirm this install; try again later"},
+                                status_code=503)
         except ValueError as error:  # a client_endpoint the OAuth server named but we cannot key
             return JSONResponse({"error": "invalid_install", "detail": str(error)}, status_code=400)
         if known is not None and known.key != key:

@@ -362,11 +362,12 @@ def test_a_dropped_app_info_answer_is_retried_within_the_install(
 
 
 def test_a_verifier_pointed_at_a_portal_instead_of_the_oauth_server_fails_closed(
-        emu: ThreadEmulator, state: StateStore) -> None:
-    with serving_receiver(emu, state, server_endpoint=f"{emu.url}/rest/") as url:
+        emu: ThreadEmulator, state: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"), serving_receiver(emu, state, server_endpoint=f"{emu.url}/rest/") as url:
         response = httpx.post(f"{url}/install", data=install_form(genuine_auth(emu)), timeout=30)
     assert response.status_code == 503
-    assert "app.info shape" in response.json()["detail"]
+    assert response.json()["error"] == "install_unverified"
+    assert "did not answer with the OAuth server's app.info shape" in caplog.text
     assert state.portals(status=None) == []
 
 
