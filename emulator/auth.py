@@ -4,16 +4,24 @@ The OAuth side mirrors facts §7.2: authorization codes live 30 s and are single
 ``portal.token_ttl_s`` (1 h by default) and can be expired on demand; every refresh returns a new pair
 and the refresh token used for it dies (older docs; facts §10.9). Access tokens issued earlier stay
 valid until they expire. Webhooks (facts §7.1) act as their user with the ticked scopes.
+
+The OAuth server also answers its own ``app.info`` (facts §7.5), which apps use to check that a token
+belongs to them and to a portal. The real server has its own host (``https://oauth.bitrix.info/rest/``);
+here the default portal owns the root's ``/rest/``, so the OAuth server's REST lives under
+``/oauth/rest/`` (``oauth`` is a reserved first segment, never a portal). It has its own fault plan,
+with the method names ``token`` (the token endpoint) and ``app.info``.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from emulator.errors import AuthError
+from emulator.faults import FaultPlan
 from emulator.registry import Caller
 
 if TYPE_CHECKING:
@@ -23,6 +31,8 @@ CODE_TTL_S = 30
 REFRESH_TTL_S = 180 * 24 * 3600  # current docs (facts §7.2); older docs said 28 days
 # Expired access tokens keep answering 401 expired_token (not invalid_token) this long, then are dropped.
 EXPIRED_TOKEN_MEMORY_S = 24 * 3600
+# app.info's install.member_type; the real values are not documented (facts §7.5 shows the key only).
+MEMBER_TYPE = "PORTAL"
 _PURGE_EVERY = 1024  # issued pairs between sweeps
 
 
@@ -67,6 +77,8 @@ class OAuthServer:
         self._access: dict[str, _Grant] = {}
         self._refresh: dict[str, _Grant] = {}
         self._issued = 0
+        self.faults = FaultPlan()
+        self.calls: Counter[str] = Counter()  # requests per endpoint ("token", "app.info"), for tests
 
     @property
     def host(self) -> str:
@@ -74,7 +86,11 @@ class OAuthServer:
 
     @property
     def server_endpoint(self) -> str:
-        return f"{self.root_url}/rest/"
+        return f"{self.root_url}/oauth/rest/"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.root_url}/oauth/token/"
 
     def register_app(self, app: App) -> None:
         self.apps[app.client_id] = app
@@ -165,12 +181,50 @@ class OAuthServer:
             auth_connector=auth_connector,
         )
 
-    def expire(self, portal: Portal, client_id: str | None = None, access_token: str | None = None) -> int:
-        """Make access tokens of ``portal`` (one app's, or one token) expired now; returns how many."""
+    def app_info(self, access_token: str | None) -> dict[str, Any]:
+        """The OAuth server's ``app.info`` for a token (facts §7.5), or the usual 401 error.
+
+        Answers ``{"client_id", "scope", "expires", "install": {...}, "user_id"}``: which app the
+        token was issued to and on which portal that app is installed.
+        """
+        if not access_token:
+            raise AuthError("Wrong authorization data", code="NO_AUTH_FOUND")
+        grant = self._access.get(access_token)
+        if grant is None:
+            raise AuthError("Unable to get application by token", code="invalid_token")
+        if grant.expires_at <= time.time():
+            raise AuthError("The access token provided has expired.", code="expired_token")
+        portal = grant.portal
+        installation = portal.installations.get(grant.client_id)
+        if installation is None:
+            raise AuthError("Application not found", code="APPLICATION_NOT_FOUND")
+        app = installation.app
+        scope = scope_string(app.scopes)
+        return {
+            "client_id": grant.client_id,
+            "scope": scope,
+            "expires": int(grant.expires_at),
+            "install": {
+                "installed": True,
+                "version": 1,
+                "status": app.status,
+                "scope": scope,
+                "domain": portal.domain,
+                "uri": app.handler_url,
+                "client_endpoint": portal.client_endpoint,
+                "member_id": portal.member_id,
+                "member_type": MEMBER_TYPE,
+            },
+            "user_id": grant.user_id,
+        }
+
+    def expire(self, portal: Portal | None, client_id: str | None = None, access_token: str | None = None) -> int:
+        """Make access tokens of ``portal`` (any portal: None; one app's, or one token) expired now;
+        returns how many."""
         now = time.time()
         expired = 0
         for token, grant in self._access.items():
-            if grant.portal is not portal or grant.expires_at <= now:
+            if (portal is not None and grant.portal is not portal) or grant.expires_at <= now:
                 continue
             if (client_id is None or grant.client_id == client_id) and access_token in (None, token):
                 grant.expires_at = now

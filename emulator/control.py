@@ -1,4 +1,5 @@
-"""The control API under ``/_emulator/``: build portals, install apps, inject faults, read the truth.
+"""The control API under ``/_emulator/``: build portals, install apps, inject faults (per portal, or
+into the shared OAuth server under ``/oauth/faults``), read the truth.
 
 No auth: it is for tests, benchmarks and the demo on loopback (contract "Control API"). Everything
 here runs on the server's event loop, so it never races a REST handler; CRM reads and writes also take
@@ -17,7 +18,7 @@ from starlette.routing import Route
 
 from emulator.activity import ActivityGenerator
 from emulator.events import Origin
-from emulator.faults import Fault
+from emulator.faults import Fault, FaultPlan
 from emulator.portal import Portal, User
 from emulator.world import ALL_SCOPES, World
 
@@ -79,6 +80,24 @@ def _require(body: dict[str, Any], name: str) -> Any:
     if name not in body:
         raise ControlError(f"missing {name!r}")
     return body[name]
+
+
+async def _edit_faults(request: Request, plan: FaultPlan) -> JSONResponse:
+    """GET lists, POST adds (``method``, ``kind``, ``rate``, ``count``, ``delay_s``, ``phase``), DELETE clears."""
+    if request.method == "DELETE":
+        plan.clear()
+    elif request.method == "POST":
+        body = await _json(request)
+        count = body.get("count")
+        plan.add(Fault(
+            method=str(_require(body, "method")),
+            kind=str(_require(body, "kind")),
+            rate=float(body.get("rate", 1.0)),
+            count=None if count is None else int(count),
+            delay_s=float(body.get("delay_s", 1.0)),
+            phase=str(body.get("phase", "")),
+        ))
+    return JSONResponse({"faults": plan.describe()})
 
 
 def build_control_app(world: World) -> Starlette:
@@ -174,21 +193,16 @@ def build_control_app(world: World) -> Starlette:
         return JSONResponse({"expired": world.oauth.expire(portal, client_id=client_id)})
 
     async def faults(request: Request) -> JSONResponse:
-        portal = portal_of(request)
-        if request.method == "DELETE":
-            portal.faults.clear()
-        elif request.method == "POST":
-            body = await _json(request)
-            count = body.get("count")
-            portal.faults.add(Fault(
-                method=str(_require(body, "method")),
-                kind=str(_require(body, "kind")),
-                rate=float(body.get("rate", 1.0)),
-                count=None if count is None else int(count),
-                delay_s=float(body.get("delay_s", 1.0)),
-                phase=str(body.get("phase", "")),
-            ))
-        return JSONResponse({"faults": portal.faults.describe()})
+        return await _edit_faults(request, portal_of(request).faults)
+
+    async def oauth_faults(request: Request) -> JSONResponse:
+        """The OAuth server's own faults: methods ``token`` and ``app.info`` (emulator.faults)."""
+        return await _edit_faults(request, world.oauth.faults)
+
+    async def oauth_info(request: Request) -> JSONResponse:
+        oauth = world.oauth
+        return JSONResponse({"token_url": oauth.token_url, "server_endpoint": oauth.server_endpoint,
+                             "calls": dict(oauth.calls), "faults": oauth.faults.describe()})
 
     async def activity(request: Request) -> JSONResponse:
         portal = portal_of(request)
@@ -258,6 +272,8 @@ def build_control_app(world: World) -> Starlette:
         Route(portal_path + "/users", add_user, methods=["POST"]),
         Route(portal_path + "/webhooks", add_webhook, methods=["POST"]),
         Route(PREFIX + "/apps", add_app, methods=["POST"]),
+        Route(PREFIX + "/oauth", oauth_info, methods=["GET"]),
+        Route(PREFIX + "/oauth/faults", oauth_faults, methods=["GET", "POST", "DELETE"]),
         Route(portal_path + "/install", install, methods=["POST"]),
         Route(portal_path + "/tokens/expire", expire_tokens, methods=["POST"]),
         Route(portal_path + "/faults", faults, methods=["GET", "POST", "DELETE"]),

@@ -15,6 +15,11 @@ Kinds and where they act:
 
 ``phase`` ("before" or "after" the method runs) can be overridden for http_500, html,
 malformed_json and drop: "after" models a request that changed state but whose answer was lost.
+
+Each portal has its own plan; the shared OAuth server has one more (control API ``/oauth/faults``),
+whose method names are ``token`` (the token endpoint: an "after" fault rotates the pair and loses the
+answer) and ``app.info``. There ``slow`` delays the answer and ``expire_token`` expires the token
+presented to ``app.info``.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ class Fault:
 
 
 class FaultPlan:
-    """The faults configured for one portal."""
+    """The faults configured for one portal, or for the OAuth server."""
 
     def __init__(self, seed: int | None = None) -> None:
         self._faults: list[Fault] = []

@@ -2,7 +2,8 @@
 
 URL layout (contract "URLs"): ``/rest/{method}[.json]`` with an OAuth token, ``/rest/{user}/{code}/{method}``
 for webhooks, ``/oauth/authorize/`` per portal (default portal at the root, others under ``/{name}/``),
-``/oauth/token/`` once at the root, and the control API under ``/_emulator/``.
+``/oauth/token/`` and the OAuth server's own REST (``/oauth/rest/app.info``, facts §7.5) once at the
+root, and the control API under ``/_emulator/``.
 The REST path is plain ASGI to keep it cheap: it is the hot path of every benchmark.
 """
 
@@ -23,8 +24,8 @@ from starlette.requests import Request
 from emulator import batch, dispatch, system  # noqa: F401  (importing registers batch and system methods)
 from emulator.auth import OAuthError, webhook_caller
 from emulator.control import build_control_app
-from emulator.errors import QueryLimitExceeded, RestError
-from emulator.faults import TRANSPORT_KINDS, Fault
+from emulator.errors import MethodNotFound, QueryLimitExceeded, RestError
+from emulator.faults import SLOW_KINDS, TRANSPORT_KINDS, Fault
 from emulator.params import decode_pairs, decode_query, normalize_json
 from emulator.portal import Portal
 from emulator.world import World
@@ -32,6 +33,8 @@ from emulator.world import World
 _JSON = b"application/json; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 _AUTH_PARAMS = ("auth", "access_token")
+_OAUTH_REST = "/oauth/rest/"
+_OAUTH_FAULT_KINDS = TRANSPORT_KINDS | SLOW_KINDS
 _DROPPED = "ASGI callable returned without completing response."
 _HTML_PAGE = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -126,6 +129,9 @@ class EmulatorApp:
         if path in ("/oauth/token/", "/oauth/token"):
             await self._token(scope, receive, send)
             return
+        if path.startswith(_OAUTH_REST):
+            await self._oauth_rest(path[len(_OAUTH_REST):], scope, receive, send)
+            return
         portal, tail = self.world.route(path)
         if portal is not None and tail.startswith("/rest/"):
             await self._rest(portal, tail[6:], scope, receive, send)
@@ -200,7 +206,8 @@ class EmulatorApp:
         portal.stats.record_response(error.status, len(body))
         await _respond(send, error.status, body)
 
-    async def _fault_response(self, portal: Portal, send: Any, fault: Fault, body: bytes) -> None:
+    async def _fault_response(self, portal: Portal | None, send: Any, fault: Fault, body: bytes) -> None:
+        """Answer as ``fault`` says; ``portal`` None for the OAuth server (no per-portal stats)."""
         if fault.kind == "http_500":
             status, payload, content_type = 500, dumps(dispatch.InternalServerError().body()), _JSON
         elif fault.kind == "html":
@@ -208,11 +215,13 @@ class EmulatorApp:
         elif fault.kind == "malformed_json":
             status, payload, content_type = 200, body[: max(1, len(body) // 2)], _JSON
         else:  # drop: the status line and headers go out, then the connection closes
-            portal.stats.record_response(200, 0)
+            if portal is not None:
+                portal.stats.record_response(200, 0)
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", _JSON), (b"content-length", str(len(body) or 1).encode())]})
             return
-        portal.stats.record_response(status, len(payload))
+        if portal is not None:
+            portal.stats.record_response(status, len(payload))
         await _respond(send, status, payload, content_type)
 
     # -- OAuth --------------------------------------------------------------------------------
@@ -249,12 +258,55 @@ class EmulatorApp:
 
     async def _token(self, scope: Scope, receive: Any, send: Any) -> None:
         params = await read_params(scope, receive)
-        try:
-            answer = self.world.oauth.grant(params)
-        except OAuthError as error:
-            await _respond(send, error.status, dumps(error.body()))
+        fault = await self._oauth_fault("token", send)
+        if fault is not None and fault.phase == "before":
             return
-        await _respond(send, 200, dumps(answer))
+        try:
+            status, body = 200, dumps(self.world.oauth.grant(params))
+        except OAuthError as error:
+            status, body = error.status, dumps(error.body())
+        await self._oauth_answer(send, status, body, fault)
+
+    async def _oauth_rest(self, tail: str, scope: Scope, receive: Any, send: Any) -> None:
+        """The OAuth server's REST: only ``app.info`` (facts §7.5), with a token like a portal's."""
+        method = tail.strip("/").lower().removesuffix(".json")
+        params = await read_params(scope, receive)
+        if method != "app.info":
+            await _respond(send, 404, dumps(MethodNotFound().body()))
+            return
+        token = self._take_token(scope, params)
+        fault = await self._oauth_fault(method, send, token)
+        if fault is not None and fault.phase == "before":
+            return
+        try:
+            status, body = 200, dumps({"result": self.world.oauth.app_info(token)})
+        except RestError as error:
+            status, body = error.status, dumps(error.body())
+        await self._oauth_answer(send, status, body, fault)
+
+    async def _oauth_fault(self, method: str, send: Any, token: str | None = None) -> Fault | None:
+        """Count the call and draw the OAuth server's fault; a "before" fault is answered here."""
+        oauth = self.world.oauth
+        oauth.calls[method] += 1
+        fault = oauth.faults.draw(method, _OAUTH_FAULT_KINDS)
+        if fault is None:
+            return None
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay_s)
+            return None
+        if fault.kind == "expire_token":
+            if token:
+                oauth.expire(None, access_token=token)
+            return None
+        if fault.phase == "before":
+            await self._fault_response(None, send, fault, b"")
+        return fault
+
+    async def _oauth_answer(self, send: Any, status: int, body: bytes, fault: Fault | None) -> None:
+        if fault is not None and fault.phase == "after":
+            await self._fault_response(None, send, fault, body)
+        else:
+            await _respond(send, status, body)
 
 
 class _DropFilter(logging.Filter):

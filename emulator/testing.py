@@ -63,6 +63,16 @@ class RunningEmulator:
         """``{url}/rest/{user_id}/{code}/`` of the default portal's webhook."""
         return f"{self.url}/rest/{self.options.webhook}/"
 
+    @property
+    def token_url(self) -> str:
+        """The OAuth server's token endpoint, ``{url}/oauth/token/``."""
+        return f"{self.url}/oauth/token/"
+
+    @property
+    def oauth_server_endpoint(self) -> str:
+        """The OAuth server's REST root (its ``app.info``, facts §7.5): ``{url}/oauth/rest/``."""
+        return f"{self.url}/oauth/rest/"
+
     def portal_url(self, portal: str = DEFAULT_PORTAL) -> str:
         return self.url if portal == DEFAULT_PORTAL else f"{self.url}/{portal}"
 
@@ -126,6 +136,17 @@ class RunningEmulator:
 
     def clear_faults(self, portal: str = DEFAULT_PORTAL) -> None:
         self._call("DELETE", f"portals/{portal}/faults")
+
+    def add_oauth_fault(self, method: str, kind: str, **options: Any) -> None:
+        """Inject a fault into the OAuth server (``method`` ``token``, ``app.info`` or ``*``)."""
+        self._call("POST", "oauth/faults", {"method": method, "kind": kind, **options})
+
+    def clear_oauth_faults(self) -> None:
+        self._call("DELETE", "oauth/faults")
+
+    def oauth_calls(self) -> dict[str, int]:
+        """Requests the OAuth server has answered so far, per endpoint (``token``, ``app.info``)."""
+        return self._call("GET", "oauth")["calls"]
 
     def stats(self, portal: str = DEFAULT_PORTAL) -> dict[str, Any]:
         return self._call("GET", f"portals/{portal}/stats")

@@ -86,6 +86,9 @@ def demo_environment(state_dir: Path, emulator_url: str) -> dict[str, str]:
         "B24_CLIENT_ID": CLIENT_ID,
         "B24_CLIENT_SECRET": CLIENT_SECRET,
         "B24_OAUTH_TOKEN_URL": f"{emulator_url}/oauth/token/",
+        # The emulator's default portal owns its root /rest/, so its OAuth server's app.info (which
+        # the receiver verifies installs with) lives under /oauth/rest/.
+        "B24_OAUTH_SERVER_ENDPOINT": f"{emulator_url}/oauth/rest/",
         "B24_STATE_STORE": str(state_dir / "state.sqlite3"),
         "B24_WAREHOUSE": str(state_dir / "warehouse.duckdb"),
     }

@@ -3,6 +3,7 @@ the entity registry, fetching, schema mapping and the entity frame. Imports no D
 
 One line per module:
     auth        webhooks and OAuth apps; tokens persisted atomically, refreshed single-flight
+    install_check  install callbacks verified with the OAuth server's app.info
     client      Bitrix24Client: call / batch over httpx, typed errors, usage accounting
     throttle    leaky-bucket mirror and per-method operating budgets
     retry       which failures are retried, and the backoff
@@ -50,6 +51,13 @@ from connectors.bitrix24.errors import (
 )
 from connectors.bitrix24.fetch import FetchResult, fetch_by_ids, fetch_changes, scan
 from connectors.bitrix24.frame import to_frame
+from connectors.bitrix24.install_check import (
+    InstallClaim,
+    InstallRejected,
+    InstallUnverifiable,
+    InstallVerifier,
+    VerifiedInstall,
+)
 from connectors.bitrix24.offline import (
     DegradedDelivery,
     Features,
@@ -83,6 +91,10 @@ __all__ = [
     "Features",
     "FetchResult",
     "FileTokenStore",
+    "InstallClaim",
+    "InstallRejected",
+    "InstallUnverifiable",
+    "InstallVerifier",
     "InvalidToken",
     "KindPlan",
     "MalformedRecord",
@@ -104,6 +116,7 @@ __all__ = [
     "TokenStore",
     "TransportError",
     "UnknownEvent",
+    "VerifiedInstall",
     "WebhookCredentials",
     "WriteBack",
     "WrongAuthType",

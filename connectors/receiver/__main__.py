@@ -1,7 +1,10 @@
 """`python -m connectors.receiver`: serve the receiver (loopback by default).
 
 Reads the app's keys and the state store from the same environment as the Dagster code location:
-B24_CLIENT_ID, B24_CLIENT_SECRET, B24_OAUTH_TOKEN_URL, B24_STATE_STORE.
+B24_CLIENT_ID, B24_CLIENT_SECRET, B24_OAUTH_TOKEN_URL, B24_STATE_STORE. Installs are verified with
+the OAuth server beside B24_OAUTH_TOKEN_URL, or with B24_OAUTH_SERVER_ENDPOINT when set (the
+emulator's is ``{url}/oauth/rest/``). B24_ALLOWED_DOMAINS, a comma list of portal domains, refuses
+installs from any other portal before anything is called.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ import os
 
 import uvicorn
 
-from connectors.bitrix24 import Bitrix24Client, OAuthApp
+from connectors.bitrix24 import Bitrix24Client, InstallVerifier, OAuthApp
 from connectors.receiver.app import ReceiverSettings, create_app
 from connectors.receiver.binding import bind_portal
 from connectors.state import open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR
+
+
+def allowed_domains(value: str | None) -> frozenset[str] | None:
+    """``"a.bitrix24.com, b.bitrix24.com"`` -> those domains (lower case); unset or blank -> None (any)."""
+    domains = frozenset(part.strip().lower() for part in (value or "").split(",") if part.strip())
+    return domains or None
 
 
 def main() -> None:
@@ -39,8 +48,14 @@ def main() -> None:
             push_url = None if args.no_push else f"{settings.public_url}/events"
             bind_portal(client, args.connector, push_url, settings.min_timeout_s)
 
-    settings = ReceiverSettings(public_url=args.public_url.rstrip("/"), min_timeout_s=args.min_timeout)
-    uvicorn.run(create_app(state, settings, on_install), host=args.host, port=args.port, log_level="warning")
+    verifier = InstallVerifier.from_environment(app_keys)
+    settings = ReceiverSettings(public_url=args.public_url.rstrip("/"), min_timeout_s=args.min_timeout,
+                                allowed_domains=allowed_domains(os.environ.get("B24_ALLOWED_DOMAINS")))
+    logging.getLogger(__name__).info("installs are verified with %sapp.info%s", verifier.server_endpoint,
+                                     "" if settings.allowed_domains is None else
+                                     f"; allowed portals: {', '.join(sorted(settings.allowed_domains))}")
+    uvicorn.run(create_app(state, settings, verifier, on_install), host=args.host, port=args.port,
+                log_level="warning")
 
 
 if __name__ == "__main__":

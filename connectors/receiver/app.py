@@ -5,10 +5,23 @@ Bitrix24 POSTs these form-encoded with PHP brackets (``auth[access_token]=...``;
 portal and its tokens are stored, and the offline events plus ``ONOFFLINEEVENT`` are bound. Every
 later call is checked against the portal's ``application_token`` before anything is recorded.
 The receiver only records; the Dagster sensor reads the signals and starts the runs.
+
+Nothing a caller says is believed unchecked. An install is refused (403, nothing stored, no call to
+any address it names) when its domain is not on the optional allow-list, or when the OAuth server we
+are configured with (`InstallVerifier`, facts §7.5) says its access token is unknown, another app's,
+or another portal's; it gets 503 (so the portal tries again) when the OAuth server cannot answer.
+What is stored comes from the OAuth server's answer (``member_id``, ``domain``, ``client_endpoint``),
+so the install hook only ever calls the portal the OAuth server named.
+
+Re-installs: a portal we know must also present its stored ``application_token``. If it presents
+another one (Bitrix24 may compute a new one, facts §7.4), the claim is verified by app.info *and* its
+refresh token is redeemed once with the OAuth server (only our app's refresh token for that portal
+rotates), so working credentials are only ever replaced by credentials proven to work.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -18,14 +31,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from connectors.bitrix24.install_check import (
+    InstallClaim,
+    InstallRejected,
+    InstallUnverifiable,
+    InstallVerifier,
+    VerifiedInstall,
+)
 from connectors.state import Portal, StateStore
 
 log = logging.getLogger(__name__)
 
+REQUIRED_INSTALL_FIELDS = ("access_token", "refresh_token", "domain", "client_endpoint", "member_id",
+                           "application_token")
 TOKEN_FIELDS = ("access_token", "refresh_token", "expires", "expires_in", "scope", "domain",
                 "server_endpoint", "client_endpoint", "member_id", "user_id", "status")
 
@@ -68,34 +91,63 @@ def bracket_form(items: list[tuple[str, str]]) -> dict[str, Any]:
 class ReceiverSettings:
     public_url: str  # how the portal reaches us, e.g. https://etl.example.com/bitrix24 (no trailing /)
     min_timeout_s: int = 5  # ONOFFLINEEVENT minTimeout: at most one push per portal this often
+    # Portal domains (as ``auth[domain]`` names them, e.g. acme.bitrix24.com) allowed to install;
+    # None allows any portal the OAuth server vouches for.
+    allowed_domains: frozenset[str] | None = None
+
+    def allows(self, domain: str) -> bool:
+        return self.allowed_domains is None or domain.lower() in {d.lower() for d in self.allowed_domains}
 
 
 # Called (in a background thread) after an install is stored: binds the events on the portal.
 InstallHook = Callable[[str, ReceiverSettings], None]
 
 
-def create_app(state: StateStore, settings: ReceiverSettings, on_install: InstallHook | None = None) -> Starlette:
+def create_app(state: StateStore, settings: ReceiverSettings, verifier: InstallVerifier,
+               on_install: InstallHook | None = None) -> Starlette:
+    """The receiver's ASGI app: ``POST /install``, ``POST /events``, ``GET /health``.
+
+    ``verifier`` asks the configured OAuth server about every install; ``on_install`` runs in a
+    background thread after an install is stored (it binds the events on the portal).
+    """
+
     async def install(request: Request) -> Response:
         form = bracket_form(list((await request.form()).multi_items()))
         auth = form.get("auth") if isinstance(form.get("auth"), Mapping) else {}
-        missing = [name for name in ("access_token", "refresh_token", "client_endpoint", "member_id",
-                                     "application_token") if not auth.get(name)]
+        missing = [name for name in REQUIRED_INSTALL_FIELDS if not isinstance(auth.get(name), str) or not auth[name]]
         if missing:
             return JSONResponse({"error": "invalid_install", "missing": missing}, status_code=400)
+        if not settings.allows(auth["domain"]):
+            log.warning("install refused: domain is not on the allow-list")
+            return _refused("the portal's domain is not on this receiver's allow-list")
+        claim = InstallClaim(member_id=auth["member_id"], domain=auth["domain"],
+                             client_endpoint=auth["client_endpoint"], access_token=auth["access_token"])
         try:
-            key = portal_key(auth["client_endpoint"])
-        except ValueError as error:
+            verified = await run_in_threadpool(verifier.verify, claim)
+            key = portal_key(verified.client_endpoint)
+            token = {name: auth[name] for name in TOKEN_FIELDS if name in auth}
+            known = state.portal_by_member_id(verified.member_id)
+            if known is not None and not hmac.compare_digest(known.application_token.encode(),
+                                                             auth["application_token"].encode()):
+                # Verified, but not the secret we hold: only a refresh token that works replaces ours.
+                token.update(await run_in_threadpool(verifier.redeem_refresh_token, auth["refresh_token"], verified))
+                log.warning("portal %s presented a new application_token; accepted after the OAuth server "
+                            "confirmed its token pair", known.key)
+        except InstallRejected as error:
+            log.warning("install refused: %s", error.reason)
+            return _refused(error.reason)
+        except InstallUnverifiable as error:
+            log.warning("install not verified, the portal may retry: %s", error.reason)
+            return JSONResponse({"error": "install_unverified",
+                                 "detail": "the OAuth server could not confirm this install; try again later"},
+                                status_code=503)
+        except ValueError as error:  # a client_endpoint the OAuth server named but we cannot key
             return JSONResponse({"error": "invalid_install", "detail": str(error)}, status_code=400)
-        known = state.portal_by_member_id(auth["member_id"])
         if known is not None and known.key != key:
             # A renamed portal keeps its member_id (facts §1.1): same warehouse rows, new address.
             log.warning("portal %s now answers at %s", known.key, key)
-        state.save_portal(Portal(
-            key=key, member_id=auth["member_id"], domain=str(auth.get("domain", "")),
-            client_endpoint=auth["client_endpoint"], application_token=auth["application_token"],
-            installed_at=datetime.now(UTC)))
-        state.save_token(key, {name: auth[name] for name in TOKEN_FIELDS if name in auth})
-        log.info("installed on portal %s", key)
+        _store(state, key, verified, auth["application_token"], token)
+        log.info("installed on portal %s (verified with the OAuth server)", key)
         if on_install is not None:
             threading.Thread(target=_run_hook, args=(on_install, key, settings), daemon=True).start()
         return JSONResponse({"portal": key})
@@ -125,6 +177,23 @@ def create_app(state: StateStore, settings: ReceiverSettings, on_install: Instal
         Route("/events", event, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
     ])
+
+
+def _refused(reason: str) -> Response:
+    return JSONResponse({"error": "install_refused", "detail": reason}, status_code=403)
+
+
+def _store(state: StateStore, key: str, verified: VerifiedInstall, application_token: str, token: dict) -> None:
+    """Save what the OAuth server vouched for: its member_id, domain and client_endpoint win.
+
+    The token first: whoever sees the portal row (the sensor) finds its token too.
+    """
+    state.save_token(key, {**token, "member_id": verified.member_id, "domain": verified.domain,
+                           "client_endpoint": verified.client_endpoint})
+    state.save_portal(Portal(
+        key=key, member_id=verified.member_id, domain=verified.domain,
+        client_endpoint=verified.client_endpoint, application_token=application_token,
+        installed_at=datetime.now(UTC)))
 
 
 def _run_hook(hook: InstallHook, key: str, settings: ReceiverSettings) -> None:

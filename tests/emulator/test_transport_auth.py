@@ -99,7 +99,7 @@ def test_token_response_has_the_documented_fields(emu, tokens):
                            "server_endpoint", "status", "client_endpoint", "member_id", "user_id"}
     assert tokens["expires_in"] == 3600 and abs(tokens["expires"] - time.time() - 3600) < 5
     assert tokens["client_endpoint"] == f"{emu.url}/rest/"
-    assert tokens["server_endpoint"] == f"{emu.url}/rest/"
+    assert tokens["server_endpoint"] == f"{emu.url}/oauth/rest/"  # the OAuth server, not the portal (facts §7.5)
     assert tokens["scope"] == "crm,user" and tokens["status"] == "L" and tokens["user_id"] == 1
 
 
