@@ -13,6 +13,7 @@ One line per module:
     fetch       fetch_by_ids / fetch_changes (@ID lists, 2,500 per request) and the keyset scan
     schema      *.fields -> connectors.tables.TableSchema
     frame       records -> the typed entity frame of the table contract
+    values      the value policy: a value that cannot become its column's type is NULL, counted
     writeback   batched writes that carry auth_connector
 """
 
@@ -49,7 +50,7 @@ from connectors.bitrix24.errors import (
     WrongLicense,
 )
 from connectors.bitrix24.fetch import FetchResult, fetch_by_ids, fetch_changes, scan
-from connectors.bitrix24.frame import to_frame
+from connectors.bitrix24.frame import frame_and_coercions, to_frame
 from connectors.bitrix24.offline import (
     DegradedDelivery,
     Features,
@@ -63,6 +64,7 @@ from connectors.bitrix24.queue_rows import QueueEvent
 from connectors.bitrix24.retry import RetryPolicy
 from connectors.bitrix24.schema import schema_from_fields, table_schema
 from connectors.bitrix24.throttle import RateLimits, Throttle
+from connectors.bitrix24.values import Coercions
 from connectors.bitrix24.writeback import WriteBack
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "Bitrix24Client",
     "Bitrix24Error",
     "ChangePlan",
+    "Coercions",
     "Command",
     "DegradedDelivery",
     "EntityKind",
@@ -111,6 +114,7 @@ __all__ = [
     "encode_query",
     "fetch_by_ids",
     "fetch_changes",
+    "frame_and_coercions",
     "plan_changes",
     "result_ref",
     "scan",
