@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
@@ -228,9 +229,8 @@ def _fast_doubles(values: pd.Series) -> pd.Series | None:
     cells = values.to_numpy(dtype=object, na_value=None)
     if not {type(cell) for cell in cells if cell is not None} <= {str, int, float}:
         return None
-    numbers = pd.to_numeric(pd.Series(cells, index=values.index, dtype=object), errors="raise")
-    numbers = numbers.astype("float64")
-    if not pd.Series(numbers).dropna().map(_finite).all():
+    numbers = pd.to_numeric(pd.Series(cells, index=values.index, dtype=object), errors="raise").astype("float64")
+    if not np.isfinite(numbers.dropna().to_numpy()).all():
         return None
     if any(isinstance(cell, str) and _number(cell) is None for cell in cells):
         return None  # "NaN", "inf", " 1_0": to_numeric reads these, the policy does not

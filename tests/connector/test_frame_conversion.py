@@ -105,6 +105,7 @@ ODD_VALUES = [
     ("TITLE", 42, "title", "42", KEPT),
     ("CATEGORY_ID", "9223372036854775808", "category_id", None, NULLED),
     ("CATEGORY_ID", "-9223372036854775809", "category_id", None, NULLED),
+    ("CATEGORY_ID", 9223372036854775808, "category_id", None, NULLED),  # crm.item: a JSON number
     ("CATEGORY_ID", 18446744073709551616.0, "category_id", None, NULLED),  # orjson reads >= 2^64 as float
     ("CATEGORY_ID", "9223372036854775807", "category_id", 9223372036854775807, KEPT),
     ("CATEGORY_ID", 9223372036854775807, "category_id", 9223372036854775807, KEPT),

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp
+from connectors.bitrix24.schema import snake_case
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import committed_from_json, read_json
 from connectors.sync.steps import run_once
@@ -166,11 +167,16 @@ def test_a_nul_byte_in_text_loads_everywhere_without_nul_in_postgres_and_exactly
             assert target.raw_as_jsonb_title(table, raw_field, 1) == "Invoice #1"
 
 
-def test_an_integer_user_field_at_2_63_loads_the_record_with_null_and_keeps_the_text_in_raw(
+def test_an_integer_user_field_at_2_63_loads_the_record_with_null_and_keeps_the_value_in_raw(
         emu: ThreadEmulator, tokens: FileTokenStore, target: Target, tmp_path: Path) -> None:
+    item_key, item_table = smart_process(emu)
+    item_field = emu.world.portal(PORTAL).crm.add_user_field(item_key, "BIG", "integer")
+    item_column = snake_case(item_field.camel)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     store_odd_values(emu, "deal", 3, {"TITLE": "big number"}, {"UF_CRM_INT": "9223372036854775808"})
     store_odd_values(emu, "deal", 4, {"TITLE": "largest"}, {"UF_CRM_INT": "9223372036854775807"})
+    # crm.item prints it as a JSON number (facts §4.4).
+    store_odd_values(emu, item_key, 1, {"TITLE": "big item"}, {item_field.name: "9223372036854775808"})
 
     coerced = sync(emu, tokens, target, tmp_path / "s1")
 
@@ -179,6 +185,10 @@ def test_an_integer_user_field_at_2_63_loads_the_record_with_null_and_keeps_the_
     assert target.read("deals", "title", [3]) == {3: "big number"}
     assert target.read("deals", "_raw", [3])[3]["UF_CRM_INT"] == "9223372036854775808"
     assert coerced["deals"] == {"uf_crm_int": {"count": 1, "examples": [[3, "'9223372036854775808'"]]}}
+    assert target.read(item_table, item_column, [1]) == {1: None}
+    assert target.read(item_table, "title", [1]) == {1: "big item"}
+    assert target.read(item_table, "_raw", [1])[1][item_field.camel] == 9223372036854775808
+    assert coerced[item_table] == {item_column: {"count": 1, "examples": [[1, "9223372036854775808"]]}}
 
 
 @pytest.mark.parametrize(("field", "value", "column", "counted"), [
@@ -289,5 +299,5 @@ def test_odd_values_of_every_column_type_land_as_their_value_or_a_counted_null(
             expected_counts[column] = expected_counts.get(column, 0) + 1
     assert wrong == []
     assert {column: entry["count"] for column, entry in coerced["deals"].items()} == expected_counts
-    assert coerced["deals"]["uf_crm_int"]["examples"][0] == [by_deal[("UF_CRM_INT", "'9223372036854775808'")],
-                                                             "'9223372036854775808'"]
+    big = by_deal[("UF_CRM_INT", "'9223372036854775808'")]
+    assert [big, "'9223372036854775808'"] in coerced["deals"]["uf_crm_int"]["examples"]
