@@ -54,6 +54,9 @@ class ColumnSpec:
     source_name: str  # the field as Bitrix24 spells it on the wire
     title: str = ""  # human label from *.fields, used for analyst views
     is_user_field: bool = False
+    # Which part of the source value the column holds: "" the whole value; "currency" the currency
+    # code of a money value ("100.50|USD" -> "USD"), a column beside the amount's.
+    source_part: str = ""
 
     def __post_init__(self) -> None:
         check_identifier(self.name)

@@ -29,6 +29,7 @@ from pipelines.tables import DESCRIPTIONS, ENTITY_ASSETS, QUEUE_ASSET, asset_for
 # DuckDB allows one writer per file: every op that opens the warehouse takes a slot of this pool
 # (dagster.yaml sets its limit), so runs of different portals queue instead of failing on the lock.
 WAREHOUSE_POOL = "warehouse"
+VALUE_COERCIONS = "value_coercions"  # ack metadata key read by the value_coercions check
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
@@ -125,17 +126,23 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
     usage = _total_usage(run_dirs)
     lag_s = _lag_seconds(fetched.reserved.oldest_event_at)
     per_asset: dict[str, dict[str, float | int]] = {
-        name: {"rows_upserted": 0, "tombstones": 0, "events": 0, "rows_ignored_older": 0}
+        name: {"rows_upserted": 0, "tombstones": 0, "events": 0, "rows_ignored_older": 0, "values_nulled": 0}
         for name in ENTITY_ASSETS}
+    coercions: dict[str, dict[str, dict]] = {name: {} for name in ENTITY_ASSETS}  # asset -> table -> column
     for table, numbers in outcome.tables.items():
         totals = per_asset[asset_for_table(table)]
         totals["rows_upserted"] += numbers.rows_upserted
         totals["tombstones"] += numbers.tombstones
         totals["events"] += numbers.events
         totals["rows_ignored_older"] += numbers.rows_ignored_older
+        totals["values_nulled"] += numbers.values_nulled
+        if numbers.coerced:
+            coercions[asset_for_table(table)][table] = numbers.coerced
     for name, totals in per_asset.items():
         context.add_output_metadata({
             **totals,
+            # Values the value policy stored as NULL (kept in _raw): table -> column -> count, examples.
+            VALUE_COERCIONS: dg.MetadataValue.json(coercions[name]),
             "lag_s": lag_s,
             "run_http_requests": usage["http_requests"],
             "run_operating_s": round(usage["operating_s"], 3),

@@ -1,6 +1,7 @@
 """How operators know the tables can be trusted: asset checks, reconciliation, the error lane.
 
-* every entity asset: its ids are unique per portal, and its last sync's lag is small;
+* every entity asset: its ids are unique per portal, its last sync's lag is small, and its last sync
+  stored every value in its column's type (a warning, with examples, when values were nulled);
 * ``bitrix24/reconciliation``: an id + modification-time scan against the portal (scheduled),
   repairing what it finds; its check fails while anything was out of sync;
 * ``bitrix24/dead_letters``: the depth of the error lane after a drain; its check fails while
@@ -10,7 +11,7 @@
 import dagster as dg
 
 from connectors.sync.reconcile import reconcile
-from pipelines.assets import WAREHOUSE_POOL, portal_sync
+from pipelines.assets import VALUE_COERCIONS, WAREHOUSE_POOL, portal_sync
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.tables import ENTITY_ASSETS, asset_key
@@ -59,7 +60,28 @@ def sync_lag_check(asset_name: str) -> dg.AssetChecksDefinition:
     return _check
 
 
-ENTITY_CHECKS = [factory(name) for name in ENTITY_ASSETS for factory in (unique_ids_check, sync_lag_check)]
+def value_coercions_check(asset_name: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset_key(asset_name), name="value_coercions", partitions_def=portals,
+                    description="The last sync stored every value in its column's type; warns, with examples, "
+                                "when values that did not fit were stored as NULL (the record's _raw keeps them).")
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key(asset_name), asset_partitions=[context.partition_key]),
+            limit=1).records
+        metadata = records[0].asset_materialization.metadata if records else {}
+        nulled = metadata.get("values_nulled")
+        count = int(nulled.value) if nulled is not None else 0
+        details = metadata.get(VALUE_COERCIONS)
+        return dg.AssetCheckResult(
+            passed=count == 0, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"values_nulled": count,
+                      "columns": dg.MetadataValue.json(details.value if details is not None else {})})
+
+    return _check
+
+
+ENTITY_CHECKS = [factory(name) for name in ENTITY_ASSETS
+                 for factory in (unique_ids_check, sync_lag_check, value_coercions_check)]
 
 
 class ReconcileConfig(dg.Config):

@@ -14,6 +14,7 @@ One line per module:
     fetch       fetch_by_ids / fetch_changes (@ID lists, 2,500 per request) and the keyset scan
     schema      *.fields -> connectors.tables.TableSchema
     frame       records -> the typed entity frame of the table contract
+    values      the value policy: a value that cannot become its column's type is NULL, counted
     writeback   batched writes that carry auth_connector
 """
 
@@ -50,7 +51,7 @@ from connectors.bitrix24.errors import (
     WrongLicense,
 )
 from connectors.bitrix24.fetch import FetchResult, fetch_by_ids, fetch_changes, scan
-from connectors.bitrix24.frame import to_frame
+from connectors.bitrix24.frame import frame_and_coercions, to_frame
 from connectors.bitrix24.install_check import (
     InstallClaim,
     InstallRejected,
@@ -71,6 +72,7 @@ from connectors.bitrix24.queue_rows import QueueEvent
 from connectors.bitrix24.retry import RetryPolicy
 from connectors.bitrix24.schema import schema_from_fields, table_schema
 from connectors.bitrix24.throttle import RateLimits, Throttle
+from connectors.bitrix24.values import Coercions
 from connectors.bitrix24.writeback import WriteBack
 
 __all__ = [
@@ -83,6 +85,7 @@ __all__ = [
     "Bitrix24Client",
     "Bitrix24Error",
     "ChangePlan",
+    "Coercions",
     "Command",
     "DegradedDelivery",
     "EntityKind",
@@ -124,6 +127,7 @@ __all__ = [
     "encode_query",
     "fetch_by_ids",
     "fetch_changes",
+    "frame_and_coercions",
     "plan_changes",
     "result_ref",
     "scan",

@@ -8,7 +8,7 @@ strings. Messages never carry secrets: descriptions pass through `redaction.reda
     Bitrix24Error
     ├── TransportError                  connect errors, dropped connections, timeouts
     ├── MalformedResponse               HTML pages, broken JSON, JSON of the wrong shape
-    ├── MalformedRecord                 a record whose value does not fit its declared type
+    ├── MalformedRecord                 a record whose id or modification time is unreadable
     └── ApiError                        the portal answered with an error envelope
         ├── AuthError                   401: the credentials are not (or no longer) good
         │   ├── ExpiredToken            expired_token: refresh and retry
@@ -62,7 +62,8 @@ class MalformedResponse(Bitrix24Error):
 
 
 class MalformedRecord(Bitrix24Error):
-    """A record from the portal does not fit the schema (e.g. text in an integer field)."""
+    """A record whose key fields (id, modification time) are missing or unreadable; other values that do
+    not fit their column are NULL by the value policy (`connectors.bitrix24.values`), not errors."""
 
     def __init__(self, table: str, column: str, entity_id: object, value: object) -> None:
         self.table = table

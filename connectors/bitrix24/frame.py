@@ -8,181 +8,68 @@ Columns and dtypes (what the warehouses receive):
   ``date32[day][pyarrow]``, JSON ``string`` holding JSON text. Missing values are nulls.
 
 Legacy lists send every value as a string ("Y"/"N", "19.99", "" for empty; facts §4.3), crm.item
-lists send JSON numbers and booleans (facts §4.4); both land in the same types. Conversion runs per
-column with pandas/pyarrow, not per cell. A value that does not fit its column (text in an integer
-field) raises `MalformedRecord`: bad input stops the step instead of being stored as null.
+lists send JSON numbers and booleans (facts §4.4); both land in the same types. Each column is
+converted by the value policy (`connectors.bitrix24.values`): a value that does not fit its column
+becomes NULL and is counted in the `Coercions` report, while ``_raw`` keeps it. Only the record's
+keys, its id and its modification time, must be readable: without them the record cannot be
+written or ordered, so it raises `MalformedRecord`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import orjson
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from connectors.bitrix24.entities import EntityKind
 from connectors.bitrix24.errors import MalformedRecord
+from connectors.bitrix24.values import Coercions, convert
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
 
-DECIMAL_TYPE = pa.decimal128(18, 2)
-# True/False also match JSON 1/0 (bool hashes as int).
-_BOOLEANS = {"Y": True, "N": False, "1": True, "0": False, "true": True, "false": False,
-             True: True, False: False}
+__all__ = ["frame_and_coercions", "to_frame"]
+
+_ID = ColumnSpec("id", ColumnType.INTEGER, "ID")
+_MODIFIED = ColumnSpec("_source_modified_at", ColumnType.TIMESTAMP, "DATE_MODIFY")
 
 
-def to_frame(kind: EntityKind, schema: TableSchema, records: Sequence[dict]) -> pd.DataFrame:
+def frame_and_coercions(kind: EntityKind, schema: TableSchema,
+                        records: Sequence[dict]) -> tuple[pd.DataFrame, Coercions]:
+    """The entity frame of ``records`` and the values the policy stored as NULL, per column.
+
+    Raises `MalformedRecord` (naming the first such record) when a record's id or modification
+    time is missing or unreadable; never for another field's value.
+    """
     sources = list(dict.fromkeys([kind.id_field, kind.modified_field,
                                   *(spec.source_name for spec in schema.columns)]))
     # One pass over the dicts in C; a missing key becomes NaN, which every converter treats as null.
     table = pd.DataFrame(list(records), columns=sources, dtype=object)
     ids = table[kind.id_field]
-    id_values = _integers(ids)
-    if id_values.isna().any():
-        _fail(kind.table, kind.id_field, ids, id_values.isna(), ids)
+    id_values, bad_ids = convert(_ID, ids)
+    _require(kind.table, kind.id_field, ids, bad_ids | id_values.isna(), ids)
     modified = table[kind.modified_field]
-    modified_values = _timestamps(modified)
-    if modified_values.isna().any():
-        _fail(kind.table, kind.modified_field, ids, modified_values.isna(), modified)
+    modified_values, bad_times = convert(_MODIFIED, modified)
+    _require(kind.table, kind.modified_field, ids, bad_times | modified_values.isna(), modified)
 
     data: dict[str, object] = {
         "id": id_values.astype("int64"),
         "_source_modified_at": modified_values,
         "_raw": pd.Series([orjson.dumps(record).decode() for record in records], dtype="string"),
     }
+    coercions = Coercions()
     for spec in schema.columns:
-        data[spec.name] = _convert(kind.table, spec, table[spec.source_name], ids)
-    return pd.DataFrame(data, index=pd.RangeIndex(len(records)))
+        values = table[spec.source_name]
+        data[spec.name], nulled = convert(spec, values)
+        coercions.record(spec.name, ids, values, nulled)
+    return pd.DataFrame(data, index=pd.RangeIndex(len(records))), coercions
 
 
-def _blank(values: pd.Series) -> pd.Series:
-    return values.isna() | values.isin([""])
+def to_frame(kind: EntityKind, schema: TableSchema, records: Sequence[dict]) -> pd.DataFrame:
+    """`frame_and_coercions` without the report."""
+    return frame_and_coercions(kind, schema, records)[0]
 
 
-def _convert(table: str, spec: ColumnSpec, values: pd.Series, ids: pd.Series) -> pd.Series:
-    converter = _CONVERTERS[spec.type]
-    converted = converter(values)
-    if spec.type not in (ColumnType.TEXT, ColumnType.JSON):
-        bad = converted.isna() & ~_blank(values)
-        if bad.any():
-            _fail(table, spec.source_name, ids, bad, values)
-    return converted
-
-
-def _integers(values: pd.Series) -> pd.Series:
-    numbers = pd.to_numeric(values.mask(_blank(values)), errors="coerce")
-    whole = numbers.mask(numbers.notna() & (numbers % 1 != 0))
-    return whole.astype("Int64")
-
-
-def _doubles(values: pd.Series) -> pd.Series:
-    return pd.to_numeric(values.mask(_blank(values)), errors="coerce").astype("float64")
-
-
-def _decimals(values: pd.Series) -> pd.Series:
-    # Money user fields read "100.50|USD" (amount|currency); the amount is the column.
-    text = values.mask(_blank(values)).astype("string").str.split("|", n=1).str[0].str.strip()
-    array = pa.array(text.to_numpy(dtype=object, na_value=None), type=pa.string())
-    try:
-        wide = pc.cast(array, pa.decimal128(38, 10))
-    except pa.ArrowInvalid:
-        return pd.Series(_decimals_cellwise(text), dtype=pd.ArrowDtype(DECIMAL_TYPE))
-    rounded = pc.round(wide, ndigits=2, round_mode="half_towards_infinity")
-    return pd.Series(pc.cast(rounded, DECIMAL_TYPE), dtype=pd.ArrowDtype(DECIMAL_TYPE))
-
-
-def _decimals_cellwise(text: pd.Series) -> pa.Array:
-    """Slow path, only when a value is not a number: nulls mark the cells `_convert` reports."""
-    cells: list[object] = []
-    for value in text.to_numpy(dtype=object, na_value=None):
-        try:
-            cells.append(pc.round(pc.cast(pa.scalar(value, pa.string()), pa.decimal128(38, 10)), ndigits=2,
-                                  round_mode="half_towards_infinity").cast(DECIMAL_TYPE).as_py()
-                         if value is not None else None)
-        except pa.ArrowInvalid:
-            cells.append(None)
-    return pa.array(cells, type=DECIMAL_TYPE)
-
-
-def _texts(values: pd.Series) -> pd.Series:
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
-        return values.astype("string")
-
-    def text(value: object) -> object:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, dict | list):
-            return orjson.dumps(value).decode()
-        return str(value)
-
-    return values.map(text, na_action="ignore").astype("string")
-
-
-def _booleans(values: pd.Series) -> pd.Series:
-    def boolean(value: object) -> object:
-        try:
-            return _BOOLEANS.get(value)  # type: ignore[call-overload]
-        except TypeError:
-            return None
-
-    return values.map(boolean, na_action="ignore").astype("boolean")
-
-
-def _timestamps(values: pd.Series) -> pd.Series:
-    # Fast path: Arrow parses Bitrix's ISO 8601 with offset (facts §4.7) natively. Anything else
-    # (no offset, garbage) goes through pandas, which takes naive values as UTC and marks garbage.
-    text = _strings(values)
-    if text is not None:
-        try:
-            parsed = pc.cast(text, pa.timestamp("ns", tz="UTC"))
-            return pd.Series(parsed.to_pandas(), index=values.index).astype("datetime64[ns, UTC]")
-        except pa.ArrowInvalid:
-            pass
-    loose = values.mask(_blank(values)).astype("string")
-    return pd.to_datetime(loose, utc=True, errors="coerce", format="ISO8601").astype("datetime64[ns, UTC]")
-
-
-def _dates(values: pd.Series) -> pd.Series:
-    # The calendar day as written (first ten characters), not shifted to UTC: a birthday stored as
-    # 1990-05-01T00:00:00+03:00 is the 1st of May (facts §4.7: values carry the server's offset).
-    text = _strings(values)
-    if text is not None:
-        try:
-            days = pc.cast(pc.utf8_slice_codeunits(text, 0, 10), pa.date32())
-            return pd.Series(days, index=values.index, dtype=pd.ArrowDtype(pa.date32()))
-        except pa.ArrowInvalid:
-            pass
-    loose = values.mask(_blank(values)).astype("string").str.slice(0, 10)
-    days = pd.to_datetime(loose, format="%Y-%m-%d", errors="coerce")
-    return pd.Series(pc.cast(pa.Array.from_pandas(days), pa.date32()), dtype=pd.ArrowDtype(pa.date32()))
-
-
-def _strings(values: pd.Series) -> pa.Array | None:
-    """The column as an Arrow string array (blanks as nulls), or None if it holds non-strings."""
-    cells = values.mask(_blank(values)).to_numpy(dtype=object, na_value=None)
-    try:
-        return pa.array(cells, type=pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return None
-
-
-def _json(values: pd.Series) -> pd.Series:
-    return values.map(lambda value: orjson.dumps(value).decode(), na_action="ignore").astype("string")
-
-
-_CONVERTERS: dict[ColumnType, Callable[[pd.Series], pd.Series]] = {
-    ColumnType.INTEGER: _integers,
-    ColumnType.DOUBLE: _doubles,
-    ColumnType.DECIMAL: _decimals,
-    ColumnType.TEXT: _texts,
-    ColumnType.BOOLEAN: _booleans,
-    ColumnType.TIMESTAMP: _timestamps,
-    ColumnType.DATE: _dates,
-    ColumnType.JSON: _json,
-}
-
-
-def _fail(table: str, column: str, ids: pd.Series, bad: pd.Series, values: pd.Series) -> None:
-    position = int(bad.to_numpy().nonzero()[0][0])
-    raise MalformedRecord(table, column, ids.iloc[position], values.iloc[position])
+def _require(table: str, column: str, ids: pd.Series, bad: pd.Series, values: pd.Series) -> None:
+    if bad.any():
+        position = int(bad.to_numpy().nonzero()[0][0])
+        raise MalformedRecord(table, column, ids.iloc[position], values.iloc[position])

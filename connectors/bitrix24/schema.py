@@ -3,7 +3,9 @@
 Each field becomes a `ColumnSpec` named in snake_case (STAGE_ID / stageId -> stage_id) with a
 `ColumnType` chosen from its Bitrix type (facts §4.5). User fields (``isDynamic``) are included;
 their names come from portal admins, so a name that is not a safe identifier is skipped with a
-warning rather than sent near SQL. ``ID``/``id`` is the frame's own ``id`` column.
+warning rather than sent near SQL. ``ID``/``id`` is the frame's own ``id`` column. A money field
+(``"100.50|USD"``) is two columns: the amount as DECIMAL and ``<column>_currency`` as TEXT, unless a
+field of the portal already takes that name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 from connectors.bitrix24.client import Bitrix24Client
 from connectors.bitrix24.entities import EntityKind
 from connectors.bitrix24.errors import MalformedResponse
+from connectors.bitrix24.values import CURRENCY, currency_column
 from connectors.tables import RESERVED_COLUMNS, ColumnSpec, ColumnType, InvalidIdentifier, TableSchema
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ def schema_from_fields(kind: EntityKind, fields: Mapping[str, Mapping]) -> Table
     """Pure mapping of a ``*.fields`` answer to the table schema of ``kind``."""
     columns: list[ColumnSpec] = []
     taken: set[str] = set(RESERVED_COLUMNS)
+    # Derived currency columns yield to any field of the portal that maps to the same name.
+    field_names = {snake_case(name) for name in fields}
     for source_name, description in fields.items():
         if not isinstance(description, Mapping) or not _listed(kind, source_name, description):
             continue
@@ -76,6 +81,15 @@ def schema_from_fields(kind: EntityKind, fields: Mapping[str, Mapping]) -> Table
             continue
         taken.add(name)
         columns.append(column)
+        currency = currency_column(name)
+        if column.type is ColumnType.DECIMAL and currency not in field_names | taken:
+            try:
+                columns.append(ColumnSpec(name=currency, type=ColumnType.TEXT, source_name=source_name,
+                                          title=f"{column.title} (currency)",
+                                          is_user_field=column.is_user_field, source_part=CURRENCY))
+                taken.add(currency)
+            except InvalidIdentifier:
+                log.warning("%s: no currency column for %r (name too long)", kind.table, source_name)
     return TableSchema(kind.table, tuple(columns))
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from connectors.bitrix24 import QueueEvent
+from connectors.bitrix24 import Coercions, QueueEvent
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
 from connectors.warehouse import FailedMessage
 
@@ -145,6 +145,12 @@ class TablePart:
     events: int = 0  # queue events about this table's objects
     tombstones: list[tuple[int, str, str]] = field(default_factory=list)  # (id, reason, deleted_at ISO)
     scanned_ids_file: str | None = None  # full resync: every id the scan saw (tombstone the rest)
+    coerced: dict[str, dict] = field(default_factory=dict)  # values nulled by the value policy (`Coercions`)
+
+    def add_coercions(self, coercions: Coercions) -> None:
+        report = Coercions.from_json(self.coerced)
+        report.merge(coercions)
+        self.coerced = report.to_json()
 
 
 @dataclass
@@ -165,6 +171,17 @@ class TableOutcome:
     rows_ignored_older: int = 0
     tombstones: int = 0
     events: int = 0
+    # column -> {"count", "examples": [[id, value excerpt], ...]}: values stored as NULL (value policy)
+    coerced: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def values_nulled(self) -> int:
+        return Coercions.from_json(self.coerced).total
+
+    def add_coercions(self, coerced: dict[str, dict]) -> None:
+        report = Coercions.from_json(self.coerced)
+        report.merge(Coercions.from_json(coerced))
+        self.coerced = report.to_json()
 
 
 @dataclass

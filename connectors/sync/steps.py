@@ -43,10 +43,10 @@ from connectors.bitrix24 import (
     TransportError,
     fetch_by_ids,
     fetch_changes,
+    frame_and_coercions,
     plan_changes,
     scan,
     table_schema,
-    to_frame,
 )
 from connectors.bitrix24.errors import Forbidden, InvalidArgument, MethodNotFound
 from connectors.bitrix24.redaction import redact
@@ -345,20 +345,27 @@ def new_table_part(sync: PortalSync, kind: EntityKind) -> TablePart:
 
 def typed_frame(sync: PortalSync, kind: EntityKind, part: TablePart,
            records: list[dict]) -> tuple[pd.DataFrame, list[int]]:
-    """The chunk as a typed frame; records the portal sent malformed are singled out, not fatal."""
+    """The chunk as a typed frame; records whose id or modification time is unreadable are singled
+    out, not fatal. A value that does not fit its column is NULL and counted in ``part`` (DESIGN §3.9)."""
     schema = schema_from_json(read_json(part.schema_file))
+    bad: list[int] = []
     try:
-        return to_frame(kind, schema, records), []
+        frame, coercions = frame_and_coercions(kind, schema, records)
     except MalformedRecord:
-        good, bad = [], []
+        good = []
         for record in records:
             try:
-                to_frame(kind, schema, [record])
+                frame_and_coercions(kind, schema, [record])
                 good.append(record)
             except MalformedRecord as error:
                 log.error("portal %s: %s", sync.portal, error)
                 bad.append(int(record[kind.id_field]))
-        return to_frame(kind, schema, good), bad
+        frame, coercions = frame_and_coercions(kind, schema, good)
+    for column, count in coercions.counts.items():
+        log.warning("portal %s: %d values of %s.%s do not fit the column; stored NULL, kept in _raw "
+                    "(e.g. %s)", sync.portal, count, kind.table, column, coercions.examples[column][:1])
+    part.add_coercions(coercions)
+    return frame, bad
 
 
 def stage_frame(sync: PortalSync, part: TablePart, frame: pd.DataFrame, number: int) -> None:
@@ -406,6 +413,7 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
     with sync.warehouse.transaction() as tx:
         for part in fetched.tables:
             outcome = committed.tables.setdefault(part.table, TableOutcome(part.table, events=part.events))
+            outcome.add_coercions(part.coerced)
             for chunk in part.chunks:
                 counts = tx.upsert(sync.portal, schemas[part.table], Path(chunk))
                 outcome.rows_upserted += counts.written

@@ -9,6 +9,7 @@ schema in the warehouse's types, one row per id.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,3 +133,47 @@ def _latest_per_id(table: pa.Table) -> pa.Table:
     sorted_ids = ordered.column("id").to_numpy()
     last_of_id = np.append(sorted_ids[1:] != sorted_ids[:-1], True)
     return ordered.filter(pa.array(last_of_id)).drop_columns(["_position"])
+
+
+def without_nul(table: pa.Table, json_columns: Collection[str]) -> pa.Table:
+    """``table`` with the NUL character taken out of every text value, for PostgreSQL only.
+
+    PostgreSQL's ``text`` refuses the byte 0x00 (COPY fails: "invalid byte sequence"), and ``jsonb``
+    (and ``json`` operators) refuse its escape ``\\u0000``: one such value would stop the portal's
+    loop. String columns lose the character; in ``json_columns`` (JSON text) the strings of the
+    documents do, keys included. DuckDB stores text exactly and does not use this.
+    """
+    for position, name in enumerate(table.column_names):
+        array = table.column(position).combine_chunks()
+        if not pa.types.is_string(array.type):
+            continue
+        cleaned = _json_without_nul(array) if name in json_columns else _text_without_nul(array)
+        if cleaned is not None:
+            table = table.set_column(position, name, cleaned)
+    return table
+
+
+def _text_without_nul(array: pa.Array) -> pa.Array | None:
+    if not pc.any(pc.match_substring(array, "\x00")).as_py():
+        return None
+    return pc.replace_substring(array, "\x00", "")
+
+
+def _json_without_nul(array: pa.Array) -> pa.Array | None:
+    suspects = pc.fill_null(pc.match_substring(array, "\\u0000"), False)
+    if not pc.any(suspects).as_py():
+        return None
+    values = array.to_pylist()
+    for position in np.flatnonzero(suspects.to_numpy(zero_copy_only=False)):
+        values[position] = orjson.dumps(_strip_nul(orjson.loads(values[position]))).decode()
+    return pa.array(values, pa.string())
+
+
+def _strip_nul(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_strip_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_strip_nul(key): _strip_nul(item) for key, item in value.items()}
+    return value

@@ -21,7 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from connectors.tables import ColumnType, TableSchema, check_identifier
 from connectors.warehouse import journal, versioning
-from connectors.warehouse.frames import StagedRows
+from connectors.warehouse.frames import StagedRows, without_nul
 from connectors.warehouse.layout import TableNames, postgres_dialect, quote
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 
@@ -111,8 +111,10 @@ class PostgresWarehouse(SqlWarehouse):
                     null_columns: frozenset[str]) -> dict[str, int]:
         stage = self._stage_table(table, staged)
         self._execute(f"TRUNCATE {stage}")
+        schema = self._known[table].schema
+        json_columns = {"_raw", *(name for name in staged.columns if _type_of(schema, name) is ColumnType.JSON)}
         buffer = io.BytesIO()
-        csv.write_csv(staged.table, buffer, csv.WriteOptions(include_header=False))
+        csv.write_csv(without_nul(staged.table, json_columns), buffer, csv.WriteOptions(include_header=False))
         column_list = ", ".join(quote(name) for name in staged.table.column_names)
         with self._conn.cursor() as cursor, \
                 cursor.copy(f"COPY {stage} ({column_list}) FROM STDIN (FORMAT csv)") as copy:

@@ -14,9 +14,11 @@ from typing import Any
 
 from emulator.crm.fields import Field
 
-# USER_TYPE_ID values this emulator stores; "money" is kept as Bitrix prints it: "100.50|USD".
+# USER_TYPE_ID values this emulator stores; "money" is kept as Bitrix prints it: "100.50|USD";
+# "file" and "address" values are kept as written (objects or strings), shown as stored.
 USER_TYPES: frozenset[str] = frozenset(
-    {"string", "integer", "double", "boolean", "date", "datetime", "enumeration", "money", "url"}
+    {"string", "integer", "double", "boolean", "date", "datetime", "enumeration", "money", "url", "file",
+     "address"}
 )
 
 _NAME = re.compile(r"^UF_CRM_[A-Z0-9_]{1,40}$")

@@ -58,9 +58,21 @@ def test_legacy_schema_keeps_what_the_list_returns() -> None:
     assert [(c.name, c.type) for c in schema.columns] == [
         ("title", ColumnType.TEXT), ("opportunity", ColumnType.DOUBLE), ("closed", ColumnType.TEXT),
         ("date_modify", ColumnType.TIMESTAMP), ("uf_crm_5", ColumnType.DECIMAL),
-        ("uf_crm_tags", ColumnType.JSON)]
+        ("uf_crm_5_currency", ColumnType.TEXT), ("uf_crm_tags", ColumnType.JSON)]
     budget = schema.column("uf_crm_5")
     assert (budget.source_name, budget.title, budget.is_user_field) == ("UF_CRM_5", "Budget", True)
+    currency = schema.column("uf_crm_5_currency")
+    assert (currency.source_name, currency.source_part, currency.title) == ("UF_CRM_5", "currency",
+                                                                           "Budget (currency)")
+
+
+def test_a_money_fields_currency_column_yields_to_a_portal_field_of_that_name() -> None:
+    fields = {"UF_CRM_5": field("money", isDynamic=True),
+              "UF_CRM_5_CURRENCY": field("integer", isDynamic=True)}
+    schema = schema_from_fields(DEAL, fields)
+    assert [(c.name, c.type, c.source_name) for c in schema.columns] == [
+        ("uf_crm_5", ColumnType.DECIMAL, "UF_CRM_5"),
+        ("uf_crm_5_currency", ColumnType.INTEGER, "UF_CRM_5_CURRENCY")]
 
 
 def test_activity_lists_return_no_user_fields() -> None:

@@ -1,18 +1,20 @@
 """Conforming entity frames to the warehouse's Arrow types (`connectors.warehouse.frames`): the frame
 contract of `connectors.tables` is enforced before anything reaches a database, and the few loose
-inputs it allows (floats for money, objects for JSON) land in the right type."""
+inputs it allows (floats for money, objects for JSON) land in the right type; text is made storable for
+PostgreSQL (no NUL) without touching anything else."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
 from connectors.warehouse import FrameContractError
-from connectors.warehouse.frames import DECIMAL, TIMESTAMP, stage
+from connectors.warehouse.frames import DECIMAL, TIMESTAMP, stage, without_nul
 
 AT = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -90,3 +92,26 @@ def test_an_arrow_table_is_taken_as_it_is() -> None:
                       "_raw": ["{}"]})
 
     assert stage(schema(), table).table.equals(table)
+
+
+def test_nul_leaves_text_and_json_for_postgres_and_nothing_else_changes() -> None:
+    document = {"TITLE\x00": "Invoice\x00 #1", "NOTE": "a literal \\u0000 stays", "N": [1, None, "x\x00"]}
+    table = pa.table({
+        "id": pa.array([1, 2, 3], pa.int64()),
+        "_raw": pa.array([orjson.dumps(document).decode(), '{"TITLE":"plain"}', None]),
+        "title": pa.array(["Invoice\x00 #1", "plain", None]),
+        "tags": pa.array(['["a\\u0000b"]', '["\\\\u0000"]', None]),
+    })
+    cleaned = without_nul(table, {"_raw", "tags"})
+    assert orjson.loads(cleaned.column("_raw")[0].as_py()) == {
+        "TITLE": "Invoice #1", "NOTE": "a literal \\u0000 stays", "N": [1, None, "x"]}
+    assert cleaned.column("_raw").to_pylist()[1:] == ['{"TITLE":"plain"}', None]
+    assert cleaned.column("title").to_pylist() == ["Invoice #1", "plain", None]
+    # A backslash before "u0000" is text, not the NUL escape: that document is kept as it was.
+    assert cleaned.column("tags").to_pylist() == ['["ab"]', '["\\\\u0000"]', None]
+    assert cleaned.column("id") == table.column("id")
+
+
+def test_a_table_without_nul_is_returned_as_it_is() -> None:
+    table = pa.table({"_raw": pa.array(['{"a":"b"}']), "title": pa.array(["x"])})
+    assert without_nul(table, {"_raw"}) is table
