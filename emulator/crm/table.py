@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from emulator.crm.entities import EntityType
-from emulator.crm.fields import Field
+from emulator.crm.fields import Field, upper_item_name
 from emulator.crm.userfields import UserField
 
 
@@ -30,6 +30,7 @@ class EntityTable:
         self.schema_version = 0
         self._fields_by_name: dict[str, Field] = {}
         self._fields_by_camel: dict[str, Field] = {}
+        self._fields_by_upper: dict[str, Field] = {}
         self._reindex_fields()
 
     # --- schema ---------------------------------------------------------------------------------
@@ -48,6 +49,10 @@ class EntityTable:
 
     def field_by_camel(self, camel: str) -> Field | None:
         return self._fields_by_camel.get(camel)
+
+    def field_by_upper(self, upper: str) -> Field | None:
+        """By the crm.item UPPER_CASE name (``UPDATED_TIME``, ``STAGE_ID``), see `upper_item_name`."""
+        return self._fields_by_upper.get(upper)
 
     def add_user_field(self, user_field: UserField) -> None:
         self.user_fields[user_field.name] = user_field
@@ -69,6 +74,7 @@ class EntityTable:
         fields = self.all_fields
         self._fields_by_name = {spec.name: spec for spec in fields}
         self._fields_by_camel = {spec.camel: spec for spec in fields}
+        self._fields_by_upper = {upper_item_name(spec.camel): spec for spec in fields}
 
     # --- rows -------------------------------------------------------------------------------------
 
