@@ -3,7 +3,7 @@
 Rows are staged by registering Arrow tables with the connection (no copy, no row-by-row inserts).
 DuckDB has no data-modifying CTEs, so an upsert first classifies the staged rows against the stored
 ones in one join, then writes new rows with a plain INSERT (the cheap path a bootstrap takes) and
-changed rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
+changed or revived rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
 Only this process writes the file, so the classification cannot go stale before the writes.
 """
 
@@ -139,7 +139,7 @@ class DuckDBWarehouse(SqlWarehouse):
                 self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_NEW} AS s",
                                                 on_conflict=False), params)
                 self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_NEW} AS s"), params)
-        changed = versions.filter(pc.equal(actions, versioning.UPDATE))
+        changed = versions.filter(pc.is_in(actions, pa.array([versioning.UPDATE, versioning.REVIVE])))
         if changed.num_rows:
             with self._registered(_CHANGED, changed):
                 self._execute(versioning.close_versions(DUCKDB, table, f"{_CHANGED} AS s"), params)

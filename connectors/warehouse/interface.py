@@ -35,15 +35,16 @@ class UpsertCounts:
     received: int = 0
     inserted: int = 0
     updated: int = 0
+    revived: int = 0  # tombstoned, and this version is newer than the deletion: live again
     unchanged: int = 0  # same content as stored: nothing written
     stale: int = 0  # older than the stored version: ignored
-    tombstoned: int = 0  # the id is deleted: ignored
+    tombstoned: int = 0  # the id was deleted after this version: ignored
     duplicates: int = 0  # an earlier state of an id that appeared twice in the same frame
 
     @property
     def written(self) -> int:
-        """Rows inserted or updated, which is also the number of history rows added."""
-        return self.inserted + self.updated
+        """Rows inserted, updated or revived, which is also the number of history rows added."""
+        return self.inserted + self.updated + self.revived
 
     def __add__(self, other: UpsertCounts) -> UpsertCounts:
         return UpsertCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))

@@ -144,7 +144,7 @@ class PostgresWarehouse(SqlWarehouse):
         d = self.dialect
         names = TableNames.of(table)
         main, history = d.qualified(names.table), d.qualified(names.history)
-        applied = f"('{versioning.INSERT}', '{versioning.UPDATE}')"
+        applied = "(" + ", ".join(f"'{name}'" for name in versioning.APPLIED) + ")"
         upsert = versioning.upsert(d, table, columns, null_columns,
                                    f"(SELECT * FROM classified WHERE _action IN {applied}) AS s")
         returned = ", ".join(["t.id", *(f"t.{quote(c)}" for c in columns), "t._source_modified_at",

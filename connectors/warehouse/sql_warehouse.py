@@ -263,6 +263,7 @@ class SqlTransaction(Transaction):
             received=received,
             inserted=actions.get(versioning.INSERT, 0),
             updated=actions.get(versioning.UPDATE, 0),
+            revived=actions.get(versioning.REVIVE, 0),
             unchanged=actions.get(versioning.UNCHANGED, 0),
             stale=actions.get(versioning.STALE, 0),
             tombstoned=actions.get(versioning.TOMBSTONED, 0),

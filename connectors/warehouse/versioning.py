@@ -3,9 +3,15 @@
 Rules, applied per (portal, id) against the stored row:
 
 * no stored row -> ``insert``;
-* the stored row is tombstoned -> ``tombstoned``: ignored, because Bitrix24 never reuses an id, so a
-  late update of a deleted entity is an older state arriving out of order;
-* the incoming ``_source_modified_at`` is older -> ``stale``: ignored;
+* the stored row is tombstoned and the incoming ``_source_modified_at`` is not newer than its
+  ``_deleted_at`` -> ``tombstoned``: ignored. Bitrix24 never reuses an id, so such a version is an
+  older state arriving out of order (a late update of a deleted entity);
+* the incoming ``_source_modified_at`` is older than the stored one -> ``stale``: ignored;
+* the stored row is tombstoned and the incoming version is newer than the deletion -> ``revive``:
+  the portal returns the object again with a later modification time, i.e. it was restored from the
+  recycle bin with its id (the restore fires ``ONCRM*ADD``, facts §3), so the portal's current state
+  wins: the row is written, ``_deleted_at``/``_deleted_reason`` are cleared and history gets a new
+  version (the deleted one stays closed at the deletion time);
 * the same content (hash of ``_raw``) -> ``unchanged``: nothing is written, so re-applying a batch
   leaves tables and history exactly as they were;
 * otherwise -> ``update``. An equal modification time with new content is applied: Bitrix24 times
@@ -29,21 +35,30 @@ UPDATE = "update"
 UNCHANGED = "unchanged"
 STALE = "stale"
 TOMBSTONED = "tombstoned"
+REVIVE = "revive"
+APPLIED = (INSERT, UPDATE, REVIVE)  # the actions that write a row and a history version
+
+
+def _newer_than_deletion(incoming: str, stored: str) -> str:
+    return f"COALESCE({incoming}._source_modified_at > {stored}._deleted_at, FALSE)"
 
 
 def action(incoming: str, stored: str) -> str:
     return f"""CASE
         WHEN {stored}.id IS NULL THEN '{INSERT}'
-        WHEN {stored}._deleted_at IS NOT NULL THEN '{TOMBSTONED}'
+        WHEN {stored}._deleted_at IS NOT NULL AND NOT {_newer_than_deletion(incoming, stored)}
+            THEN '{TOMBSTONED}'
         WHEN {incoming}._source_modified_at < {stored}._source_modified_at THEN '{STALE}'
+        WHEN {stored}._deleted_at IS NOT NULL THEN '{REVIVE}'
         WHEN {incoming}._content_hash = {stored}._content_hash THEN '{UNCHANGED}'
         ELSE '{UPDATE}' END"""
 
 
 def guard(incoming: str, stored: str) -> str:
-    return (f"{stored}._deleted_at IS NULL"
-            f" AND NOT COALESCE({incoming}._source_modified_at < {stored}._source_modified_at, FALSE)"
-            f" AND {incoming}._content_hash IS DISTINCT FROM {stored}._content_hash")
+    return (f"NOT COALESCE({incoming}._source_modified_at < {stored}._source_modified_at, FALSE)"
+            f" AND CASE WHEN {stored}._deleted_at IS NULL"
+            f" THEN {incoming}._content_hash IS DISTINCT FROM {stored}._content_hash"
+            f" ELSE {_newer_than_deletion(incoming, stored)} END")
 
 
 def upsert(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequence[str], source: str,
@@ -57,7 +72,7 @@ def upsert(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequenc
     if not on_conflict:
         return statement
     assignments = [f"{quote(c)} = excluded.{quote(c)}" for c in target[2:]]
-    assignments += [f"{quote(c)} = NULL" for c in null_columns]
+    assignments += [f"{quote(c)} = NULL" for c in (*null_columns, "_deleted_at", "_deleted_reason")]
     return (f"{statement} ON CONFLICT (portal, id) DO UPDATE SET {', '.join(assignments)} "
             f"WHERE {guard('excluded', 't')}")
 
@@ -87,7 +102,8 @@ def close_deleted_versions(d: Dialect, table: str) -> str:
 
 
 def tombstone(d: Dialect, table: str) -> str:
-    """Soft-delete ids; an id never seen gets a stub row so a late update cannot resurrect it."""
+    """Soft-delete ids; an id never seen gets a stub row, so a late update older than the deletion
+    cannot bring it back (only a version newer than ``deleted_at`` does, see `action`)."""
     return (f"INSERT INTO {d.qualified(TableNames.of(table).table)} AS t "
             f"(portal, id, _deleted_at, _deleted_reason, _synced_at) "
             f"SELECT %(portal)s::text, u.id, %(deleted_at)s::timestamptz, %(reason)s::text, now() "
