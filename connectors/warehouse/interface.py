@@ -54,8 +54,12 @@ class Transaction(ABC):
     """Writes that commit together, or not at all: entity rows, tombstones, journal ``loaded`` marks."""
 
     @abstractmethod
-    def upsert(self, portal: str, schema: TableSchema, rows: Rows) -> UpsertCounts:
-        """Insert or update entity rows keyed by (portal, id); creates or evolves the table as needed."""
+    def upsert(self, portal: str, schema: TableSchema, rows: Rows, *, overwrite: bool = False) -> UpsertCounts:
+        """Insert or update entity rows keyed by (portal, id); creates or evolves the table as needed.
+
+        With ``overwrite`` a version older than the stored live row still replaces it (reconciliation
+        repairing a row the warehouse holds newer than the portal); history starts the corrected
+        version at the time of the correction. Tombstones give way only to newer versions either way."""
 
     @abstractmethod
     def tombstone(self, portal: str, table: TableSchema | str, ids: Iterable[int], reason: str,

@@ -78,7 +78,7 @@ class SqlWarehouse(Warehouse):
 
     @abstractmethod
     def _write_rows(self, portal: str, table: str, staged: StagedRows,
-                    null_columns: frozenset[str]) -> dict[str, int]:
+                    null_columns: frozenset[str], overwrite: bool) -> dict[str, int]:
         """Apply staged rows by the `versioning` rules; returns rows per action."""
 
     def _lock_ddl(self) -> None:
@@ -251,14 +251,14 @@ class SqlTransaction(Transaction):
         if not self.open:
             raise TransactionStateError("this transaction has already ended")
 
-    def upsert(self, portal: str, schema: TableSchema, rows: Rows) -> UpsertCounts:
+    def upsert(self, portal: str, schema: TableSchema, rows: Rows, *, overwrite: bool = False) -> UpsertCounts:
         self._check_open()
         known = self.warehouse._ensure_known(schema)
         staged = stage(schema, rows, null_columns=known.null_columns)
         received = staged.table.num_rows + staged.duplicates
         if staged.table.num_rows == 0:
             return UpsertCounts(received=received, duplicates=staged.duplicates)
-        actions = self.warehouse._write_rows(portal, schema.name, staged, known.null_columns)
+        actions = self.warehouse._write_rows(portal, schema.name, staged, known.null_columns, overwrite)
         return UpsertCounts(
             received=received,
             inserted=actions.get(versioning.INSERT, 0),

@@ -17,6 +17,9 @@ Rules, applied per (portal, id) against the stored row:
 * otherwise -> ``update``. An equal modification time with new content is applied: Bitrix24 times
   have one-second resolution, and the later fetch is the later state.
 
+Reconciliation may ask for ``overwrite``: the staleness rule is then off, so the portal's version
+replaces a live row the warehouse holds newer than the portal (see `upsert`).
+
 Every applied version appends a history row and closes the previous one (``_valid_to``). The same
 rule guards the ``ON CONFLICT ... DO UPDATE ... WHERE`` clause, so the database enforces it even when
 the classification was computed from an older snapshot.
@@ -43,27 +46,49 @@ def _newer_than_deletion(incoming: str, stored: str) -> str:
     return f"COALESCE({incoming}._source_modified_at > {stored}._deleted_at, FALSE)"
 
 
-def action(incoming: str, stored: str) -> str:
+def action(incoming: str, stored: str, *, overwrite: bool = False) -> str:
+    """SQL for the action of each incoming row; with ``overwrite`` the staleness rule is off (see
+    `upsert`) and a row counts as unchanged only if its modification time is the stored one too."""
+    stale = "" if overwrite else (
+        f"WHEN {incoming}._source_modified_at < {stored}._source_modified_at THEN '{STALE}'")
     return f"""CASE
         WHEN {stored}.id IS NULL THEN '{INSERT}'
         WHEN {stored}._deleted_at IS NOT NULL AND NOT {_newer_than_deletion(incoming, stored)}
             THEN '{TOMBSTONED}'
-        WHEN {incoming}._source_modified_at < {stored}._source_modified_at THEN '{STALE}'
+        {stale}
         WHEN {stored}._deleted_at IS NOT NULL THEN '{REVIVE}'
-        WHEN {incoming}._content_hash = {stored}._content_hash THEN '{UNCHANGED}'
+        WHEN {_same_version(incoming, stored, overwrite)} THEN '{UNCHANGED}'
         ELSE '{UPDATE}' END"""
 
 
-def guard(incoming: str, stored: str) -> str:
-    return (f"NOT COALESCE({incoming}._source_modified_at < {stored}._source_modified_at, FALSE)"
-            f" AND CASE WHEN {stored}._deleted_at IS NULL"
-            f" THEN {incoming}._content_hash IS DISTINCT FROM {stored}._content_hash"
+def _same_version(incoming: str, stored: str, overwrite: bool) -> str:
+    same = f"{incoming}._content_hash = {stored}._content_hash"
+    if overwrite:
+        same += f" AND {incoming}._source_modified_at IS NOT DISTINCT FROM {stored}._source_modified_at"
+    return same
+
+
+def guard(incoming: str, stored: str, *, overwrite: bool = False) -> str:
+    not_older = "" if overwrite else (
+        f"NOT COALESCE({incoming}._source_modified_at < {stored}._source_modified_at, FALSE) AND ")
+    return (f"{not_older}CASE WHEN {stored}._deleted_at IS NULL"
+            f" THEN NOT COALESCE({_same_version(incoming, stored, overwrite)}, FALSE)"
             f" ELSE {_newer_than_deletion(incoming, stored)} END")
 
 
+def version_start(overwrite: bool, incoming: str = "s") -> str:
+    """When a written version starts in history: its modification time; a correction (``overwrite``)
+    starts when it is made, since the version it replaces may claim a later time."""
+    return "now()" if overwrite else f"COALESCE({incoming}._source_modified_at, now())"
+
+
 def upsert(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequence[str], source: str,
-           *, on_conflict: bool = True) -> str:
-    """Write staged rows into the entity table; ``columns`` are the staged schema columns."""
+           *, on_conflict: bool = True, overwrite: bool = False) -> str:
+    """Write staged rows into the entity table; ``columns`` are the staged schema columns.
+
+    ``overwrite``: the incoming version replaces a live row even when it is older (reconciliation's
+    repair of a row the warehouse holds newer than the portal: the portal is the source of truth).
+    Tombstones still give way only to a version newer than the deletion."""
     target = ["portal", "id", *columns, "_raw", "_source_modified_at", "_content_hash", "_synced_at"]
     values = ["%(portal)s::text", "s.id", *(f"s.{quote(c)}" for c in columns), f"CAST(s._raw AS {d.raw})",
               "s._source_modified_at", "s._content_hash", "now()"]
@@ -74,20 +99,21 @@ def upsert(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequenc
     assignments = [f"{quote(c)} = excluded.{quote(c)}" for c in target[2:]]
     assignments += [f"{quote(c)} = NULL" for c in (*null_columns, "_deleted_at", "_deleted_reason")]
     return (f"{statement} ON CONFLICT (portal, id) DO UPDATE SET {', '.join(assignments)} "
-            f"WHERE {guard('excluded', 't')}")
+            f"WHERE {guard('excluded', 't', overwrite=overwrite)}")
 
 
-def close_versions(d: Dialect, table: str, source: str) -> str:
+def close_versions(d: Dialect, table: str, source: str, *, overwrite: bool = False) -> str:
     """End the open history row of every entity in ``source`` where the new version starts."""
     return (f"UPDATE {d.qualified(TableNames.of(table).history)} AS h "
-            f"SET _valid_to = COALESCE(s._source_modified_at, now()) FROM {source} "
+            f"SET _valid_to = {version_start(overwrite)} FROM {source} "
             f"WHERE h.portal = %(portal)s::text AND h.id = s.id AND h._valid_to IS NULL")
 
 
-def add_versions(d: Dialect, table: str, columns: Sequence[str], source: str) -> str:
+def add_versions(d: Dialect, table: str, columns: Sequence[str], source: str, *,
+                 overwrite: bool = False) -> str:
     target = ["portal", "id", *columns, "_source_modified_at", "_content_hash", "_valid_from", "_synced_at"]
     values = ["%(portal)s::text", "s.id", *(f"s.{quote(c)}" for c in columns), "s._source_modified_at",
-              "s._content_hash", "COALESCE(s._source_modified_at, now())", "now()"]
+              "s._content_hash", version_start(overwrite), "now()"]
     return (f"INSERT INTO {d.qualified(TableNames.of(table).history)} "
             f"({', '.join(quote(c) for c in target)}) SELECT {', '.join(values)} FROM {source}")
 

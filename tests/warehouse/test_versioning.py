@@ -203,3 +203,24 @@ def test_row_versions_lists_live_and_deleted_rows_for_reconciliation(warehouse: 
     assert versions["id"].tolist() == [1, 2]
     assert versions["_source_modified_at"].tolist() == [T0, T0]
     assert versions["_deleted_at"].isna().tolist() == [True, False]
+
+
+def test_an_overwrite_replaces_a_row_held_newer_than_the_portal_and_history_records_the_correction(
+        warehouse: Warehouse) -> None:
+    deleted_at = datetime(2024, 5, 2, tzinfo=UTC)
+    with warehouse.transaction() as tx:
+        tx.upsert(PORTAL, SCHEMA, deal_frame([1, 2], stage="WON", modified=later(60)))
+        tx.upsert(PORTAL, SCHEMA, deal_frame([3], modified=T0))
+        tx.tombstone(PORTAL, SCHEMA, [3], "deleted in Bitrix24", deleted_at)
+    with warehouse.transaction() as tx:
+        counts = tx.upsert(PORTAL, SCHEMA, deal_frame([1, 3], stage="NEW", modified=later(5)), overwrite=True)
+        again = tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="NEW", modified=later(5)), overwrite=True)
+        [(corrected_at,)] = warehouse.query("SELECT now()")
+
+    assert counts == UpsertCounts(received=2, updated=1, tombstoned=1)
+    assert again == UpsertCounts(received=1, unchanged=1)
+    assert warehouse.query(
+        f"SELECT id, stage_id, _source_modified_at FROM {warehouse.relation('deals_current')} ORDER BY id") == [
+        (1, "NEW", later(5)), (2, "WON", later(60))]
+    assert [row for row in history(warehouse) if row[0] == 1] == [
+        (1, "WON", later(60), corrected_at), (1, "NEW", corrected_at, None)]
