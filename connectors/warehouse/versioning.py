@@ -12,8 +12,8 @@ Rules, applied per (portal, id) against the stored row:
   recycle bin with its id (the restore fires ``ONCRM*ADD``, facts §3), so the portal's current state
   wins: the row is written, ``_deleted_at``/``_deleted_reason`` are cleared and history gets a new
   version (the deleted one stays closed at the deletion time);
-* the same content (hash of ``_raw``) -> ``unchanged``: nothing is written, so re-applying a batch
-  leaves tables and history exactly as they were;
+* the same content (hash of ``_raw``) and modification time -> ``unchanged``: nothing is written, so
+  re-applying a batch leaves tables and history exactly as they were;
 * otherwise -> ``update``. An equal modification time with new content is applied: Bitrix24 times
   have one-second resolution, and the later fetch is the later state.
 
@@ -47,8 +47,7 @@ def _newer_than_deletion(incoming: str, stored: str) -> str:
 
 
 def action(incoming: str, stored: str, *, overwrite: bool = False) -> str:
-    """SQL for the action of each incoming row; with ``overwrite`` the staleness rule is off (see
-    `upsert`) and a row counts as unchanged only if its modification time is the stored one too."""
+    """SQL for the action of each incoming row; with ``overwrite`` the staleness rule is off (see `upsert`)."""
     stale = "" if overwrite else (
         f"WHEN {incoming}._source_modified_at < {stored}._source_modified_at THEN '{STALE}'")
     return f"""CASE
@@ -57,22 +56,22 @@ def action(incoming: str, stored: str, *, overwrite: bool = False) -> str:
             THEN '{TOMBSTONED}'
         {stale}
         WHEN {stored}._deleted_at IS NOT NULL THEN '{REVIVE}'
-        WHEN {_same_version(incoming, stored, overwrite)} THEN '{UNCHANGED}'
+        WHEN {_same_version(incoming, stored)} THEN '{UNCHANGED}'
         ELSE '{UPDATE}' END"""
 
 
-def _same_version(incoming: str, stored: str, overwrite: bool) -> str:
-    same = f"{incoming}._content_hash = {stored}._content_hash"
-    if overwrite:
-        same += f" AND {incoming}._source_modified_at IS NOT DISTINCT FROM {stored}._source_modified_at"
-    return same
+def _same_version(incoming: str, stored: str) -> str:
+    # The time as well as the hash: a row whose time was changed behind our back (reconciliation's
+    # stale and ahead rows) must be rewritten even though its ``_raw`` is the portal's.
+    return (f"{incoming}._content_hash = {stored}._content_hash"
+            f" AND {incoming}._source_modified_at IS NOT DISTINCT FROM {stored}._source_modified_at")
 
 
 def guard(incoming: str, stored: str, *, overwrite: bool = False) -> str:
     not_older = "" if overwrite else (
         f"NOT COALESCE({incoming}._source_modified_at < {stored}._source_modified_at, FALSE) AND ")
     return (f"{not_older}CASE WHEN {stored}._deleted_at IS NULL"
-            f" THEN NOT COALESCE({_same_version(incoming, stored, overwrite)}, FALSE)"
+            f" THEN NOT COALESCE({_same_version(incoming, stored)}, FALSE)"
             f" ELSE {_newer_than_deletion(incoming, stored)} END")
 
 
