@@ -4,8 +4,10 @@ Each command is ``"method?php_bracket_query"``. Sub-calls run in order with the 
 ``auth_connector`` unless the sub-query names its own). A parameter value may refer to earlier
 results with ``$result[key][path…]`` (also ``$next``, ``$total``, ``$time``, ``$error``): a value that
 is nothing but a reference takes the referenced value raw (lists included), a reference inside a
-longer string is replaced by its text. Results come back as PHP arrays keyed like ``cmd``, so empty
-maps are ``[]`` and a ``cmd`` list with every key present gives lists.
+longer string is replaced by its text. Results come back as PHP arrays keyed like ``cmd``: empty maps
+are ``[]``, and a map whose keys are exactly 0..n-1 in order is a JSON list — ``result_error`` as
+much as ``result`` — whether ``cmd`` was a list or an object with keys ``"0"``, ``"1"``, … (PHP turns
+such string keys into integers).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from emulator.crm.phpish import array_key
 from emulator.dispatch import execute
 from emulator.errors import RestError
 from emulator.params import decode_query
@@ -107,7 +110,7 @@ def _substitute(value: Any, results: _Results) -> Any:
 
 def _commands(cmd: Any) -> list[tuple[CommandKey, Any]]:
     if isinstance(cmd, dict):
-        return list(cmd.items())
+        return [(array_key(key), command) for key, command in cmd.items()]
     if isinstance(cmd, list):
         return list(enumerate(cmd))
     return []

@@ -233,6 +233,16 @@ def build_control_app(world: World) -> Starlette:
                                       body.get("fields") or {}, origin)
         return JSONResponse({"id": new_id})
 
+    async def crm_restore(request: Request) -> JSONResponse:
+        portal = portal_of(request)
+        body = await _json(request)
+        user_id = body.get("user_id") or min(
+            (u.id for u in portal.users.values() if not u.is_admin), default=1)
+        entity_id = int(request.path_params["id"])
+        origin = Origin(user_id=int(user_id), client_id=None, auth_connector="")
+        portal.crm.restore(request.path_params["entity"], entity_id, origin)
+        return JSONResponse({"id": entity_id})
+
     async def truth(request: Request) -> JSONResponse:
         portal = portal_of(request)
         entity = request.path_params["entity"]
@@ -279,6 +289,7 @@ def build_control_app(world: World) -> Starlette:
         Route(portal_path + "/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route(portal_path + "/activity", activity, methods=["GET", "POST", "DELETE"]),
         Route(portal_path + "/crm/{entity}", crm_write, methods=["POST"]),
+        Route(portal_path + "/crm/{entity}/{id:int}/restore", crm_restore, methods=["POST"]),
         Route(portal_path + "/truth/{entity}", truth, methods=["GET"]),
         Route(portal_path + "/queue", queue, methods=["GET"]),
         Route(portal_path + "/stats", stats, methods=["GET", "DELETE"]),

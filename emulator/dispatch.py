@@ -14,8 +14,10 @@ import inspect
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
 from typing import TYPE_CHECKING, Any
 
+from emulator.crm.clock import DEFAULT_UTC_OFFSET
 from emulator.errors import (
     AccessDenied,
     InsufficientScope,
@@ -68,33 +70,32 @@ class CallOutcome:
         return 200 if self.error is None else self.error.status
 
 
-def _offset(seconds: int) -> str:
-    sign = "+" if seconds >= 0 else "-"
-    seconds = abs(seconds)
-    return f"{sign}{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
-
-
-def iso_time(timestamp: float) -> str:
-    """ISO 8601 with the server's UTC offset, as Bitrix24 writes dates (facts §1.3, §4.7)."""
-    local = time.localtime(timestamp)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", local) + _offset(local.tm_gmtoff)
+def iso_time(timestamp: float, tz: tzinfo) -> str:
+    """ISO 8601 at second resolution with the portal's UTC offset, like its CRM dates (facts §1.3, §4.7)."""
+    return datetime.fromtimestamp(int(timestamp), tz).isoformat()
 
 
 def time_block(start: float, finish: float, processing: float, operating: float,
-               operating_reset_at: int | None) -> dict[str, Any]:
+               operating_reset_at: int | None, tz: tzinfo) -> dict[str, Any]:
+    """The envelope's ``time`` block (facts §1.3); ``tz`` is the portal's zone."""
     block: dict[str, Any] = {
         "start": start,
         "finish": finish,
         "duration": finish - start,
         "processing": processing,
-        "date_start": iso_time(start),
-        "date_finish": iso_time(finish),
+        "date_start": iso_time(start, tz),
+        "date_finish": iso_time(finish, tz),
     }
     # Present only when non-null (facts §1.3).
     if operating_reset_at is not None:
         block["operating_reset_at"] = operating_reset_at
     block["operating"] = operating
     return block
+
+
+def _portal_zone(portal: Portal) -> tzinfo:
+    clock = getattr(portal.crm, "clock", None)
+    return clock.tz if clock is not None else timezone(DEFAULT_UTC_OFFSET)
 
 
 def budget_key(caller: Caller, method: str) -> BudgetKey:
@@ -161,6 +162,6 @@ async def execute(portal: Portal, caller: Caller, method_name: str, params: dict
         outcome.error = InternalServerError()
     if outcome.error is None:
         operating, reset_at = portal.limits.budget.status(key)
-        outcome.time = time_block(start, time.time(), processing, operating, reset_at)
+        outcome.time = time_block(start, time.time(), processing, operating, reset_at, _portal_zone(portal))
     portal.stats.record_call(method_name, outcome.status, charged)
     return outcome

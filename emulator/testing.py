@@ -172,6 +172,11 @@ class RunningEmulator:
             body["id"] = id
         return self._call("POST", f"portals/{portal}/crm/{entity}", body)["id"]
 
+    def restore(self, entity: str, id: int, portal: str = DEFAULT_PORTAL) -> int:
+        """A UI user restores a deleted record from the recycle bin: same id, new modification time,
+        ``ONCRM*ADD`` queued for every app; returns the id."""
+        return self._call("POST", f"portals/{portal}/crm/{entity}/{id}/restore")["id"]
+
     def start_activity(self, rate_per_s: float, portal: str = DEFAULT_PORTAL,
                        mix: dict[str, float] | None = None, seed: int | None = None) -> None:
         body: dict[str, Any] = {"rate_per_s": rate_per_s}

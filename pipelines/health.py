@@ -3,14 +3,15 @@
 * every entity asset: its ids are unique per portal, its last sync's lag is small, and its last sync
   stored every value in its column's type (a warning, with examples, when values were nulled);
 * ``bitrix24/reconciliation``: an id + modification-time scan against the portal (scheduled),
-  repairing what it finds; its check fails while anything was out of sync;
+  repairing what it finds; its check fails only on real drift (missing, extra, stale, ahead, revived),
+  never on changes still in flight (queued, or newer than the last reservation), reported apart;
 * ``bitrix24/dead_letters``: the depth of the error lane after a drain; its check fails while
   objects are parked there, so a poisoned object is never silently dropped.
 """
 
 import dagster as dg
 
-from connectors.sync.reconcile import reconcile
+from connectors.sync.reconcile import DRIFT, reconcile
 from pipelines.assets import VALUE_COERCIONS, WAREHOUSE_POOL, portal_sync
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
@@ -101,14 +102,17 @@ def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, b
     """Ids and modification times compared between the portal and the warehouse, per table."""
     with portal_sync(context, bitrix24, warehouse) as sync:
         reports = reconcile(sync, repair=config.repair)
-    totals = {name: sum(getattr(r, name) for r in reports) for name in ("missing", "extra", "stale", "revived")}
-    by_table = {r.table: {"portal": r.portal_rows, "warehouse": r.warehouse_live_rows, "missing": r.missing,
-                          "extra": r.extra, "stale": r.stale, "revived": r.revived} for r in reports}
+    counted = (*DRIFT, "in_flight")
+    totals = {name: sum(getattr(r, name) for r in reports) for name in counted}
+    by_table = {r.table: {"portal": r.portal_rows, "warehouse": r.warehouse_live_rows,
+                          **{name: getattr(r, name) for name in counted}} for r in reports}
+    drift = sum(r.drift for r in reports)
     return dg.MaterializeResult(
-        metadata={**totals, "repaired": config.repair, "tables": by_table},
+        metadata={**totals, "drift": drift, "repaired": config.repair, "tables": by_table},
         check_results=[dg.AssetCheckResult(
-            check_name="in_sync_with_portal", passed=all(r.in_sync for r in reports),
-            metadata={**totals, "examples": {r.table: r.examples for r in reports if r.examples}})],
+            check_name="in_sync_with_portal", passed=drift == 0,
+            metadata={**totals, "drift": drift,
+                      "examples": {r.table: r.examples for r in reports if r.examples}})],
     )
 
 

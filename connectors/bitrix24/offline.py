@@ -23,9 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.bitrix24.batch import MAX_COMMANDS, Command, in_groups
+from connectors.bitrix24.batch import MAX_COMMANDS, Command, in_groups, result_ref
 from connectors.bitrix24.client import Bitrix24Client
-from connectors.bitrix24.entities import EntityKind
+from connectors.bitrix24.entities import EntityKind, EntityRegistry
 from connectors.bitrix24.errors import ApiError, MalformedResponse, TransportError
 from connectors.bitrix24.queue_rows import QueueEvent
 
@@ -221,6 +221,34 @@ class OfflineQueue:
             pages.extend(_rows(outcome.result(key), "event.offline.list") for key in commands)
         found = dict.fromkeys(str(row.get("PROCESS_ID") or "") for page in pages for row in page)
         return tuple(pid for pid in found if pid and pid not in known)
+
+    def queued_objects(self, registry: EntityRegistry) -> dict[str, frozenset[int]]:
+        """Ids of the objects that have a row in this connector's queue, by `EntityKind.key`.
+
+        Read-only (``event.offline.list``, facts §2.8): rows reserved or not, in the error lane or
+        not, i.e. every change still on its way to the warehouse. Keyset pages of 50 rows by ``>ID``,
+        50 pages per request chained with ``$result[...]`` (facts §5); a short page ends the listing.
+        Rows no registered kind understands are left out.
+        """
+        connector = self.connector
+        queued: dict[str, set[int]] = {}
+        last_id = 0
+        while True:
+            commands = {}
+            for index in range(MAX_COMMANDS):
+                lower = last_id if index == 0 else result_ref(f"at{index - 1}", ROWS_PER_CALL - 1, "ID")
+                commands[f"at{index}"] = Command("event.offline.list", self._with_connector(
+                    {"filter": {">ID": lower}, "order": {"ID": "ASC"}, "start": -1}, connector))
+            outcome = self.client.batch(commands)
+            for key in commands:
+                rows = _rows(outcome.result(key), "event.offline.list")
+                for row in rows:
+                    target = registry.resolve(str(row.get("EVENT_NAME", "")), row.get("EVENT_DATA"))
+                    if target.kind is not None and target.entity_id is not None:
+                        queued.setdefault(target.kind.key, set()).add(target.entity_id)
+                if len(rows) < ROWS_PER_CALL:
+                    return {key: frozenset(ids) for key, ids in queued.items()}
+                last_id = int(rows[-1]["ID"])
 
     def ack(self, process_ids: Iterable[str],
             loaded: Mapping[str, Sequence[QueueEvent]] | None = None) -> int:

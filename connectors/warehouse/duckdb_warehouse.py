@@ -3,7 +3,7 @@
 Rows are staged by registering Arrow tables with the connection (no copy, no row-by-row inserts).
 DuckDB has no data-modifying CTEs, so an upsert first classifies the staged rows against the stored
 ones in one join, then writes new rows with a plain INSERT (the cheap path a bootstrap takes) and
-changed rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
+changed or revived rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
 Only this process writes the file, so the classification cannot go stale before the writes.
 """
 
@@ -120,11 +120,11 @@ class DuckDBWarehouse(SqlWarehouse):
     # -- upsert ---------------------------------------------------------------------------------
 
     def _write_rows(self, portal: str, table: str, staged: StagedRows,
-                    null_columns: frozenset[str]) -> dict[str, int]:
+                    null_columns: frozenset[str], overwrite: bool) -> dict[str, int]:
         rows = staged.table
         self._con.register(_STAGED, rows.append_column("_row", pa.array(np.arange(rows.num_rows))))
         try:
-            classified = self._run(_classify(table), {"portal": portal}).fetchnumpy()
+            classified = self._run(_classify(table, overwrite), {"portal": portal}).fetchnumpy()
         finally:
             self._con.unregister(_STAGED)
         hashes = pa.array(classified["_content_hash"], pa.uint64())
@@ -139,12 +139,15 @@ class DuckDBWarehouse(SqlWarehouse):
                 self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_NEW} AS s",
                                                 on_conflict=False), params)
                 self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_NEW} AS s"), params)
-        changed = versions.filter(pc.equal(actions, versioning.UPDATE))
+        changed = versions.filter(pc.is_in(actions, pa.array([versioning.UPDATE, versioning.REVIVE])))
         if changed.num_rows:
             with self._registered(_CHANGED, changed):
-                self._execute(versioning.close_versions(DUCKDB, table, f"{_CHANGED} AS s"), params)
-                self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_CHANGED} AS s"), params)
-                self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_CHANGED} AS s"), params)
+                self._execute(versioning.close_versions(DUCKDB, table, f"{_CHANGED} AS s",
+                                                        overwrite=overwrite), params)
+                self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_CHANGED} AS s",
+                                                overwrite=overwrite), params)
+                self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_CHANGED} AS s",
+                                                      overwrite=overwrite), params)
         counts = pc.value_counts(actions)
         return {str(item["values"]): int(item["counts"]) for item in counts.to_pylist()}
 
@@ -193,9 +196,9 @@ def _translate(sql: str) -> tuple[str, tuple[str, ...]]:
 
 
 @lru_cache(maxsize=64)
-def _classify(table: str) -> str:
+def _classify(table: str, overwrite: bool) -> str:
     main = DUCKDB.qualified(TableNames.of(table).table)
-    return (f"SELECT s._content_hash, {versioning.action('s', 't')} AS _action "
+    return (f"SELECT s._content_hash, {versioning.action('s', 't', overwrite=overwrite)} AS _action "
             f"FROM (SELECT *, hash(_raw) AS _content_hash FROM {_STAGED}) AS s "
             f"LEFT JOIN {main} AS t ON t.portal = %(portal)s::text AND t.id = s.id ORDER BY s._row")
 

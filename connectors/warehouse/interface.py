@@ -42,15 +42,16 @@ class UpsertCounts:
     received: int = 0
     inserted: int = 0
     updated: int = 0
+    revived: int = 0  # tombstoned, and this version is newer than the deletion: live again
     unchanged: int = 0  # same content as stored: nothing written
     stale: int = 0  # older than the stored version: ignored
-    tombstoned: int = 0  # the id is deleted: ignored
+    tombstoned: int = 0  # the id was deleted after this version: ignored
     duplicates: int = 0  # an earlier state of an id that appeared twice in the same frame
 
     @property
     def written(self) -> int:
-        """Rows inserted or updated, which is also the number of history rows added."""
-        return self.inserted + self.updated
+        """Rows inserted, updated or revived, which is also the number of history rows added."""
+        return self.inserted + self.updated + self.revived
 
     def __add__(self, other: UpsertCounts) -> UpsertCounts:
         return UpsertCounts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -60,8 +61,12 @@ class Transaction(ABC):
     """Writes that commit together, or not at all: entity rows, tombstones, journal ``loaded`` marks."""
 
     @abstractmethod
-    def upsert(self, portal: str, schema: TableSchema, rows: Rows) -> UpsertCounts:
-        """Insert or update entity rows keyed by (portal, id); creates or evolves the table as needed."""
+    def upsert(self, portal: str, schema: TableSchema, rows: Rows, *, overwrite: bool = False) -> UpsertCounts:
+        """Insert or update entity rows keyed by (portal, id); creates or evolves the table as needed.
+
+        With ``overwrite`` a version older than the stored live row still replaces it (reconciliation
+        repairing a row the warehouse holds newer than the portal); history starts the corrected
+        version at the time of the correction. Tombstones give way only to newer versions either way."""
 
     @abstractmethod
     def tombstone(self, portal: str, table: TableSchema | str, ids: Iterable[int], reason: str,

@@ -108,7 +108,7 @@ class PostgresWarehouse(SqlWarehouse):
     # -- upsert ---------------------------------------------------------------------------------
 
     def _write_rows(self, portal: str, table: str, staged: StagedRows,
-                    null_columns: frozenset[str]) -> dict[str, int]:
+                    null_columns: frozenset[str], overwrite: bool) -> dict[str, int]:
         stage = self._stage_table(table, staged)
         self._execute(f"TRUNCATE {stage}")
         schema = self._known[table].schema
@@ -119,7 +119,7 @@ class PostgresWarehouse(SqlWarehouse):
         with self._conn.cursor() as cursor, \
                 cursor.copy(f"COPY {stage} ({column_list}) FROM STDIN (FORMAT csv)") as copy:
             copy.write(buffer.getbuffer())
-        rows = self._query(self._apply_statement(table, stage, staged.columns, sorted(null_columns)),
+        rows = self._query(self._apply_statement(table, stage, staged.columns, sorted(null_columns), overwrite),
                            {"portal": portal})
         return {action: int(count) for action, count in rows}
 
@@ -136,7 +136,7 @@ class PostgresWarehouse(SqlWarehouse):
         return stage
 
     def _apply_statement(self, table: str, stage: str, columns: tuple[str, ...],
-                         null_columns: list[str]) -> str:
+                         null_columns: list[str], overwrite: bool) -> str:
         # Lookups of stored rows are LATERAL subqueries with LIMIT 1 (at most one row matches): the
         # planner must probe the primary key / open-version index once per staged row, with a plain
         # index scan. A join it may plan freely turns into a scan of the whole table per chunk (or
@@ -146,20 +146,21 @@ class PostgresWarehouse(SqlWarehouse):
         d = self.dialect
         names = TableNames.of(table)
         main, history = d.qualified(names.table), d.qualified(names.history)
-        applied = f"('{versioning.INSERT}', '{versioning.UPDATE}')"
+        applied = "(" + ", ".join(f"'{name}'" for name in versioning.APPLIED) + ")"
         upsert = versioning.upsert(d, table, columns, null_columns,
-                                   f"(SELECT * FROM classified WHERE _action IN {applied}) AS s")
+                                   f"(SELECT * FROM classified WHERE _action IN {applied}) AS s",
+                                   overwrite=overwrite)
         returned = ", ".join(["t.id", *(f"t.{quote(c)}" for c in columns), "t._source_modified_at",
                               "t._content_hash"])
         return f"""WITH incoming AS (
                 SELECT *, hashtextextended(_raw, 0) AS _content_hash FROM {stage}
             ), classified AS (
-                SELECT s.*, {versioning.action('s', 't')} AS _action
+                SELECT s.*, {versioning.action('s', 't', overwrite=overwrite)} AS _action
                 FROM incoming AS s LEFT JOIN LATERAL (
                     SELECT id, _deleted_at, _source_modified_at, _content_hash FROM {main}
                     WHERE portal = %(portal)s::text AND id = s.id LIMIT 1) AS t ON TRUE
             ), replaced_versions AS (
-                SELECT o.row_ref, COALESCE(c._source_modified_at, now()) AS valid_to
+                SELECT o.row_ref, {versioning.version_start(overwrite, "c")} AS valid_to
                 FROM classified AS c CROSS JOIN LATERAL (
                     SELECT ctid AS row_ref FROM {history}
                     WHERE portal = %(portal)s::text AND id = c.id AND _valid_to IS NULL LIMIT 1) AS o
@@ -170,7 +171,7 @@ class PostgresWarehouse(SqlWarehouse):
                 UPDATE {history} AS h SET _valid_to = r.valid_to
                 FROM replaced_versions AS r WHERE h.ctid = r.row_ref
             ), versions AS (
-                {versioning.add_versions(d, table, columns, "written AS s")}
+                {versioning.add_versions(d, table, columns, "written AS s", overwrite=overwrite)}
             )
             SELECT _action, count(*) FROM classified GROUP BY _action"""
 

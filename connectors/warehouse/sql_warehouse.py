@@ -85,7 +85,7 @@ class SqlWarehouse(Warehouse):
 
     @abstractmethod
     def _write_rows(self, portal: str, table: str, staged: StagedRows,
-                    null_columns: frozenset[str]) -> dict[str, int]:
+                    null_columns: frozenset[str], overwrite: bool) -> dict[str, int]:
         """Apply staged rows by the `versioning` rules; returns rows per action."""
 
     def _lock_ddl(self) -> None:
@@ -281,18 +281,19 @@ class SqlTransaction(Transaction):
         if not self.open:
             raise TransactionStateError("this transaction has already ended")
 
-    def upsert(self, portal: str, schema: TableSchema, rows: Rows) -> UpsertCounts:
+    def upsert(self, portal: str, schema: TableSchema, rows: Rows, *, overwrite: bool = False) -> UpsertCounts:
         self._check_open()
         known = self.warehouse._ensure_known(schema)
         staged = stage(schema, rows, null_columns=known.null_columns)
         received = staged.table.num_rows + staged.duplicates
         if staged.table.num_rows == 0:
             return UpsertCounts(received=received, duplicates=staged.duplicates)
-        actions = self.warehouse._write_rows(portal, schema.name, staged, known.null_columns)
+        actions = self.warehouse._write_rows(portal, schema.name, staged, known.null_columns, overwrite)
         return UpsertCounts(
             received=received,
             inserted=actions.get(versioning.INSERT, 0),
             updated=actions.get(versioning.UPDATE, 0),
+            revived=actions.get(versioning.REVIVE, 0),
             unchanged=actions.get(versioning.UNCHANGED, 0),
             stale=actions.get(versioning.STALE, 0),
             tombstoned=actions.get(versioning.TOMBSTONED, 0),

@@ -99,6 +99,15 @@ def camel_name(upper_name: str) -> str:
     return _WORD.sub(lambda match: match.group(1).upper(), upper_name.lower())
 
 
+_HUMP = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def upper_item_name(camel: str) -> str:
+    """stageId -> STAGE_ID; ufCrm_1Warehouse -> UF_CRM_1_WAREHOUSE: the ``upperName`` crm.item.fields
+    shows, which crm.item.list also accepts in ``filter`` and ``order`` (facts §4.4)."""
+    return _HUMP.sub(r"_\1", camel).upper()
+
+
 class InvalidValue(ValueError):
     """A written value that cannot be stored in the field (e.g. text in a number field)."""
 

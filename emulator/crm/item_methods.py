@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.crm.fields import InvalidValue
+from emulator.crm.fields import InvalidValue, upper_item_name
 from emulator.crm.legacy_methods import origin_of
 from emulator.crm.phpish import array_values, intval
 from emulator.crm.query import Condition, Group, Query, make_condition, run, split_key
@@ -51,10 +51,10 @@ def _item_id(params: dict[str, Any], table: EntityTable) -> int:
     return entity_id
 
 
-def _field(table: EntityTable, name: str, original_uf_names: bool) -> Any:
-    spec = table.field_by_camel(name)
-    if spec is None and original_uf_names and name.startswith("UF_"):
-        spec = table.field(name)
+def _field(table: EntityTable, name: str) -> Any:
+    """The field a filter or order key names: its camelCase name, or the entity's own UPPER_CASE name
+    (``ID``, ``STAGE_ID``, ``UPDATED_TIME``, ``UF_CRM_…``), which the real one accepts as well."""
+    spec = table.field_by_camel(name) or table.field_by_upper(name)
     if spec is not None and spec in table.type.explicit_fields:
         return None
     return spec
@@ -69,17 +69,17 @@ def _as_group(value: Any) -> dict[str, Any] | None:
     return None
 
 
-def _item_group(table: EntityTable, raw: dict[str, Any], original_uf_names: bool, clock: Any) -> Group:
+def _item_group(table: EntityTable, raw: dict[str, Any], clock: Any) -> Group:
     group = Group(any_of=str(raw.get("logic", "AND")).upper() == "OR")
     for key, value in raw.items():
         if key == "logic":
             continue
         nested = _as_group(value) if str(key).isdigit() or isinstance(value, dict) else None
         if nested is not None:
-            group.members.append(_item_group(table, nested, original_uf_names, clock))
+            group.members.append(_item_group(table, nested, clock))
             continue
         operation, name = split_key(str(key))
-        spec = _field(table, name, original_uf_names)
+        spec = _field(table, name)
         if spec is None:
             raise InvalidArgValue(f"Invalid filter: field '{name}' is not allowed in filter")
         try:
@@ -90,21 +90,20 @@ def _item_group(table: EntityTable, raw: dict[str, Any], original_uf_names: bool
     return group
 
 
-def item_query(table: EntityTable, raw_filter: Any, raw_order: Any, original_uf_names: bool,
-               clock: Any) -> Query:
+def item_query(table: EntityTable, raw_filter: Any, raw_order: Any, clock: Any) -> Query:
     if raw_filter in (None, "", []):
         raw_filter = {}
     grouped = _as_group(raw_filter)
     if grouped is None:
         raise InvalidArgValue("Invalid filter: filter must be an array")
-    where = _item_group(table, grouped, original_uf_names, clock)
+    where = _item_group(table, grouped, clock)
     if raw_order in (None, "", []):
         raw_order = {}
     if not isinstance(raw_order, dict):
         raise InvalidArgValue("Invalid order: order must be an array")
     order = []
     for name, direction in raw_order.items():
-        spec = _field(table, str(name), original_uf_names)
+        spec = _field(table, str(name))
         if spec is None:
             raise InvalidArgValue(f"Invalid order: field '{name}' is not allowed in order")
         if str(direction).upper() not in ("ASC", "DESC"):
@@ -118,7 +117,7 @@ def item_query(table: EntityTable, raw_filter: Any, raw_order: Any, original_uf_
 def item_list(ctx: CallContext, params: dict) -> Page:
     table = _table(ctx, params)
     original = _original_uf_names(params)
-    query = item_query(table, param(params, "filter"), param(params, "order"), original, _store(ctx).clock)
+    query = item_query(table, param(params, "filter"), param(params, "order"), _store(ctx).clock)
     page = run(table, query, intval(param(params, "start", 0)))
     render = item_view(table, array_values(param(params, "select")), original)
     return Page({"items": [render(entity_id) for entity_id in page.ids]}, total=page.total, next=page.next)
@@ -141,7 +140,7 @@ def item_fields(ctx: CallContext, params: dict) -> dict[str, Any]:
         if entry["type"] == "char":
             entry["type"] = "boolean"
         entry["title"] = spec.title or spec.name
-        entry["upperName"] = spec.name
+        entry["upperName"] = upper_item_name(spec.camel)
         described[item_field_name(spec, original)] = entry
     return {"fields": described}
 

@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 _LEADING_INT = re.compile(r"^\s*([+-]?\d+)")
+_CANONICAL_INT = re.compile(r"^(0|-?[1-9]\d*)$")
 
 
 def intval(value: Any) -> int:
@@ -25,6 +26,14 @@ def intval(value: Any) -> int:
     if isinstance(value, list | dict):
         return 1 if value else 0
     return 0
+
+
+def array_key(key: Any) -> int | str:
+    """A PHP array key: a string holding a canonical decimal integer (``"7"``, not ``"07"``) becomes
+    that integer, as PHP does on insertion, so ``{"0": .., "1": ..}`` is the list-like array [0, 1]."""
+    if isinstance(key, str) and _CANONICAL_INT.match(key) and -2**63 <= int(key) < 2**63:
+        return int(key)
+    return key
 
 
 def array_values(value: Any) -> list[Any] | None:

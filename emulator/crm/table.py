@@ -3,7 +3,8 @@
 Rows are dicts in the stored legacy style, built once and replaced (never mutated) on change, so a
 list can hand out the very dict objects and serialization can run after the lock is released. The
 ids are also kept in a sorted list: ``>ID`` keyset pages are a bisect, ``@ID`` filters a dict lookup.
-Deleted ids are remembered with their deletion time, for ground truth.
+Deleted ids are remembered with their deletion time, for ground truth, and their rows are kept in a
+recycle bin so an object can be restored with the same id.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from emulator.crm.entities import EntityType
-from emulator.crm.fields import Field
+from emulator.crm.fields import Field, upper_item_name
 from emulator.crm.userfields import UserField
 
 
@@ -24,12 +25,15 @@ class EntityTable:
         self.ids: list[int] = []  # ascending; ids are handed out increasing, so adds append
         self.extras: dict[int, dict[str, Any]] = {}  # explicit-only fields (PHONE, COMMUNICATIONS ...)
         self.deleted: dict[int, int] = {}  # id -> deletion time (epoch seconds)
+        # Deleted rows as they were, so an object can be restored with its id (the recycle bin).
+        self.recycle_bin: dict[int, tuple[dict[str, Any], dict[str, Any] | None]] = {}
         self.user_fields: dict[str, UserField] = {}
         self.last_id = 0
         # Bumped on every schema change so cached per-schema views (crm.item converters) refresh.
         self.schema_version = 0
         self._fields_by_name: dict[str, Field] = {}
         self._fields_by_camel: dict[str, Field] = {}
+        self._fields_by_upper: dict[str, Field] = {}
         self._reindex_fields()
 
     # --- schema ---------------------------------------------------------------------------------
@@ -48,6 +52,10 @@ class EntityTable:
 
     def field_by_camel(self, camel: str) -> Field | None:
         return self._fields_by_camel.get(camel)
+
+    def field_by_upper(self, upper: str) -> Field | None:
+        """By the crm.item UPPER_CASE name (``UPDATED_TIME``, ``STAGE_ID``), see `upper_item_name`."""
+        return self._fields_by_upper.get(upper)
 
     def add_user_field(self, user_field: UserField) -> None:
         self.user_fields[user_field.name] = user_field
@@ -69,6 +77,7 @@ class EntityTable:
         fields = self.all_fields
         self._fields_by_name = {spec.name: spec for spec in fields}
         self._fields_by_camel = {spec.camel: spec for spec in fields}
+        self._fields_by_upper = {upper_item_name(spec.camel): spec for spec in fields}
 
     # --- rows -------------------------------------------------------------------------------------
 
@@ -104,10 +113,17 @@ class EntityTable:
             self.extras.pop(entity_id, None)
 
     def remove(self, entity_id: int, when: int) -> None:
-        del self.rows[entity_id]
-        self.extras.pop(entity_id, None)
+        row = self.rows.pop(entity_id)
+        self.recycle_bin[entity_id] = (row, self.extras.pop(entity_id, None))
         del self.ids[bisect_left(self.ids, entity_id)]
         self.deleted[entity_id] = when
+
+    def take_from_recycle_bin(self, entity_id: int) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """The deleted row and its extras, no longer counted as deleted; None if never deleted here."""
+        recycled = self.recycle_bin.pop(entity_id, None)
+        if recycled is not None:
+            del self.deleted[entity_id]
+        return recycled
 
     def full_row(self, entity_id: int) -> dict[str, Any]:
         """The row as ``*.get`` shows it: stored fields plus the non-empty explicit-only fields."""

@@ -94,9 +94,25 @@ def test_orders_are_applied_and_checked(http, reader):
     assert error(hook(http, reader, "crm.item.list", entityTypeId=2, order={"id": "UP"}))[1] == "INVALID_ARG_VALUE"
 
 
+def test_item_list_accepts_the_entitys_upper_case_names_in_order_and_filter(http, reader):
+    def ids(**params: Any) -> list[int]:
+        items = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=["id"], **params))["items"]
+        return [item["id"] for item in items]
+
+    assert ids(order={"ID": "DESC"}, filter={">ID": 15}) == [20, 19, 18, 17, 16]
+    assert ids(order={"ID": "ASC"}, filter={">ID": 15}) == ids(order={"id": "ASC"}, filter={">id": 15})
+    stage = result(hook(http, reader, "crm.item.get", entityTypeId=2, id=3))["item"]["stageId"]
+    assert ids(filter={"STAGE_ID": stage}) == ids(filter={"stageId": stage}) and 3 in ids(filter={"STAGE_ID": stage})
+    newest = ids(order={"UPDATED_TIME": "DESC", "ID": "DESC"}, filter={"@ID": [2, 4]})
+    assert newest == ids(order={"updatedTime": "DESC", "id": "DESC"}, filter={"@id": [2, 4]})
+    flag = result(hook(http, reader, "crm.item.list", entityTypeId=2, select=["ufCrm_1700000000003"]))["items"]
+    assert ids(filter={"UF_CRM_1700000000003": 1}) == [item["id"] for item in flag
+                                                        if item["ufCrm_1700000000003"] == "Y"]
+
+
 def test_bad_filters_are_invalid_arg_value(http, reader):
-    assert error(hook(http, reader, "crm.item.list", entityTypeId=2, filter={"TITLE": "x"})) == (
-        400, "INVALID_ARG_VALUE", "Invalid filter: field 'TITLE' is not allowed in filter")
+    assert error(hook(http, reader, "crm.item.list", entityTypeId=2, filter={"NO_SUCH_FIELD": "x"})) == (
+        400, "INVALID_ARG_VALUE", "Invalid filter: field 'NO_SUCH_FIELD' is not allowed in filter")
     assert error(hook(http, reader, "crm.item.list", entityTypeId=2, filter={">id": "abc"})) == (
         400, "INVALID_ARG_VALUE", "Invalid filter: field 'id' has invalid value")
 

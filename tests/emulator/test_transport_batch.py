@@ -63,6 +63,19 @@ def test_a_cmd_list_gives_lists_while_every_key_is_present(http, emu):
     assert set(gapped["result_error"]) == {"1"}
 
 
+def test_result_error_keyed_exactly_0_to_n_minus_1_is_a_json_list_like_phps_json_encode(http, emu):
+    failing = _batch(http, emu, ["test.batch.fail", "test.batch.fail"])["result"]
+    not_found = {"error": "", "error_description": "Not found"}
+    assert failing["result_error"] == [not_found, not_found]
+    assert failing["result"] == [] and failing["result_time"] == []
+    # An object cmd with keys "0", "1" is the same PHP array (numeric string keys become integers).
+    as_object = _batch(http, emu, {"0": "test.batch.fail", "1": "test.batch.fail"})["result"]
+    assert as_object["result_error"] == [not_found, not_found]
+    mixed = _batch(http, emu, {"0": "test.batch.echo?n=0", "1": "test.batch.echo?n=1", "01": "test.batch.fail"})
+    assert mixed["result"]["result"] == [{"n": "0"}, {"n": "1"}]
+    assert mixed["result"]["result_error"] == {"01": not_found}
+
+
 def test_batch_as_a_form_body_with_encoded_subqueries(http, emu):
     form = encode_query({"cmd": {"a": "test.batch.echo?" + encode_query({"filter": {">ID": 5}})}, "halt": 0})
     response = http.post(emu.webhook_url + "batch.json", content=form,

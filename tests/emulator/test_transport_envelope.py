@@ -8,6 +8,7 @@ must reach the handler with the same params.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 
 from emulator.registry import Page, rest_method
 
@@ -37,6 +38,18 @@ def test_success_carries_result_and_the_full_time_block(http, emu):
     assert ISO_WITH_OFFSET.match(time_block["date_start"])
     assert ISO_WITH_OFFSET.match(time_block["date_finish"])
     assert "operating_reset_at" not in time_block  # only present when non-null (facts §1.3)
+
+
+def test_time_block_dates_carry_the_portals_offset_like_its_crm_dates(http, emu):
+    body = http.post(emu.webhook_url + "crm.deal.get", json={"id": 1}).json()
+    crm_offset = datetime.fromisoformat(body["result"]["DATE_MODIFY"]).utcoffset()
+    started = datetime.fromisoformat(body["time"]["date_start"])
+    finished = datetime.fromisoformat(body["time"]["date_finish"])
+    assert started.utcoffset() == finished.utcoffset() == crm_offset == timedelta(hours=3)
+    assert started.timestamp() == int(body["time"]["start"])
+    assert finished.timestamp() == int(body["time"]["finish"])
+    batch = http.post(emu.webhook_url + "batch", json={"cmd": {"d": "crm.deal.get?id=1"}}).json()
+    assert datetime.fromisoformat(batch["result"]["result_time"]["d"]["date_start"]).utcoffset() == crm_offset
 
 
 def test_response_is_json_with_charset(http, emu):

@@ -1,5 +1,6 @@
 """The upsert rules on both engines: re-applying is a no-op, an older state never overwrites a newer
-one, tombstones are final, and history keeps one row per applied version.
+one, a tombstone holds against anything older than the deletion but gives way to a version newer than
+it (an object restored from the recycle bin), and history keeps one row per applied version.
 
 These are the properties the CDC loop's at-least-once delivery relies on (DESIGN §3): a batch may be
 committed twice after a crash, and fetches of the same entity may land out of order.
@@ -80,21 +81,53 @@ def test_equal_modification_time_with_new_content_is_applied(warehouse: Warehous
     assert warehouse.query(f"SELECT stage_id FROM {warehouse.relation('deals')}") == [("PREPARATION",)]
 
 
-def test_a_tombstone_followed_by_a_late_update_keeps_the_tombstone(warehouse: Warehouse) -> None:
+def test_an_update_older_than_the_delete_keeps_the_tombstone(warehouse: Warehouse) -> None:
     deleted_at = datetime(2024, 5, 2, tzinfo=UTC)
     with warehouse.transaction() as tx:
         tx.upsert(PORTAL, SCHEMA, deal_frame([1, 2], modified=T0))
     with warehouse.transaction() as tx:
         assert tx.tombstone(PORTAL, SCHEMA, [1], "deleted in Bitrix24", deleted_at) == 1
     with warehouse.transaction() as tx:
-        counts = tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="WON", modified=later(60 * 48)))
+        counts = tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="WON", modified=later(60 * 12)))
+        counts += tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="LOSE", modified=deleted_at))
 
-    assert counts == UpsertCounts(received=1, tombstoned=1)
+    assert counts == UpsertCounts(received=2, tombstoned=2)
     assert warehouse.query(
         f"SELECT id, stage_id, _deleted_at, _deleted_reason FROM {warehouse.relation('deals')} ORDER BY id") == [
         (1, "NEW", deleted_at, "deleted in Bitrix24"), (2, "NEW", None, None)]
     assert history(warehouse) == [(1, "NEW", T0, deleted_at), (2, "NEW", T0, None)]
     assert warehouse.query(f"SELECT id FROM {warehouse.relation('deals_current')}") == [(2,)]
+
+
+def test_a_restored_object_newer_than_its_tombstone_comes_back(warehouse: Warehouse) -> None:
+    deleted_at = datetime(2024, 5, 2, tzinfo=UTC)
+    restored_at = datetime(2024, 5, 3, tzinfo=UTC)
+    with warehouse.transaction() as tx:
+        tx.upsert(PORTAL, SCHEMA, deal_frame([1, 2], modified=T0))
+        tx.tombstone(PORTAL, SCHEMA, [1], "deleted in Bitrix24", deleted_at)
+    with warehouse.transaction() as tx:
+        counts = tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="WON", modified=restored_at))
+    with warehouse.transaction() as tx:
+        again = tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="WON", modified=restored_at))
+
+    assert counts == UpsertCounts(received=1, revived=1) and counts.written == 1
+    assert again == UpsertCounts(received=1, unchanged=1)
+    assert warehouse.query(
+        f"SELECT id, stage_id, _source_modified_at, _deleted_at, _deleted_reason "
+        f"FROM {warehouse.relation('deals')} ORDER BY id") == [
+        (1, "WON", restored_at, None, None), (2, "NEW", T0, None, None)]
+    assert history(warehouse) == [(1, "NEW", T0, deleted_at), (1, "WON", restored_at, None), (2, "NEW", T0, None)]
+    assert warehouse.query(f"SELECT id FROM {warehouse.relation('deals_current')} ORDER BY id") == [(1,), (2,)]
+
+
+def test_a_version_newer_than_a_tombstone_for_an_unseen_id_fills_the_row(warehouse: Warehouse) -> None:
+    deleted_at = datetime(2024, 5, 2, tzinfo=UTC)
+    with warehouse.transaction() as tx:
+        tx.tombstone(PORTAL, SCHEMA, [5], "not found on fetch", deleted_at)
+        counts = tx.upsert(PORTAL, SCHEMA, deal_frame([5], modified=datetime(2024, 5, 4, tzinfo=UTC)))
+
+    assert counts == UpsertCounts(received=1, revived=1)
+    assert warehouse.query(f"SELECT id, title FROM {warehouse.relation('deals_current')}") == [(5, "Deal 5")]
 
 
 def test_a_tombstone_for_an_unseen_id_stops_its_late_arrival(warehouse: Warehouse) -> None:
@@ -170,3 +203,24 @@ def test_row_versions_lists_live_and_deleted_rows_for_reconciliation(warehouse: 
     assert versions["id"].tolist() == [1, 2]
     assert versions["_source_modified_at"].tolist() == [T0, T0]
     assert versions["_deleted_at"].isna().tolist() == [True, False]
+
+
+def test_an_overwrite_replaces_a_row_held_newer_than_the_portal_and_history_records_the_correction(
+        warehouse: Warehouse) -> None:
+    deleted_at = datetime(2024, 5, 2, tzinfo=UTC)
+    with warehouse.transaction() as tx:
+        tx.upsert(PORTAL, SCHEMA, deal_frame([1, 2], stage="WON", modified=later(60)))
+        tx.upsert(PORTAL, SCHEMA, deal_frame([3], modified=T0))
+        tx.tombstone(PORTAL, SCHEMA, [3], "deleted in Bitrix24", deleted_at)
+    with warehouse.transaction() as tx:
+        counts = tx.upsert(PORTAL, SCHEMA, deal_frame([1, 3], stage="NEW", modified=later(5)), overwrite=True)
+        again = tx.upsert(PORTAL, SCHEMA, deal_frame([1], stage="NEW", modified=later(5)), overwrite=True)
+        [(corrected_at,)] = warehouse.query("SELECT now()")
+
+    assert counts == UpsertCounts(received=2, updated=1, tombstoned=1)
+    assert again == UpsertCounts(received=1, unchanged=1)
+    assert warehouse.query(
+        f"SELECT id, stage_id, _source_modified_at FROM {warehouse.relation('deals_current')} ORDER BY id") == [
+        (1, "NEW", later(5)), (2, "WON", later(60))]
+    assert [row for row in history(warehouse) if row[0] == 1] == [
+        (1, "WON", later(60), corrected_at), (1, "NEW", corrected_at, None)]
