@@ -39,10 +39,15 @@ def ensure_test_database(dsn: str) -> str | None:
                 connection.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
     except psycopg.errors.DuplicateDatabase:
         pass  # another test session created it meanwhile
-    except psycopg.Error as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    except psycopg.OperationalError as error:
+        # libpq's first line ends in the cause: "... port 5432 failed: Connection refused".
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rsplit("failed: ", 1)[-1]
+        if "FATAL" in reason:  # the server answered: a role, password or permission is wrong
+            return f"PostgreSQL at {where} refused the test set-up ({reason}): fix B24_TEST_PG_DSN or its roles"
         return (f"PostgreSQL not reachable at {where} ({reason}): start it "
                 f"(e.g. `pg_ctlcluster <version> main start`) or set B24_TEST_PG_DSN")
+    except psycopg.Error as error:
+        return f"PostgreSQL at {where} could not create database {database!r} ({error.sqlstate}): fix B24_TEST_PG_DSN"
     return None
 
 

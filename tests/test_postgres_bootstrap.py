@@ -80,3 +80,12 @@ def test_without_a_server_under_ci_postgres_tests_fail_instead_of_skipping(tmp_p
     assert result.returncode == 1, result.stdout
     assert "1 passed, 1 error" in result.stdout
     assert "CI=true: PostgreSQL tests must run, not skip" in result.stdout
+
+
+@pytest.mark.postgres
+def test_a_server_that_refuses_the_role_says_so_rather_than_unreachable() -> None:
+    hint = ensure_test_database(make_conninfo(PG_DSN, user="no_such_role_for_tests"))
+
+    assert hint is not None
+    assert hint.startswith("PostgreSQL at ")
+    assert 'role "no_such_role_for_tests" does not exist' in hint
