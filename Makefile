@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 ## Run the product on the embedded default: emulator + demo portal + DuckDB + Dagster UI on localhost.
+## Starts fresh every time (removes the previous run's state from $(DEMO_DIR); --keep-state keeps it).
 demo: $(VENV)/.installed
 	$(BIN)/python -m pipelines.demo --state-dir $(DEMO_DIR)
 
-## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432; .ci/run makes sure it is up).
+## Run the whole test suite. PostgreSQL tests use $B24_TEST_PG_DSN (default 127.0.0.1:5432/bitrix24_test):
+## the database is created if missing; without a server they skip with a hint (fail under CI=true).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
 

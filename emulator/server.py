@@ -3,7 +3,8 @@
 URL layout (contract "URLs"): ``/rest/{method}[.json]`` with an OAuth token, ``/rest/{user}/{code}/{method}``
 for webhooks, ``/oauth/authorize/`` per portal (default portal at the root, others under ``/{name}/``),
 ``/oauth/token/`` and the OAuth server's own REST (``/oauth/rest/app.info``, facts §7.5) once at the
-root, and the control API under ``/_emulator/``.
+root, and the control API under ``/_emulator/``, with an HTML index of the portals at ``/_emulator/``
+and ``/``.
 The REST path is plain ASGI to keep it cheap: it is the hot path of every benchmark.
 """
 
@@ -26,6 +27,7 @@ from emulator.auth import OAuthError, webhook_caller
 from emulator.control import build_control_app
 from emulator.errors import MethodNotFound, QueryLimitExceeded, RestError
 from emulator.faults import SLOW_KINDS, TRANSPORT_KINDS, Fault
+from emulator.index import render_index
 from emulator.params import decode_pairs, decode_query, normalize_json
 from emulator.portal import Portal
 from emulator.world import World
@@ -34,6 +36,7 @@ _JSON = b"application/json; charset=utf-8"
 _HTML = b"text/html; charset=utf-8"
 _AUTH_PARAMS = ("auth", "access_token")
 _OAUTH_REST = "/oauth/rest/"
+_INDEX_PATHS = ("/", "/_emulator", "/_emulator/")  # a browser's first stop: the portals index (emulator.index)
 _OAUTH_FAULT_KINDS = TRANSPORT_KINDS | SLOW_KINDS
 _DROPPED = "ASGI callable returned without completing response."
 _HTML_PAGE = (
@@ -123,6 +126,9 @@ class EmulatorApp:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
+        if path in _INDEX_PATHS and scope["method"] in ("GET", "HEAD"):
+            await _respond(send, 200, render_index(self.world), _HTML)
+            return
         if path.startswith("/_emulator/"):
             await self.control(scope, receive, send)
             return

@@ -36,7 +36,7 @@ def postgres_rows(schema: str, portal: str):
     return rows_of
 
 
-@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+@pytest.mark.parametrize("backend", ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_changes_made_in_the_portal_reach_the_warehouse_through_dagster(
         tmp_path: Path, backend: str, pg_schema: str) -> None:
     with run_emulator_process(counts=COUNTS, seed=5, limits=True, plan="professional") as emu:
