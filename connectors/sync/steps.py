@@ -96,10 +96,8 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
         return write_json(sync.staging_dir / "reserved.json", asdict(reserved))
 
     events: list[QueueEvent] = []
-    if mode == "changes":
-        events.extend(_recover(sync, reserved))
-    else:
-        events.extend(_recover_parked(sync, reserved))
+    # A drain also takes back the reservations that kept failed messages (journalled *parked*).
+    events.extend(_recover(sync, reserved, parked_too=mode == "error_lane"))
     while len(events) < sync.max_events:
         want = min(CHUNK, sync.max_events - len(events))
         try:
@@ -130,7 +128,7 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
     return manifest
 
 
-def _recover(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
+def _recover(sync: PortalSync, reserved: Reserved, *, parked_too: bool = False) -> list[QueueEvent]:
     journal = sync.warehouse.journal(sync.portal)
     loaded = [entry.process_id for entry in journal if entry.status is JournalStatus.LOADED]
     if loaded:
@@ -138,7 +136,8 @@ def _recover(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
         sync.queue.ack(loaded)
         sync.warehouse.mark_acked(sync.portal, loaded)
         reserved.acked_on_recovery = len(loaded)
-    unfinished = [entry.process_id for entry in journal if entry.status is JournalStatus.RESERVED]
+    held = (JournalStatus.RESERVED, JournalStatus.PARKED) if parked_too else (JournalStatus.RESERVED,)
+    unfinished = [entry.process_id for entry in journal if entry.status in held]
     if not sync.queue.extended_mode():
         return []
     orphans = list(sync.queue.find_orphans(entry.process_id for entry in journal))
@@ -149,24 +148,9 @@ def _recover(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
     reservations = sync.queue.reread_all(unfinished + orphans)
     empty = [r.process_id for r in reservations if not r.events]
     if empty:
-        # An error-lane drain that crashed holds its rows in the error lane, visible only there.
+        # A drain's reservation (crashed, or parked: its failed rows may still be reserved under it,
+        # facts §2.10) holds error-lane rows, visible only there.
         reservations = [r for r in reservations if r.events] + sync.queue.reread_all(empty, error_lane=True)
-    events = _take_over(sync, reserved, reservations)
-    reserved.recovered = len([r for r in reservations if r.events])
-    return events
-
-
-def _recover_parked(sync: PortalSync, reserved: Reserved) -> list[QueueEvent]:
-    """An error-lane drain first re-reads reservations that kept failed messages (they may still be
-    reserved under their old process_id, facts §2.10) and reservations a crashed drain left."""
-    if not sync.queue.extended_mode():
-        return []
-    journal = sync.warehouse.journal(sync.portal)
-    held = [entry.process_id for entry in journal
-            if entry.status in (JournalStatus.PARKED, JournalStatus.RESERVED)]
-    if not held:
-        return []
-    reservations = sync.queue.reread_all(held, error_lane=True)
     events = _take_over(sync, reserved, reservations)
     reserved.recovered = len([r for r in reservations if r.events])
     return events

@@ -140,14 +140,14 @@ def create_statements(d: Dialect) -> list[str]:
 
 
 def reserve(d: Dialect) -> str:
-    # A process id journalled again (recovery re-reads it) keeps its status; only a still
-    # reserved entry takes the new event count.
+    # A process id journalled again (recovery re-reads it) keeps its status, except that a parked
+    # one taken back by a drain is reserved again; only those take the new event count.
     return f"""INSERT INTO {d.qualified(JOURNAL_TABLE)} AS j
             (portal, process_id, status, event_count, reserved_at)
         SELECT %(portal)s::text, unnest(%(process_ids)s::text[]), 'reserved',
                unnest(%(event_counts)s::integer[]), %(now)s
-        ON CONFLICT (portal, process_id) DO UPDATE SET event_count = excluded.event_count
-        WHERE j.status = 'reserved'"""
+        ON CONFLICT (portal, process_id) DO UPDATE SET event_count = excluded.event_count, status = 'reserved'
+        WHERE j.status IN ('reserved', 'parked')"""
 
 
 def unknown_process_ids(d: Dialect) -> str:

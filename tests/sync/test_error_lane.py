@@ -221,3 +221,17 @@ def test_the_operating_budget_bound_holds_on_the_retry_path_too(emu, tokens, tmp
         assert time.monotonic() - started < 30, "the 2 s bound must hold on every waiting path"
     assert [str(row["ERROR"]) for row in our_rows(emu)] == ["0"], "a limit is transient: nothing parked"
 
+
+
+def test_a_drain_run_loads_a_crashed_change_reservation_instead_of_forgetting_it(emu, tokens, tmp_path) -> None:
+    target = (str(tmp_path / "wh.duckdb"), {})
+    sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
+    emu.write("deal", "update", 5, {"TITLE": "reserved, then the run died"})
+    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
+    with Bitrix24Client(app.session(PORTAL, tokens), retry=FAST) as client, open_warehouse(target[0]) as wh:
+        taken = PortalSync(PORTAL, client, wh, tmp_path / "dead").queue.reserve()
+        wh.record_reserved(PORTAL, {pid: 1 for pid in taken.process_ids})
+
+    sync(emu, tokens, target, tmp_path / "d1", mode="error_lane")  # the next run happens to be a drain
+    assert our_rows(emu) == []
+    assert stored_title(target, "deals", 5) == "reserved, then the run died"
