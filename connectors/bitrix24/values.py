@@ -51,6 +51,8 @@ EXCERPT = 60  # characters of a value shown in an example
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _DECIMAL_LIMIT = Decimal(10) ** 16  # DECIMAL(18, 2) holds 16 digits before the point
 _CENT = Decimal("0.01")
+_DATE_START = re.compile(r"\d{4}-\d{2}-\d{2}")
+_INT64_DIGITS = 18  # adjusted exponent of INT64_MAX (9.2e18): anything larger is out of range
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _ZERO_DATE = "0000-00-00"
 _WORDS = {"Y": True, "1": True, "TRUE": True, "N": False, "0": False, "FALSE": False}
@@ -206,7 +208,8 @@ def _integer(value: object) -> int | _Bad:
             return BAD
         number = int(value)
     elif isinstance(value, str) and (parsed := _number(value)) is not None:
-        if parsed != parsed.to_integral_value():
+        # Range first: int() of "1e999999999" would build a billion-digit number (minutes of CPU).
+        if parsed.adjusted() > _INT64_DIGITS or parsed != parsed.to_integral_value():
             return BAD
         number = int(parsed)
     else:
@@ -338,7 +341,8 @@ def _fast_timestamps(values: pd.Series) -> pd.Series | None:
 
 
 def _timestamp(value: object) -> pd.Timestamp | _Bad:
-    if not isinstance(value, str):
+    # Only text that starts like a date: pandas reads "now" and "today" as the current time.
+    if not isinstance(value, str) or not _DATE_START.match(value.strip()):
         return BAD
     try:
         moment = pd.to_datetime(value.strip(), format="ISO8601", utc=True)

@@ -110,6 +110,8 @@ ODD_VALUES = [
     ("CATEGORY_ID", "9223372036854775807", "category_id", 9223372036854775807, KEPT),
     ("CATEGORY_ID", 9223372036854775807, "category_id", 9223372036854775807, KEPT),
     ("CATEGORY_ID", "abc", "category_id", None, NULLED),
+    ("CATEGORY_ID", "1e999999999", "category_id", None, NULLED),  # must not expand a billion digits
+    ("CATEGORY_ID", "1e3", "category_id", 1000, KEPT),
     ("CATEGORY_ID", "1.5", "category_id", None, NULLED),
     ("CATEGORY_ID", "1_000", "category_id", None, NULLED),
     ("CATEGORY_ID", " 12 ", "category_id", 12, KEPT),
@@ -150,6 +152,8 @@ ODD_VALUES = [
     ("DATE_CREATE", "0000-00-00T00:00:00+03:00", "date_create", None, EMPTY),
     ("DATE_CREATE", "0000-00-00 00:00:00", "date_create", None, EMPTY),
     ("DATE_CREATE", "yesterday", "date_create", None, NULLED),
+    ("DATE_CREATE", "now", "date_create", None, NULLED),  # pandas alone would read the current time
+    ("DATE_CREATE", "today", "date_create", None, NULLED),
     ("DATE_CREATE", "3000-01-01T00:00:00+03:00", "date_create", None, NULLED),  # beyond datetime64[ns]
     ("DATE_CREATE", ["2024-05-01T10:00:00+03:00"], "date_create", pd.Timestamp("2024-05-01T07:00:00Z"), KEPT),
     ("DATE_CREATE", "2024-05-01 10:00:00", "date_create", pd.Timestamp("2024-05-01T10:00:00Z"), KEPT),
