@@ -182,11 +182,12 @@ def _adopt_orphans(sync: PortalSync, reserved: Reserved, *, error_lane: bool) ->
 
 def _discarded(sync: PortalSync, events: list[QueueEvent]) -> list[str]:
     """Messages an operator discarded are acknowledged without loading; a newer occurrence of the
-    same message (a later change of the object) is not covered by the discard and is loaded."""
-    discarded_at = {entry.message_id: entry.resolved_at
-                    for entry in sync.warehouse.error_lane(sync.portal, ParkedStatus.DISCARDED)}
-    return sorted({event.message_id for event in events
-                   if event.message_id in discarded_at and event.timestamp <= discarded_at[event.message_id]})
+    same message (a later change of the object moves its TIMESTAMP_X, facts §2.10) is not covered
+    by the discard and is loaded. Both times come from the portal's clock, never ours."""
+    failed_at = {entry.message_id: entry.last_event_at
+                 for entry in sync.warehouse.error_lane(sync.portal, ParkedStatus.DISCARDED)}
+    return sorted({event.message_id for event in events if event.message_id in failed_at
+                   and failed_at[event.message_id] is not None and event.timestamp <= failed_at[event.message_id]})
 
 
 def _write_reserved(sync: PortalSync, reserved: Reserved, events: list[QueueEvent]) -> Path:
@@ -379,7 +380,7 @@ def _park(fetched: Fetched, events_by_object: ObjectEvents, key: str, errors: Ma
             if event.process_id:
                 fetched.failed.setdefault(event.process_id, []).append(event.message_id)
                 fetched.failures.append(FailedMessage(event.message_id, event.event_name, key, entity_id,
-                                                      redact(error)))
+                                                      redact(error), event.timestamp.isoformat()))
 
 
 # --- commit ----------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class FailedMessage:
     entity_kind: str | None
     entity_id: int | None
     error: str
+    event_at: str | None = None  # the failed row's TIMESTAMP_X (ISO 8601): the portal's clock
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ErrorLaneEntry:
     first_failed_at: datetime
     last_failed_at: datetime
     last_error: str | None
+    last_event_at: datetime | None = None  # TIMESTAMP_X of the last failed occurrence (portal clock)
     resolved_at: datetime | None = None  # loaded or discarded at
     discarded_by: str | None = None
     discard_reason: str | None = None
@@ -132,6 +134,7 @@ def create_statements(d: Dialect) -> list[str]:
             first_failed_at {d.timestamp} NOT NULL,
             last_failed_at {d.timestamp} NOT NULL,
             last_error {d.text},
+            last_event_at {d.timestamp},
             resolved_at {d.timestamp},
             discarded_by {d.text},
             discard_reason {d.text},
@@ -212,22 +215,23 @@ def runs(d: Dialect) -> str:
 # --- the error-lane ledger -------------------------------------------------------------------
 
 ERROR_LANE_COLUMNS = ("portal", "message_id", "event_name", "entity_kind", "entity_id", "status", "attempts",
-                      "first_failed_at", "last_failed_at", "last_error", "resolved_at", "discarded_by",
-                      "discard_reason")
+                      "first_failed_at", "last_failed_at", "last_error", "last_event_at", "resolved_at",
+                      "discarded_by", "discard_reason")
 
 
 def park(d: Dialect) -> str:
     # A message failing again counts another attempt; one that had left the lane starts over.
     return f"""INSERT INTO {d.qualified(ERROR_LANE_TABLE)} AS e
             (portal, message_id, event_name, entity_kind, entity_id, status, attempts, first_failed_at,
-             last_failed_at, last_error)
+             last_failed_at, last_error, last_event_at)
         SELECT %(portal)s::text, unnest(%(message_ids)s::text[]), unnest(%(event_names)s::text[]),
                unnest(%(kinds)s::text[]), unnest(%(entity_ids)s::bigint[]), 'parked', 1, %(now)s, %(now)s,
-               unnest(%(errors)s::text[])
+               unnest(%(errors)s::text[]), unnest(%(event_ats)s::{d.timestamp}[])
         ON CONFLICT (portal, message_id) DO UPDATE SET
             attempts = CASE WHEN e.status = 'parked' THEN e.attempts + 1 ELSE 1 END,
             first_failed_at = CASE WHEN e.status = 'parked' THEN e.first_failed_at ELSE excluded.first_failed_at END,
             status = 'parked', last_failed_at = excluded.last_failed_at, last_error = excluded.last_error,
+            last_event_at = excluded.last_event_at,
             event_name = excluded.event_name, resolved_at = NULL, discarded_by = NULL, discard_reason = NULL"""
 
 

@@ -326,7 +326,8 @@ class SqlTransaction(Transaction):
             "portal": portal, "now": _now(),
             "message_ids": [f.message_id for f in unique], "event_names": [f.event_name for f in unique],
             "kinds": [f.entity_kind for f in unique], "entity_ids": [f.entity_id for f in unique],
-            "errors": [f.error[:2000] for f in unique]})
+            "errors": [f.error[:2000] for f in unique],
+            "event_ats": [datetime.fromisoformat(f.event_at) if f.event_at else None for f in unique]})
         return len(unique)
 
     def resolve_parked(self, portal: str, message_ids: Iterable[str]) -> int:

@@ -28,7 +28,7 @@ from connectors.bitrix24.install_check import server_endpoint_for
 from connectors.receiver import ReceiverSettings, create_app, portal_key
 from connectors.receiver.__main__ import allowed_domains
 from connectors.receiver.binding import bind_portal
-from connectors.state import PortalStatus, StateStore, open_state_store
+from connectors.state import Portal, PortalStatus, StateStore, open_state_store
 from emulator.events import Origin
 from emulator.outbound import wait_idle
 from emulator.testing import ThreadEmulator, run_emulator
@@ -390,3 +390,16 @@ def test_presented_access_tokens_never_reach_the_log(
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "app.info?auth=***" in logged
     assert forged["access_token"] not in logged and genuine["access_token"] not in logged
+
+
+def test_an_install_whose_portal_key_belongs_to_another_portal_is_refused_and_changes_nothing(
+        emu: ThreadEmulator, receiver: str, state: StateStore) -> None:
+    auth = genuine_auth(emu)
+    key = portal_key(auth["client_endpoint"])
+    # Another portal whose address made the same key (e.g. host "a.example.com-8443" vs port 8443).
+    state.save_portal(Portal(key=key, member_id="another-member", domain="a.example.com-8443",
+                             client_endpoint="https://a.example.com-8443/rest/", application_token="c" * 32))
+    response = httpx.post(f"{receiver}/install", data=install_form(auth))
+    assert response.status_code == 409 and response.json()["error"] == "install_conflict"
+    assert state.portal(key).member_id == "another-member"
+    assert state.load_token(key) is None
