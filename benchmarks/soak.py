@@ -14,7 +14,7 @@ clean error-lane drain if anything is parked) runs, and the trial is checked:
 - nothing is parked in the ``_error_lane`` ledger and our connector's queue is empty;
 - no staged files are left under ``B24_STAGING_DIR`` and no ``b24wh-*`` in the runs' TMPDIR.
 
-    python benchmarks/soak.py [--trials 20] [--seed 1] [--fault-rate 0.25] [--kill-rate 0.3]
+    python benchmarks/soak.py [--trials 30] [--seed 1] [--fault-rate 0.25] [--kill-rate 0.3]
 
 Last line: ``soak_trials=<n> kills=<k> lost=<objects> duplicates=<rows> leftover_staging=<entries>``;
 the exit status is 1 when any check failed (the failing trial, seed and differences are printed).
@@ -29,6 +29,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -189,13 +190,14 @@ def run_trial(soak: Soak, number: int, verbose: bool = False) -> Trial:
     trial = Trial(number)
     started = time.monotonic()
     rng = soak.rng
+    # The activity goes on into the first runs, so they race it; it stops after a second or two.
     soak.emu.start_activity(rng.uniform(100, 250), seed=rng.randrange(2**31))
-    time.sleep(rng.uniform(0.3, 1.0))
+    activity = threading.Timer(rng.uniform(0.8, 2.0), soak.emu.stop_activity)
+    activity.start()
+    time.sleep(0.3)
     soak.inject_faults()
     try:
         while trial.runs < MAX_RUNS_PER_TRIAL:
-            if trial.runs == 1:
-                soak.emu.stop_activity()  # the first run of a trial races the activity
             mode = rng.choices(list(MODE_WEIGHTS), weights=list(MODE_WEIGHTS.values()))[0]
             kill = rng.choice([*POINTS, "timer", "timer"]) if rng.random() < soak.kill_rate else None
             began = time.monotonic()
@@ -211,10 +213,12 @@ def run_trial(soak: Soak, number: int, verbose: bool = False) -> Trial:
                 trial.timeouts += 1
             elif code != 0:
                 trial.failed += 1
-            elif trial.runs > 1 and not soak.our_queue():
+            elif not activity.is_alive() and not soak.our_queue():
                 trial.converged = True
                 break
     finally:
+        activity.cancel()
+        activity.join()
         soak.emu.stop_activity()
         soak.clear_faults()
 
@@ -246,7 +250,7 @@ def run_trial(soak: Soak, number: int, verbose: bool = False) -> Trial:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-rate", type=float, default=0.25, help="chance that a request meets a fault")
     parser.add_argument("--kill-rate", type=float, default=0.3, help="chance that a run is SIGKILLed")
