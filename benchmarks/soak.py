@@ -52,7 +52,8 @@ COUNTS = {"deal": 300, "contact": 150, "company": 60, "lead": 80, "activity": 10
 # connection come after it ran (the portal changed state, the answer is lost): the hard case.
 REST_FAULTS = ("http_500", "html", "malformed_json", "drop", "expire_token")
 # Token-endpoint faults answer before the refresh runs: a refresh whose answer is lost after the
-# server rotated the pair leaves no usable refresh token (facts §7.3), which no client can recover from.
+# server rotated the pair leaves no usable refresh token (a used one is invalid, facts §7.2): only a
+# reinstall recovers from that, so the soak does not inject it.
 OAUTH_FAULTS = ("http_500", "html", "malformed_json", "drop")
 TRACKED = 10**9  # a fault's `count`; what it has used up is how often it fired
 MAX_RUNS_PER_TRIAL = 30
@@ -98,16 +99,18 @@ class Soak:
         self.env.pop("B24WH_FAILPOINT", None)
         self.env.pop("B24WH_FAILPOINT_ONCE", None)
         self.fired = {"rest": 0, "oauth": 0}
+        self.last_stderr = ""
 
     # -- faults ---------------------------------------------------------------------------------
 
     def inject_faults(self) -> None:
         """Faults on ``*`` whose combined chance per request is ``fault_rate`` (the first match fires)."""
-        for kinds, add in ((REST_FAULTS, self.emu.add_fault), (OAUTH_FAULTS, self.emu.add_oauth_fault)):
-            rate = 1 - (1 - self.fault_rate) ** (1 / len(kinds))
-            for kind in kinds:
-                options = {"phase": "before"} if add == self.emu.add_oauth_fault else {}
-                add("token" if options else "*", kind, rate=rate, count=TRACKED, **options)
+        rate = 1 - (1 - self.fault_rate) ** (1 / len(REST_FAULTS))
+        for kind in REST_FAULTS:
+            self.emu.add_fault("*", kind, rate=rate, count=TRACKED)
+        rate = 1 - (1 - self.fault_rate) ** (1 / len(OAUTH_FAULTS))
+        for kind in OAUTH_FAULTS:
+            self.emu.add_oauth_fault("token", kind, rate=rate, count=TRACKED, phase="before")
 
     def clear_faults(self) -> None:
         """Remove the faults and add what they fired to the totals."""
