@@ -145,15 +145,26 @@ def _recover(sync: PortalSync, reserved: Reserved, *, parked_too: bool = False) 
         log.warning("portal %s: %d reservations not in the journal (crash before the journal write); "
                     "re-reading them", sync.portal, len(orphans))
         sync.warehouse.record_reserved(sync.portal, dict.fromkeys(orphans, 0))
-    reservations = sync.queue.reread_all(unfinished + orphans)
-    empty = [r.process_id for r in reservations if not r.events]
-    if empty:
-        # A drain's reservation (crashed, or parked: its failed rows may still be reserved under it,
-        # facts §2.10) holds error-lane rows, visible only there.
-        reservations = [r for r in reservations if r.events] + sync.queue.reread_all(empty, error_lane=True)
+    # A drain's reservation (crashed, or parked: its failed rows may still be reserved under it,
+    # facts §2.10) holds error-lane rows; a change run's holds normal ones.
+    reservations = _reread_both_lanes(sync, unfinished + orphans, error_lane=False)
     events = _take_over(sync, reserved, reservations)
     reserved.recovered = len([r for r in reservations if r.events])
     return events
+
+
+def _reread_both_lanes(sync: PortalSync, process_ids: Sequence[str], *, error_lane: bool) -> list[Reservation]:
+    """Re-read reservations in the lane given, then the empty ones in the other lane.
+
+    ``get`` filters on ERROR (facts §2.7), so a reservation of the other lane reads as empty: a
+    change run that died holds normal rows, a drain that died holds error-lane rows. Only one
+    empty in both lanes is finished; any other is taken over, whichever kind of run finds it.
+    """
+    reservations = sync.queue.reread_all(process_ids, error_lane=error_lane)
+    empty = [r.process_id for r in reservations if not r.events and r.process_id]
+    if not empty:
+        return reservations
+    return [r for r in reservations if r.events] + sync.queue.reread_all(empty, error_lane=not error_lane)
 
 
 def _take_over(sync: PortalSync, reserved: Reserved, reservations: Sequence[Reservation]) -> list[QueueEvent]:
@@ -176,8 +187,7 @@ def _adopt_orphans(sync: PortalSync, reserved: Reserved, *, error_lane: bool) ->
     if not orphans:
         return []
     sync.warehouse.record_reserved(sync.portal, dict.fromkeys(orphans, 0))
-    reservations = sync.queue.reread_all(orphans, error_lane=error_lane)
-    return _take_over(sync, reserved, reservations)
+    return _take_over(sync, reserved, _reread_both_lanes(sync, orphans, error_lane=error_lane))
 
 
 def _discarded(sync: PortalSync, events: list[QueueEvent]) -> list[str]:
