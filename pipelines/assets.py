@@ -147,7 +147,7 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
             "run_http_requests": usage["http_requests"],
             "run_operating_s": round(usage["operating_s"], 3),
             "reservations_acked": cleared,
-            "parked_in_error_lane": sum(len(ids) for ids in fetched.failed.values()),
+            "parked_in_error_lane": len(fetched.failures),
             "mode": fetched.reserved.mode,
         }, output_name=name)
     # A failed run's files stay for debugging until the portal's next run has recovered from it.

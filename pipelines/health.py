@@ -45,16 +45,22 @@ def unique_ids_check(asset_name: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+def _last_sync(context: dg.AssetCheckExecutionContext, asset_name: str) -> dict[str, dg.MetadataValue] | None:
+    """The metadata of the asset's latest materialization for this portal; None before the first."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key(asset_name), asset_partitions=[context.partition_key]),
+        limit=1).records
+    return records[0].asset_materialization.metadata if records else None
+
+
 def sync_lag_check(asset_name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=asset_key(asset_name), name="sync_lag", partitions_def=portals,
                     description=f"The oldest change of the last sync waited under {MAX_LAG_S:.0f} s.")
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key(asset_name), asset_partitions=[context.partition_key]),
-            limit=1).records
-        if not records:
+        metadata = _last_sync(context, asset_name)
+        if metadata is None:
             return dg.AssetCheckResult(passed=True, metadata={"lag_s": 0.0, "synced": False})
-        lag = records[0].asset_materialization.metadata.get("lag_s")
+        lag = metadata.get("lag_s")
         lag_s = float(lag.value) if lag is not None else 0.0
         return dg.AssetCheckResult(passed=lag_s <= MAX_LAG_S, metadata={"lag_s": lag_s})
 
@@ -66,10 +72,7 @@ def value_coercions_check(asset_name: str) -> dg.AssetChecksDefinition:
                     description="The last sync stored every value in its column's type; warns, with examples, "
                                 "when values that did not fit were stored as NULL (the record's _raw keeps them).")
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=asset_key(asset_name), asset_partitions=[context.partition_key]),
-            limit=1).records
-        metadata = records[0].asset_materialization.metadata if records else {}
+        metadata = _last_sync(context, asset_name) or {}
         nulled = metadata.get("values_nulled")
         count = int(nulled.value) if nulled is not None else 0
         details = metadata.get(VALUE_COERCIONS)

@@ -30,6 +30,7 @@ the fast path cannot take is looked at cell by cell.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -240,10 +241,6 @@ def _fast_doubles(values: pd.Series) -> pd.Series | None:
     return numbers
 
 
-def _finite(number: float) -> bool:
-    return number - number == 0
-
-
 def _double(value: object) -> float | _Bad:
     if isinstance(value, bool):
         return float(value)
@@ -256,7 +253,7 @@ def _double(value: object) -> float | _Bad:
         number = float(parsed)
     else:
         return BAD
-    return number if _finite(number) else BAD
+    return number if math.isfinite(number) else BAD
 
 
 def _build_doubles(cells: list, index: pd.Index) -> pd.Series:

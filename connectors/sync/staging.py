@@ -148,9 +148,7 @@ class TablePart:
     coerced: dict[str, dict] = field(default_factory=dict)  # values nulled by the value policy (`Coercions`)
 
     def add_coercions(self, coercions: Coercions) -> None:
-        report = Coercions.from_json(self.coerced)
-        report.merge(coercions)
-        self.coerced = report.to_json()
+        self.coerced = _merged(self.coerced, coercions)
 
 
 @dataclass
@@ -159,9 +157,16 @@ class Fetched:
 
     reserved: Reserved
     tables: list[TablePart] = field(default_factory=list)
-    failed: dict[str, list[str]] = field(default_factory=dict)  # process_id -> MESSAGE_IDs to the error lane
-    failures: list[FailedMessage] = field(default_factory=list)  # the same messages, with object and reason
+    failures: list[FailedMessage] = field(default_factory=list)  # messages to the error lane, with the reason
     unknown_events: int = 0
+
+    @property
+    def failed(self) -> dict[str, set[str]]:
+        """process_id -> the MESSAGE_IDs of that reservation that go to the error lane."""
+        by_reservation: dict[str, set[str]] = {}
+        for failure in self.failures:
+            by_reservation.setdefault(failure.process_id, set()).add(failure.message_id)
+        return by_reservation
 
 
 @dataclass
@@ -179,9 +184,14 @@ class TableOutcome:
         return Coercions.from_json(self.coerced).total
 
     def add_coercions(self, coerced: dict[str, dict]) -> None:
-        report = Coercions.from_json(self.coerced)
-        report.merge(Coercions.from_json(coerced))
-        self.coerced = report.to_json()
+        self.coerced = _merged(self.coerced, Coercions.from_json(coerced))
+
+
+def _merged(coerced: dict[str, dict], more: Coercions) -> dict[str, dict]:
+    """A `Coercions` report in its manifest form (``Coercions.to_json``) with ``more`` added."""
+    report = Coercions.from_json(coerced)
+    report.merge(more)
+    return report.to_json()
 
 
 @dataclass
@@ -206,7 +216,6 @@ def fetched_from_json(payload: dict) -> Fetched:
         reserved=Reserved(**payload["reserved"]),
         tables=[TablePart(**{**part, "tombstones": [tuple(t) for t in part["tombstones"]]})
                 for part in payload["tables"]],
-        failed=payload["failed"],
         failures=[FailedMessage(**failure) for failure in payload.get("failures", [])],
         unknown_events=payload["unknown_events"],
     )

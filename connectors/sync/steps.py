@@ -388,9 +388,9 @@ def _park(fetched: Fetched, events_by_object: ObjectEvents, key: str, errors: Ma
     for entity_id, error in errors.items():
         for event in events_by_object.get((key, entity_id), ()):
             if event.process_id:
-                fetched.failed.setdefault(event.process_id, []).append(event.message_id)
-                fetched.failures.append(FailedMessage(event.message_id, event.event_name, key, entity_id,
-                                                      redact(error), event.timestamp.isoformat()))
+                fetched.failures.append(FailedMessage(
+                    event.message_id, event.event_name, key, entity_id, redact(error),
+                    event_at=event.timestamp.isoformat(), process_id=event.process_id))
 
 
 # --- commit ----------------------------------------------------------------------------------
@@ -423,7 +423,7 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
         if fetched.failures:
             tx.park(sync.portal, fetched.failures)
         if fetched.reserved.mode == "error_lane":
-            failed = {message for messages in fetched.failed.values() for message in messages}
+            failed = {failure.message_id for failure in fetched.failures}
             tx.resolve_parked(sync.portal, [event.message_id for event in _reserved_events(fetched)
                                             if event.message_id not in failed])
         if fetched.reserved.process_ids:
@@ -462,7 +462,7 @@ def ack(sync: PortalSync, committed_path: str | Path) -> int:
     process_ids = fetched.reserved.process_ids
     if not process_ids:
         return 0
-    failed = {pid: set(messages) for pid, messages in fetched.failed.items()}
+    failed = fetched.failed
     loaded: dict[str, list[QueueEvent]] = {pid: [] for pid in failed}
     if failed:
         for event in _reserved_events(fetched):

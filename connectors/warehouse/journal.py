@@ -51,6 +51,7 @@ class FailedMessage:
     entity_id: int | None
     error: str
     event_at: str | None = None  # the failed row's TIMESTAMP_X (ISO 8601): the portal's clock
+    process_id: str = ""  # the reservation it came from (the ledger does not keep it)
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, OfflineQueue
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OfflineQueue
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import run_once
 from connectors.warehouse import open_warehouse
 from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare, duckdb_rows
+from tests.sync.conftest import PORTAL, app_keys
 
-PORTAL = "default"
 COUNTS = {"deal": 400, "contact": 200, "company": 100, "lead": 100, "activity": 150, "item": 60}
 
 
@@ -35,16 +35,9 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def tokens(tmp_path: Path, emu: ThreadEmulator) -> FileTokenStore:
-    store = FileTokenStore(tmp_path / "tokens")
-    store.save(PORTAL, emu.install_tokens())
-    return store
-
-
 def sync_once(emu: ThreadEmulator, tokens: FileTokenStore, warehouse_path: Path, staging: Path,
               mode: str = "changes") -> None:
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
+    app = app_keys(emu)
     with Bitrix24Client(app.session(PORTAL, tokens)) as client, open_warehouse(warehouse_path) as warehouse:
         run_once(PortalSync(PORTAL, client, warehouse, staging), mode)
 
@@ -148,7 +141,7 @@ def test_without_extended_offline_events_the_queue_is_drained_with_clear_1_and_r
     with run_emulator(limits=False, plan="standard", counts=COUNTS, seed=7) as standard:
         store = FileTokenStore(tmp_path / "tokens")
         store.save(PORTAL, standard.install_tokens())
-        app = OAuthApp(standard.client_id, standard.client_secret, token_url=f"{standard.url}/oauth/token/")
+        app = app_keys(standard)
         with Bitrix24Client(app.session(PORTAL, store)) as client:
             # Feature flags are cached per portal key for an hour; this emulator reuses "default".
             assert not OfflineQueue(client).features(refresh=True).offline_extended
@@ -170,7 +163,7 @@ def test_a_crashed_error_lane_drain_is_recovered_by_the_next_run(
     warehouse = tmp_path / "wh.duckdb"
     sync_once(emu, tokens, warehouse, tmp_path / "s0", mode="full_resync")
     emu.world.portal(PORTAL).crm.write("deal", "update", 3, {"TITLE": "parked"}, Origin(user_id=2))
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
+    app = app_keys(emu)
     with Bitrix24Client(app.session(PORTAL, tokens)) as client, open_warehouse(warehouse) as wh:
         queue = OfflineQueue(client, DEFAULT_CONNECTOR)
         taken = queue.reserve()

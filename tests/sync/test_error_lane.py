@@ -14,23 +14,21 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from connectors.bitrix24 import Bitrix24Client, Bitrix24Error, FileTokenStore, OAuthApp, RetryPolicy
+from connectors.bitrix24 import Bitrix24Client, Bitrix24Error, FileTokenStore, RetryPolicy
 from connectors.bitrix24.errors import OperationTimeLimit
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import fetch, reserve, run_once
-from connectors.warehouse import ParkedStatus, WarehouseError, open_warehouse
+from connectors.warehouse import ParkedStatus, WarehouseError
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare, duckdb_rows
-from tests.warehouse.conftest import PG_DSN
+from tests.sync.conftest import PORTAL, app_keys
+from tests.warehouse.conftest import WarehouseTarget
 
-PORTAL = "default"
 COUNTS = {"deal": 30, "contact": 20, "company": 10, "lead": 10, "activity": 10, "item": 5}
 FAST = RetryPolicy(attempts=4, backoff_base_s=0.05, backoff_max_s=0.2)
 
@@ -41,29 +39,14 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def tokens(tmp_path: Path, emu: ThreadEmulator) -> FileTokenStore:
-    store = FileTokenStore(tmp_path / "tokens")
-    store.save(PORTAL, emu.install_tokens())
-    return store
+def duckdb_target(tmp_path: Path) -> WarehouseTarget:
+    return WarehouseTarget("duckdb", str(tmp_path / "wh.duckdb"), {})
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict]]:
-    if request.param == "duckdb":
-        yield str(tmp_path / "wh.duckdb"), {}
-        return
-    schema = f"el_{uuid.uuid4().hex[:10]}"
-    yield PG_DSN, {"schema": schema}
-    with psycopg.connect(PG_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: tuple[str, dict], staging: Path,
+def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, staging: Path,
          mode: str = "changes", retry: RetryPolicy = FAST) -> None:
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
-    with Bitrix24Client(app.session(PORTAL, tokens), retry=retry) as client, \
-            open_warehouse(target[0], **target[1]) as warehouse:
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=retry) as client, \
+            target.open() as warehouse:
         run_once(PortalSync(PORTAL, client, warehouse, staging), mode)
 
 
@@ -71,62 +54,62 @@ def our_rows(emu: ThreadEmulator) -> list[dict]:
     return [row for row in emu.queue() if row["CONNECTOR_ID"] == DEFAULT_CONNECTOR]
 
 
-def stored_title(target: tuple[str, dict], table: str, entity_id: int, column: str = "title") -> str | None:
-    with open_warehouse(target[0], **target[1]) as warehouse:
+def stored_title(target: WarehouseTarget, table: str, entity_id: int, column: str = "title") -> str | None:
+    with target.open() as warehouse:
         rows = warehouse.query(f"SELECT {column} FROM {warehouse.relation(table)} WHERE portal = %(p)s "
                                f"AND id = %(id)s", {"p": PORTAL, "id": entity_id})
     return rows[0][0] if rows else None
 
 
-def ledger(target: tuple[str, dict], status: ParkedStatus | None = None):
-    with open_warehouse(target[0], **target[1]) as warehouse:
+def ledger(target: WarehouseTarget, status: ParkedStatus | None = None):
+    with target.open() as warehouse:
         return warehouse.error_lane(PORTAL, status)
 
 
 @pytest.mark.parametrize("error_unreserves_lane_rows", [False, True], ids=["lane-rows-stay-reserved",
                                                                           "lane-rows-unreserved"])
 def test_a_refused_object_stays_in_the_error_lane_through_failing_drains_until_it_loads(
-        emu, tokens, warehouse_url, tmp_path, error_unreserves_lane_rows) -> None:
+        emu, tokens, warehouse_target, tmp_path, error_unreserves_lane_rows) -> None:
     emu.patch_portal(error_unreserves_lane_rows=error_unreserves_lane_rows)
-    sync(emu, tokens, warehouse_url, tmp_path / "s0", mode="full_resync")
+    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync")
     emu.write("deal", "update", 4, {"TITLE": "refused for now"})
     emu.write("contact", "update", 2, {"NAME": "Loads fine"})
     emu.add_fault("crm.deal.list", "access_denied")
 
-    sync(emu, tokens, warehouse_url, tmp_path / "s1")
-    assert stored_title(warehouse_url, "contacts", 2, "name") == "Loads fine"
+    sync(emu, tokens, warehouse_target, tmp_path / "s1")
+    assert stored_title(warehouse_target, "contacts", 2, "name") == "Loads fine"
     assert [(str(row["ERROR"]), row["EVENT_NAME"]) for row in our_rows(emu)] == [("1", "ONCRMDEALUPDATE")]
-    [parked] = ledger(warehouse_url)
+    [parked] = ledger(warehouse_target)
     assert (parked.entity_kind, parked.entity_id, parked.attempts) == ("deal", 4, 1)
     assert "ACCESS_DENIED" in (parked.last_error or "")
 
     for attempt in (2, 3):  # the scheduled drain fails it again: the row must survive each time
-        sync(emu, tokens, warehouse_url, tmp_path / f"d{attempt}", mode="error_lane")
+        sync(emu, tokens, warehouse_target, tmp_path / f"d{attempt}", mode="error_lane")
         assert len(our_rows(emu)) == 1, "a drain that failed again must not delete the row"
-        [parked] = ledger(warehouse_url)
+        [parked] = ledger(warehouse_target)
         assert parked.attempts == attempt
 
     emu.clear_faults()
-    sync(emu, tokens, warehouse_url, tmp_path / "d4", mode="error_lane")
+    sync(emu, tokens, warehouse_target, tmp_path / "d4", mode="error_lane")
     assert our_rows(emu) == []
-    assert stored_title(warehouse_url, "deals", 4) == "refused for now"
-    [resolved] = ledger(warehouse_url, None)
+    assert stored_title(warehouse_target, "deals", 4) == "refused for now"
+    [resolved] = ledger(warehouse_target, None)
     assert resolved.status is ParkedStatus.LOADED and resolved.resolved_at is not None
 
 
 def test_an_operator_discard_is_recorded_and_acknowledged_by_the_next_drain_but_a_later_change_loads(
         emu, tokens, tmp_path) -> None:
-    target = (str(tmp_path / "wh.duckdb"), {})
+    target = duckdb_target(tmp_path)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     emu.write("deal", "update", 6, {"TITLE": "poisoned"})
     emu.add_fault("crm.deal.list", "access_denied")
     sync(emu, tokens, target, tmp_path / "s1")
     [parked] = ledger(target)
 
-    with open_warehouse(target[0]) as warehouse, pytest.raises(WarehouseError, match="who"):
+    with target.open() as warehouse, pytest.raises(WarehouseError, match="who"):
         warehouse.discard(PORTAL, [parked.message_id], by=" ", reason="")
     cli = [sys.executable, "-m", "connectors.sync.error_lane"]
-    where = ["--portal", PORTAL, "--warehouse", target[0]]
+    where = ["--portal", PORTAL, "--warehouse", target.target]
     listed = subprocess.run([*cli, "list", *where], capture_output=True, text=True, check=True).stdout
     assert json.loads(listed)["message_id"] == parked.message_id
     refused = subprocess.run([*cli, "discard", *where, "--message-id", "f" * 32, "--by", "ops", "--reason", "x"],
@@ -147,7 +130,7 @@ def test_an_operator_discard_is_recorded_and_acknowledged_by_the_next_drain_but_
 
 
 def test_a_transient_fault_during_fetch_fails_the_step_and_parks_nothing(emu, tokens, tmp_path) -> None:
-    target = (str(tmp_path / "wh.duckdb"), {})
+    target = duckdb_target(tmp_path)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     for deal in (1, 2, 3):
         emu.write("deal", "update", deal, {"TITLE": f"changed {deal}"})
@@ -160,11 +143,11 @@ def test_a_transient_fault_during_fetch_fails_the_step_and_parks_nothing(emu, to
 
     sync(emu, tokens, target, tmp_path / "s2")
     assert our_rows(emu) == []
-    assert compare(emu, duckdb_rows(target[0])) == []
+    assert compare(emu, duckdb_rows(target.target)) == []
 
 
 def test_a_quarter_of_answers_cut_off_still_drains_everything_with_nothing_lost(emu, tokens, tmp_path) -> None:
-    target = (str(tmp_path / "wh.duckdb"), {})
+    target = duckdb_target(tmp_path)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     emu.start_activity(200, seed=5)
     time.sleep(1.5)
@@ -181,18 +164,17 @@ def test_a_quarter_of_answers_cut_off_still_drains_everything_with_nothing_lost(
             break
     emu.clear_faults()
     assert our_rows(emu) == [], f"queue not drained after {attempt + 1} runs ({failed_runs} failed)"
-    assert compare(emu, duckdb_rows(target[0])) == []
+    assert compare(emu, duckdb_rows(target.target)) == []
     assert ledger(target) == []
 
 
 def test_a_lost_reserve_answer_is_recovered_in_the_same_run_instead_of_repeating_it(
         emu, tokens, tmp_path) -> None:
-    target = (str(tmp_path / "wh.duckdb"), {})
+    target = duckdb_target(tmp_path)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     for deal in (7, 8, 9):
         emu.write("deal", "update", deal, {"TITLE": f"reserved blind {deal}"})
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
-    with Bitrix24Client(app.session(PORTAL, tokens), retry=FAST) as client, open_warehouse(target[0]) as wh:
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=FAST) as client, target.open() as wh:
         portal_sync = PortalSync(PORTAL, client, wh, tmp_path / "s1")
         portal_sync.queue.features()  # asked before the fault, so the next batch is the reserve
         emu.add_fault("batch", "malformed_json", count=1)
@@ -206,17 +188,16 @@ def test_a_lost_reserve_answer_is_recovered_in_the_same_run_instead_of_repeating
 
 
 def test_the_operating_budget_bound_holds_on_the_retry_path_too(emu, tokens, tmp_path) -> None:
-    target = (str(tmp_path / "wh.duckdb"), {})
+    target = duckdb_target(tmp_path)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     emu.write("deal", "update", 3, {"TITLE": "over budget"})
     emu.patch_portal(limits={"enabled": True, "operating_limit_s": 0.2, "burst": 10_000, "drain_per_s": 10_000})
     emu.add_fault("crm.deal.list", "slow", delay_s=0.3, count=1)
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
     bounded = RetryPolicy(attempts=3, backoff_base_s=0.05, backoff_max_s=0.2, max_operating_wait_s=2.0)
-    with Bitrix24Client(app.session(PORTAL, tokens), retry=bounded) as client:
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=bounded) as client:
         client.call("crm.deal.list", {"filter": {"ID": 1}, "select": ["ID"]})  # spends the 0.2 s budget
         started = time.monotonic()
-        with open_warehouse(target[0]) as warehouse, pytest.raises(OperationTimeLimit):
+        with target.open() as warehouse, pytest.raises(OperationTimeLimit):
             run_once(PortalSync(PORTAL, client, warehouse, tmp_path / "s1"))
         assert time.monotonic() - started < 30, "the 2 s bound must hold on every waiting path"
     assert [str(row["ERROR"]) for row in our_rows(emu)] == ["0"], "a limit is transient: nothing parked"
@@ -224,11 +205,10 @@ def test_the_operating_budget_bound_holds_on_the_retry_path_too(emu, tokens, tmp
 
 
 def test_a_drain_run_loads_a_crashed_change_reservation_instead_of_forgetting_it(emu, tokens, tmp_path) -> None:
-    target = (str(tmp_path / "wh.duckdb"), {})
+    target = duckdb_target(tmp_path)
     sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
     emu.write("deal", "update", 5, {"TITLE": "reserved, then the run died"})
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
-    with Bitrix24Client(app.session(PORTAL, tokens), retry=FAST) as client, open_warehouse(target[0]) as wh:
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=FAST) as client, target.open() as wh:
         taken = PortalSync(PORTAL, client, wh, tmp_path / "dead").queue.reserve()
         wh.record_reserved(PORTAL, {pid: 1 for pid in taken.process_ids})
 

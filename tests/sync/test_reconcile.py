@@ -10,24 +10,21 @@ from the recycle bin with its id comes back, through the change sync and through
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore
 from connectors.sync.portal import PortalSync
 from connectors.sync.reconcile import TableReconciliation, reconcile
 from connectors.sync.steps import run_once
-from connectors.warehouse import Warehouse, open_warehouse
+from connectors.warehouse import Warehouse
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare
-from tests.warehouse.conftest import PG_DSN
+from tests.sync.conftest import PORTAL, app_keys
 
-PORTAL = "default"
 NO_MARGIN = timedelta(0)  # judge even the changes just made, so only the queue marks them in flight
 
 
@@ -37,30 +34,13 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "duckdb":
-        with open_warehouse(str(tmp_path / "wh.duckdb")) as opened:
-            yield opened
-        return
-    schema = f"rec_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with open_warehouse(PG_DSN, schema=schema) as opened:
-            yield opened
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as connection:
-            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 @pytest.fixture
-def portal(emu: ThreadEmulator, warehouse: Warehouse, tmp_path: Path) -> Iterator[Callable[[], PortalSync]]:
+def portal(emu: ThreadEmulator, tokens: FileTokenStore, warehouse: Warehouse,
+           tmp_path: Path) -> Iterator[Callable[[], PortalSync]]:
     """``portal()``: a fresh PortalSync (own staging directory) over one OAuth client; the
     warehouse starts as a full resync of the seeded portal."""
-    store = FileTokenStore(tmp_path / "tokens")
-    store.save(PORTAL, emu.install_tokens())
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
     runs = iter(range(1_000))
-    with Bitrix24Client(app.session(PORTAL, store)) as client:
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens)) as client:
         def make() -> PortalSync:
             return PortalSync(PORTAL, client, warehouse, tmp_path / f"run{next(runs)}")
 

@@ -19,7 +19,7 @@ import pytest
 from connectors.bitrix24 import FileTokenStore
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare, duckdb_rows
-from tests.sync.test_cdc_loop import COUNTS, PORTAL, change_data_for_a_while, our_queue, sync_in_subprocess
+from tests.sync.test_cdc_loop import COUNTS, change_data_for_a_while, our_queue, sync_in_subprocess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,13 +28,6 @@ REPO = Path(__file__).resolve().parents[2]
 def emu() -> Iterator[ThreadEmulator]:
     with run_emulator(limits=False, counts=COUNTS, seed=7) as running:
         yield running
-
-
-@pytest.fixture
-def tokens(tmp_path: Path, emu: ThreadEmulator) -> FileTokenStore:
-    store = FileTokenStore(tmp_path / "tokens")
-    store.save(PORTAL, emu.install_tokens())
-    return store
 
 
 def test_two_soak_trials_lose_nothing_leave_nothing_parked_and_no_staging() -> None:

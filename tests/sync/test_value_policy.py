@@ -14,29 +14,24 @@ direct database edits leave them; a user's edit beside them queues the change.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import psycopg
 import pytest
 
-from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore
 from connectors.bitrix24.schema import snake_case
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import committed_from_json, read_json
 from connectors.sync.steps import run_once
-from connectors.warehouse import open_warehouse
 from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
-from tests.warehouse.conftest import PG_DSN
+from tests.sync.conftest import PORTAL, app_keys
+from tests.warehouse.conftest import WarehouseTarget
 
-PORTAL = "default"
 COUNTS = {"deal": 40, "contact": 3, "company": 1, "lead": 1, "activity": 3, "item": 3}
 USER = Origin(user_id=2)
 
@@ -47,51 +42,24 @@ USER_FIELDS = [("TXT", "string", False), ("INT", "integer", False), ("DBL", "dou
                ("SCAN", "file", False), ("OFFICE", "address", False)]
 
 
-@dataclass
-class Target:
-    engine: str
-    url: str
-    schema: str = ""
-
-    def open(self):
-        return open_warehouse(self.url, schema=self.schema) if self.schema else open_warehouse(self.url)
-
-    def read(self, table: str, column: str, ids: list[int]) -> dict[int, Any]:
-        """``column`` of the live rows ``ids``; JSON columns and ``_raw`` parsed."""
-        textual = column == "_raw" or column in JSON_COLUMNS
-        select = f'CAST("{column}" AS VARCHAR)' if textual else f'"{column}"'
-        marks = ", ".join(["%s" if self.engine == "postgres" else "?"] * len(ids))
-        sql = f"select id, {select} from {self._table(table)} where portal = '{PORTAL}' and id in ({marks})"
-        if self.engine == "postgres":
-            with psycopg.connect(PG_DSN) as connection:
-                rows = connection.execute(sql, ids).fetchall()
-        else:
-            with duckdb.connect(self.url, read_only=True) as connection:
-                rows = connection.execute(sql, ids).fetchall()
-        return {row[0]: json.loads(row[1]) if textual and row[1] is not None else row[1] for row in rows}
-
-    def raw_as_jsonb_title(self, table: str, field: str, entity_id: int) -> str:
-        """PostgreSQL's own reading of ``_raw`` as jsonb (fails on a ``\\u0000`` escape)."""
-        with psycopg.connect(PG_DSN) as connection:
-            return connection.execute(f"select (_raw::jsonb) ->> %s from {self._table(table)} where id = %s",
-                                       [field, entity_id]).fetchone()[0]
-
-    def _table(self, table: str) -> str:
-        return f'"{self.schema}"."{table}"' if self.schema else f'"{table}"'
-
-
 JSON_COLUMNS = {"uf_crm_tags", "uf_crm_scan", "uf_crm_office"}
 
 
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    if request.param == "duckdb":
-        yield Target("duckdb", str(tmp_path / "wh.duckdb"))
-        return
-    schema = f"vp_test_{uuid.uuid4().hex[:12]}"
-    yield Target("postgres", PG_DSN, schema)
-    with psycopg.connect(PG_DSN, autocommit=True) as connection:
-        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+def read(target: WarehouseTarget, table: str, column: str, ids: list[int]) -> dict[int, Any]:
+    """``column`` of the rows ``ids``; JSON columns and ``_raw`` parsed."""
+    textual = column == "_raw" or column in JSON_COLUMNS
+    select = f'CAST("{column}" AS VARCHAR)' if textual else f'"{column}"'
+    with target.open() as warehouse:
+        rows = warehouse.query(f"SELECT id, {select} FROM {warehouse.relation(table)} WHERE portal = %(portal)s "
+                               f"AND id IN (SELECT unnest(%(ids)s::bigint[]))", {"portal": PORTAL, "ids": ids})
+    return {row[0]: json.loads(row[1]) if textual and row[1] is not None else row[1] for row in rows}
+
+
+def raw_as_jsonb_title(target: WarehouseTarget, table: str, field: str, entity_id: int) -> str:
+    """PostgreSQL's own reading of ``_raw`` as jsonb (fails on a ``\\u0000`` escape)."""
+    with target.open() as warehouse:
+        return warehouse.query(f"SELECT (_raw::jsonb) ->> %(field)s FROM {warehouse.relation(table)} "
+                               f"WHERE id = %(id)s", {"field": field, "id": entity_id})[0][0]
 
 
 @pytest.fixture
@@ -104,17 +72,10 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def tokens(tmp_path: Path, emu: ThreadEmulator) -> FileTokenStore:
-    store = FileTokenStore(tmp_path / "tokens")
-    store.save(PORTAL, emu.install_tokens())
-    return store
-
-
-def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: Target, staging: Path,
+def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, staging: Path,
          mode: str = "changes") -> dict[str, dict]:
     """One run of the loop; returns the committed manifest's coercions per table."""
-    app = OAuthApp(emu.client_id, emu.client_secret, token_url=f"{emu.url}/oauth/token/")
+    app = app_keys(emu)
     with Bitrix24Client(app.session(PORTAL, tokens)) as client, target.open() as warehouse:
         committed = run_once(PortalSync(PORTAL, client, warehouse, staging), mode)
     return {table: outcome.coerced for table, outcome in committed_from_json(read_json(committed)).tables.items()}
@@ -144,8 +105,8 @@ def smart_process(emu: ThreadEmulator) -> tuple[str, str]:
 
 
 def test_a_nul_byte_in_text_loads_everywhere_without_nul_in_postgres_and_exactly_in_duckdb(
-        emu: ThreadEmulator, tokens: FileTokenStore, target: Target, tmp_path: Path) -> None:
-    sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
+        emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path) -> None:
+    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync")
     item_key, item_table = smart_process(emu)
     cases = [("deal", "deals", "TITLE", "title"), ("contact", "contacts", "NAME", "name"),
              ("activity", "activities", "DESCRIPTION", "description"), (item_key, item_table, "TITLE", "title")]
@@ -153,41 +114,41 @@ def test_a_nul_byte_in_text_loads_everywhere_without_nul_in_postgres_and_exactly
         store_odd_values(emu, entity, 1, {}, {field: "Invoice\x00 #1"})
         store_odd_values(emu, entity, 2, {}, {field: "An ordinary text"})
 
-    coerced = sync(emu, tokens, target, tmp_path / "s1")
+    coerced = sync(emu, tokens, warehouse_target, tmp_path / "s1")
 
     assert our_queue(emu) == []
     assert all(not columns for columns in coerced.values())  # text is not a coercion
     wire_field = {"TITLE": "title"}  # crm.item names the field in camelCase
     for entity, table, field, column in cases:
-        kept = "Invoice #1" if target.engine == "postgres" else "Invoice\x00 #1"
-        assert target.read(table, column, [1, 2]) == {1: kept, 2: "An ordinary text"}, table
+        kept = "Invoice #1" if warehouse_target.engine == "postgres" else "Invoice\x00 #1"
+        assert read(warehouse_target, table, column, [1, 2]) == {1: kept, 2: "An ordinary text"}, table
         raw_field = wire_field.get(field, field) if entity.startswith("item:") else field
-        assert target.read(table, "_raw", [1])[1][raw_field] == kept
-        if target.engine == "postgres":
-            assert target.raw_as_jsonb_title(table, raw_field, 1) == "Invoice #1"
+        assert read(warehouse_target, table, "_raw", [1])[1][raw_field] == kept
+        if warehouse_target.engine == "postgres":
+            assert raw_as_jsonb_title(warehouse_target, table, raw_field, 1) == "Invoice #1"
 
 
 def test_an_integer_user_field_at_2_63_loads_the_record_with_null_and_keeps_the_value_in_raw(
-        emu: ThreadEmulator, tokens: FileTokenStore, target: Target, tmp_path: Path) -> None:
+        emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path) -> None:
     item_key, item_table = smart_process(emu)
     item_field = emu.world.portal(PORTAL).crm.add_user_field(item_key, "BIG", "integer")
     item_column = snake_case(item_field.camel)
-    sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
+    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync")
     store_odd_values(emu, "deal", 3, {"TITLE": "big number"}, {"UF_CRM_INT": "9223372036854775808"})
     store_odd_values(emu, "deal", 4, {"TITLE": "largest"}, {"UF_CRM_INT": "9223372036854775807"})
     # crm.item prints it as a JSON number (facts §4.4).
     store_odd_values(emu, item_key, 1, {"TITLE": "big item"}, {item_field.name: "9223372036854775808"})
 
-    coerced = sync(emu, tokens, target, tmp_path / "s1")
+    coerced = sync(emu, tokens, warehouse_target, tmp_path / "s1")
 
     assert our_queue(emu) == []
-    assert target.read("deals", "uf_crm_int", [3, 4]) == {3: None, 4: 9223372036854775807}
-    assert target.read("deals", "title", [3]) == {3: "big number"}
-    assert target.read("deals", "_raw", [3])[3]["UF_CRM_INT"] == "9223372036854775808"
+    assert read(warehouse_target, "deals", "uf_crm_int", [3, 4]) == {3: None, 4: 9223372036854775807}
+    assert read(warehouse_target, "deals", "title", [3]) == {3: "big number"}
+    assert read(warehouse_target, "deals", "_raw", [3])[3]["UF_CRM_INT"] == "9223372036854775808"
     assert coerced["deals"] == {"uf_crm_int": {"count": 1, "examples": [[3, "'9223372036854775808'"]]}}
-    assert target.read(item_table, item_column, [1]) == {1: None}
-    assert target.read(item_table, "title", [1]) == {1: "big item"}
-    assert target.read(item_table, "_raw", [1])[1][item_field.camel] == 9223372036854775808
+    assert read(warehouse_target, item_table, item_column, [1]) == {1: None}
+    assert read(warehouse_target, item_table, "title", [1]) == {1: "big item"}
+    assert read(warehouse_target, item_table, "_raw", [1])[1][item_field.camel] == 9223372036854775808
     assert coerced[item_table] == {item_column: {"count": 1, "examples": [[1, "9223372036854775808"]]}}
 
 
@@ -197,23 +158,23 @@ def test_an_integer_user_field_at_2_63_loads_the_record_with_null_and_keeps_the_
     ("UF_CRM_DBL", "NaN", "uf_crm_dbl", True),
 ])
 def test_a_value_the_converter_rejects_still_lets_the_change_land(
-        emu: ThreadEmulator, tokens: FileTokenStore, target: Target, tmp_path: Path, field: str,
+        emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path, field: str,
         value: str, column: str, counted: bool) -> None:
     store_odd_values(emu, "deal", 5, {}, {"UF_CRM_MONEY": "10.00|USD", "UF_CRM_DBL": "1.50"})
-    sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
-    assert target.read("deals", column, [5]) in ({5: Decimal("10.00")}, {5: 1.5})
+    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync")
+    assert read(warehouse_target, "deals", column, [5]) in ({5: Decimal("10.00")}, {5: 1.5})
 
     store_odd_values(emu, "deal", 5, {"TITLE": "Renamed with an odd value"}, {field: value})
-    coerced = sync(emu, tokens, target, tmp_path / "s1")
+    coerced = sync(emu, tokens, warehouse_target, tmp_path / "s1")
 
     assert our_queue(emu) == []  # acknowledged, and nothing waits in the error lane
-    assert target.read("deals", "title", [5]) == {5: "Renamed with an odd value"}
-    assert target.read("deals", column, [5]) == {5: None}
-    assert target.read("deals", "_raw", [5])[5][field] == value
+    assert read(warehouse_target, "deals", "title", [5]) == {5: "Renamed with an odd value"}
+    assert read(warehouse_target, "deals", column, [5]) == {5: None}
+    assert read(warehouse_target, "deals", "_raw", [5])[5][field] == value
     expected = {column: {"count": 1, "examples": [[5, repr(value)]]}} if counted else {}
     assert coerced["deals"] == expected
     if field == "UF_CRM_MONEY":
-        assert target.read("deals", "uf_crm_money_currency", [5]) == {5: "RUB" if value == "|RUB" else None}
+        assert read(warehouse_target, "deals", "uf_crm_money_currency", [5]) == {5: "RUB" if value == "|RUB" else None}
 
 
 # --- the whole kind: odd values per column type --------------------------------------------------
@@ -271,29 +232,29 @@ def _without_nul(value: Any) -> Any:
 
 
 def test_odd_values_of_every_column_type_land_as_their_value_or_a_counted_null(
-        emu: ThreadEmulator, tokens: FileTokenStore, target: Target, tmp_path: Path) -> None:
-    sync(emu, tokens, target, tmp_path / "s0", mode="full_resync")
+        emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path) -> None:
+    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync")
     by_deal = {}
     for number, (field, value, *_rest) in enumerate(ODD_VALUES, start=1):
         deal = by_deal.setdefault((field, repr(value)), number)
         if deal == number:
             store_odd_values(emu, "deal", deal, {"TITLE": f"odd {field}"}, {field: value})
 
-    coerced = sync(emu, tokens, target, tmp_path / "s1")
+    coerced = sync(emu, tokens, warehouse_target, tmp_path / "s1")
 
     assert our_queue(emu) == []
     wrong = []
     expected_counts: dict[str, int] = {}
     for field, value, column, expected, treatment in ODD_VALUES:
         deal = by_deal[(field, repr(value))]
-        if target.engine == "postgres":
+        if warehouse_target.engine == "postgres":
             expected = _without_nul(expected)
-        if target.read("deals", column, [deal]) != {deal: expected}:
-            wrong.append((field, value, column, target.read("deals", column, [deal])))
-        if target.read("deals", "title", [deal]) != {deal: f"odd {field}"}:
+        if read(warehouse_target, "deals", column, [deal]) != {deal: expected}:
+            wrong.append((field, value, column, read(warehouse_target, "deals", column, [deal])))
+        if read(warehouse_target, "deals", "title", [deal]) != {deal: f"odd {field}"}:
             wrong.append((field, value, "title not updated"))
-        raw = target.read("deals", "_raw", [deal])[deal][field]
-        if raw != (_without_nul(value) if target.engine == "postgres" else value):
+        raw = read(warehouse_target, "deals", "_raw", [deal])[deal][field]
+        if raw != (_without_nul(value) if warehouse_target.engine == "postgres" else value):
             wrong.append((field, value, "_raw", raw))
         if treatment == NULLED:
             expected_counts[column] = expected_counts.get(column, 0) + 1
