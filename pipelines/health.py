@@ -124,6 +124,7 @@ def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, b
     deps=[asset_key(name) for name in ENTITY_ASSETS],
     partitions_def=portals,
     group_name="bitrix24",
+    pool=WAREHOUSE_POOL,  # it reads the ledger: a DuckDB file admits no other handle beside its writer
     check_specs=[dg.AssetCheckSpec(
         "error_lane_empty", asset=DEAD_LETTERS,
         description="No object waits in the error lane (each example shows its attempts and last error).")],

@@ -125,6 +125,15 @@ def create_app(state: StateStore, settings: ReceiverSettings, verifier: InstallV
         try:
             verified = await run_in_threadpool(verifier.verify, claim)
             key = portal_key(verified.client_endpoint)
+            holder = state.portal(key)
+            if holder is not None and holder.member_id != verified.member_id:
+                # Two addresses can make one key (a port or path piece vs. a hyphenated host): never let
+                # another portal's install take over the key, its tokens and its warehouse rows. Checked
+                # before a refresh token is redeemed, which would spend it.
+                log.warning("install refused: portal key %s belongs to another portal", key)
+                return JSONResponse({"error": "install_conflict",
+                                     "detail": f"the portal key {key!r} already belongs to another portal"},
+                                    status_code=409)
             token = {name: auth[name] for name in TOKEN_FIELDS if name in auth}
             known = state.portal_by_member_id(verified.member_id)
             if known is not None and not hmac.compare_digest(known.application_token.encode(),
@@ -143,14 +152,6 @@ def create_app(state: StateStore, settings: ReceiverSettings, verifier: InstallV
                                 status_code=503)
         except ValueError as error:  # a client_endpoint the OAuth server named but we cannot key
             return JSONResponse({"error": "invalid_install", "detail": str(error)}, status_code=400)
-        holder = state.portal(key)
-        if holder is not None and holder.member_id != verified.member_id:
-            # Two addresses can make one key (a port or path piece vs. a hyphenated host): never let
-            # another portal's install take over the key, its tokens and its warehouse rows.
-            log.warning("install refused: portal key %s belongs to another portal", key)
-            return JSONResponse({"error": "install_conflict",
-                                 "detail": f"the portal key {key!r} already belongs to another portal"},
-                                status_code=409)
         if known is not None and known.key != key:
             # A renamed portal keeps its member_id (facts §1.1): same warehouse rows, new address.
             log.warning("portal %s now answers at %s", known.key, key)

@@ -403,3 +403,19 @@ def test_an_install_whose_portal_key_belongs_to_another_portal_is_refused_and_ch
     assert response.status_code == 409 and response.json()["error"] == "install_conflict"
     assert state.portal(key).member_id == "another-member"
     assert state.load_token(key) is None
+
+
+def test_a_key_conflict_is_refused_before_a_reinstall_spends_its_refresh_token(
+        emu: ThreadEmulator, receiver: str, state: StateStore) -> None:
+    auth = genuine_auth(emu)
+    key = portal_key(auth["client_endpoint"])
+    # The portal is known under an older address, with another application_token: a reinstall would
+    # redeem its refresh token; the key it now maps to is held by another portal.
+    state.save_portal(Portal(key="old-address", member_id=auth["member_id"], domain=auth["domain"],
+                             client_endpoint="https://old-address/rest/", application_token="b" * 32))
+    state.save_portal(Portal(key=key, member_id="another-member", domain="a.example.com-8443",
+                             client_endpoint="https://a.example.com-8443/rest/", application_token="c" * 32))
+    token_calls = emu.oauth_calls().get("token", 0)
+    response = httpx.post(f"{receiver}/install", data=install_form(auth))
+    assert response.status_code == 409
+    assert emu.oauth_calls().get("token", 0) == token_calls, "the refresh token must not be spent"
