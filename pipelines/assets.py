@@ -1,21 +1,34 @@
-"""The entity tables as one graph-backed multi-asset: reserve -> fetch -> commit -> ack.
+"""The asset graph: the portal's offline-event queue feeds the CRM tables, kept current by one graph of
+reserve -> fetch -> commit -> ack per portal (a partition).
 
-Each op runs one step of `connectors.sync.steps` for the run's portal (its partition) and hands the
-next op the path of a small manifest in the run's staging directory. The ack op is last: the
-tables count as materialized only once the queue rows behind them are acknowledged.
+* ``bitrix24/offline_queue``: the queue itself, observed (not materialized) by the sensor: depth and
+  age of the oldest row over the portals it looked at;
+* one asset per entity kind (``connectors.bitrix24.entity_assets``: the registry names them), each a
+  graph output that is materialized only when a sync changed its table for that portal, so a sync that
+  touched deals does not show contacts as materializing;
+* ``bitrix24/sync_watermark``: materialized for a portal by every sync once its queue rows are
+  acknowledged (and by the sensor when it finds the portal's queue empty): the point up to which the
+  portal's changes are in the warehouse. Its freshness policy turns red when none landed in the window.
+
+Each op runs one step of `connectors.sync.steps` and hands the next op the path of a small manifest
+in the run's staging directory. The ack op is last: nothing counts as materialized before the queue
+rows behind it are acknowledged.
 """
 
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 
+from connectors.bitrix24 import entity_assets, kind_from_key
 from connectors.sync import steps
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
+    Committed,
+    Fetched,
     committed_from_json,
     fetched_from_json,
     read_json,
@@ -24,17 +37,35 @@ from connectors.sync.staging import (
 )
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
-from pipelines.tables import DESCRIPTIONS, ENTITY_ASSETS, QUEUE_ASSET, asset_for_table, asset_key
+
+# asset name -> description, one entry per entity kind of the registry (connectors.bitrix24.entities)
+ENTITY_ASSETS: dict[str, str] = entity_assets()
+GROUP = "bitrix24"
+
+
+def asset_key(name: str) -> dg.AssetKey:
+    """``bitrix24/<name>``: every asset of this product lives under the ``bitrix24`` prefix and group."""
+    return dg.AssetKey([GROUP, name])
+
+
+OFFLINE_QUEUE = asset_key("offline_queue")
+SYNC_WATERMARK = asset_key("sync_watermark")
+# A portal whose changes have not landed for this long is stale: the promise is "fresh within a
+# minute", the sensor confirms quiet portals every few minutes, so ten minutes is an incident.
+FRESHNESS_WINDOW = timedelta(minutes=10)
+FRESHNESS_WARN = timedelta(minutes=5)
 
 # DuckDB allows one writer per file: every op that opens the warehouse takes a slot of this pool
 # (dagster.yaml sets its limit), so runs of different portals queue instead of failing on the lock.
 WAREHOUSE_POOL = "warehouse"
-VALUE_COERCIONS = "value_coercions"  # ack metadata key read by the value_coercions check
+VALUE_COERCIONS = "value_coercions"  # entity metadata key read by the value_coercions check
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class SyncConfig(dg.Config):
-    mode: str = "changes"  # changes | full_resync | error_lane
+    """The reserve op's settings; the jobs set ``mode`` (`connectors.sync.steps.MODES`)."""
+
+    mode: str = "changes"
     max_events: int = 25_000  # per run; the sensor starts another run for the rest
 
 
@@ -81,7 +112,7 @@ def _add_usage(directory: Path, usage: dict) -> None:
     write_json(tally_file, tally)
 
 
-@dg.op(pool=WAREHOUSE_POOL, retry_policy=RETRY)
+@dg.op(pool=WAREHOUSE_POOL, retry_policy=RETRY, ins={"queue": dg.In(dg.Nothing)})
 def reserve_changes(context: dg.OpExecutionContext, config: SyncConfig, bitrix24: Bitrix24Resource,
                     warehouse: WarehouseResource) -> str:
     """Recover unfinished reservations, then reserve new queue rows (journalled before use)."""
@@ -113,47 +144,75 @@ def commit_rows(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, ware
 
 
 @dg.op(pool=WAREHOUSE_POOL, retry_policy=RETRY,
-       out={name: dg.Out(dg.Nothing) for name in ENTITY_ASSETS})
+       out={SYNC_WATERMARK.path[-1]: dg.Out(dg.Nothing),
+            **{name: dg.Out(dg.Nothing, is_required=False) for name in ENTITY_ASSETS}})
 def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, warehouse: WarehouseResource,
-               committed: str):
-    """Acknowledge the committed queue rows, then report each table's numbers."""
-    with portal_sync(context, bitrix24, warehouse) as sync:
-        cleared = steps.ack(sync, committed)
+               committed: str) -> Iterator[dg.Output]:
+    """Acknowledge the committed queue rows, then materialize the watermark and every changed table.
+
+    Each table's numbers are worked out before anything is acknowledged: a table no asset covers
+    fails the run while its rows still wait in the queue (nothing acknowledged is unreported).
+    """
     outcome = committed_from_json(read_json(committed))
     fetched = fetched_from_json(read_json(outcome.fetched_file))
+    per_asset = _numbers_per_asset(outcome, fetched)
+    with portal_sync(context, bitrix24, warehouse) as sync:
+        cleared = steps.ack(sync, committed)
     # A retried run (from failure) reuses the manifests of its parent run: both directories count.
     run_dirs = list(dict.fromkeys([staging_dir(context), Path(committed).parent]))
     usage = _total_usage(run_dirs)
-    lag_s = _lag_seconds(fetched.reserved.oldest_event_at)
-    per_asset: dict[str, dict[str, float | int]] = {
-        name: {"rows_upserted": 0, "tombstones": 0, "events": 0, "rows_ignored_older": 0, "values_nulled": 0}
-        for name in ENTITY_ASSETS}
-    coercions: dict[str, dict[str, dict]] = {name: {} for name in ENTITY_ASSETS}  # asset -> table -> column
-    for table, numbers in outcome.tables.items():
-        totals = per_asset[asset_for_table(table)]
+    mode = fetched.reserved.mode
+    changed = sorted(name for name, numbers in per_asset.items()
+                     if numbers["rows_upserted"] or numbers["tombstones"] or mode == "full_resync")
+    yield dg.Output(None, SYNC_WATERMARK.path[-1], metadata={
+        "confirmed_by": "sync",
+        "mode": mode,
+        "lag_s": _lag_seconds(fetched.reserved.oldest_event_at),
+        "events": fetched.reserved.event_count,
+        "reservations_acked": cleared,
+        "parked_in_error_lane": len(fetched.failures),
+        "tables_changed": dg.MetadataValue.json(changed),
+        "values_nulled": sum(int(numbers["values_nulled"]) for numbers in per_asset.values()),
+        "run_http_requests": usage["http_requests"],
+        "run_operating_s": round(usage["operating_s"], 3),
+    })
+    for name in changed:
+        numbers = per_asset[name]
+        yield dg.Output(None, name, metadata={
+            **{key: value for key, value in numbers.items() if key != VALUE_COERCIONS},
+            # Values the value policy stored as NULL (kept in _raw): table -> column -> count, examples.
+            VALUE_COERCIONS: dg.MetadataValue.json(numbers[VALUE_COERCIONS]),
+            "mode": mode,
+        })
+    # A failed run's files stay for debugging until the portal's next run has recovered from it.
+    for directory in run_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _numbers_per_asset(outcome: Committed, fetched: Fetched) -> dict[str, dict]:
+    """``{asset: {rows_upserted, tombstones, events, rows_ignored_older, values_nulled,
+    value_coercions: {table: {column: {count, examples}}}}}`` summed over the asset's tables.
+
+    Raises KeyError when a staged kind names an asset this graph does not have (a registry entry
+    without its asset): the run fails before its queue rows are acknowledged."""
+    per_asset: dict[str, dict] = {}
+    for part in fetched.tables:
+        name = kind_from_key(part.kind).asset
+        if name not in ENTITY_ASSETS:
+            raise KeyError(f"entity kind {part.kind!r} names asset {name!r}, which the graph lacks")
+        numbers = outcome.tables.get(part.table)
+        if numbers is None:
+            continue
+        totals = per_asset.setdefault(name, {"rows_upserted": 0, "tombstones": 0, "events": 0,
+                                             "rows_ignored_older": 0, "values_nulled": 0, VALUE_COERCIONS: {}})
         totals["rows_upserted"] += numbers.rows_upserted
         totals["tombstones"] += numbers.tombstones
         totals["events"] += numbers.events
         totals["rows_ignored_older"] += numbers.rows_ignored_older
         totals["values_nulled"] += numbers.values_nulled
         if numbers.coerced:
-            coercions[asset_for_table(table)][table] = numbers.coerced
-    for name, totals in per_asset.items():
-        context.add_output_metadata({
-            **totals,
-            # Values the value policy stored as NULL (kept in _raw): table -> column -> count, examples.
-            VALUE_COERCIONS: dg.MetadataValue.json(coercions[name]),
-            "lag_s": lag_s,
-            "run_http_requests": usage["http_requests"],
-            "run_operating_s": round(usage["operating_s"], 3),
-            "reservations_acked": cleared,
-            "parked_in_error_lane": len(fetched.failures),
-            "mode": fetched.reserved.mode,
-        }, output_name=name)
-    # A failed run's files stay for debugging until the portal's next run has recovered from it.
-    for directory in run_dirs:
-        shutil.rmtree(directory, ignore_errors=True)
-    return tuple(None for _ in ENTITY_ASSETS)
+            totals[VALUE_COERCIONS][part.table] = numbers.coerced
+    return per_asset
 
 
 def _total_usage(directories: list[Path]) -> dict[str, float]:
@@ -172,20 +231,30 @@ def _lag_seconds(oldest_event_at: str | None) -> float:
     return round((datetime.now(UTC) - datetime.fromisoformat(oldest_event_at)).total_seconds(), 1)
 
 
-@dg.graph_multi_asset(
-    outs={name: dg.AssetOut(key=asset_key(name), description=DESCRIPTIONS[name], group_name="bitrix24",
-                            kinds={"bitrix24"}) for name in ENTITY_ASSETS},
-    partitions_def=portals,
-)
-def bitrix24_crm():
-    """CRM tables kept current from the portal's offline-event queue."""
-    outputs = ack_events(commit_rows(fetch_state(reserve_changes())))
-    return dict(zip(ENTITY_ASSETS, outputs, strict=True))
-
-
 offline_queue = dg.AssetSpec(
-    QUEUE_ASSET,
-    description="The portal's offline-event queue: changed objects waiting to be synced.",
-    partitions_def=portals,
-    group_name="bitrix24",
+    OFFLINE_QUEUE,
+    description="The portals' offline-event queues (changed objects waiting to be synced): observed by the "
+                "sensor, never materialized; each observation gives the depth and the oldest row's age.",
+    group_name=GROUP,
+    kinds={"bitrix24"},
 )
+
+
+@dg.graph_multi_asset(
+    ins={"queue": dg.AssetIn(OFFLINE_QUEUE, dagster_type=dg.Nothing)},
+    outs={
+        SYNC_WATERMARK.path[-1]: dg.AssetOut(
+            key=SYNC_WATERMARK, group_name=GROUP, kinds={"bitrix24"}, is_required=True,
+            description="How far each portal's changes are in the warehouse: materialized by every sync once "
+                        "its queue rows are acknowledged, and by the sensor when the queue is empty.",
+            freshness_policy=dg.FreshnessPolicy.time_window(fail_window=FRESHNESS_WINDOW,
+                                                            warn_window=FRESHNESS_WARN)),
+        **{name: dg.AssetOut(key=asset_key(name), description=description, group_name=GROUP,
+                             kinds={"bitrix24"}, is_required=False)
+           for name, description in ENTITY_ASSETS.items()},
+    },
+    partitions_def=portals,
+)
+def bitrix24_crm(queue):
+    """CRM tables kept current from the portal's offline-event queue."""
+    return ack_events(commit_rows(fetch_state(reserve_changes(queue))))._asdict()

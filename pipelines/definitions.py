@@ -1,45 +1,55 @@
 """The code location: `dagster dev -w workspace.yaml` loads `defs` from here.
 
-Configuration comes from the environment (see README): secrets through `dg.EnvVar`, resolved when a
-run starts, so the definitions load without them.
+Configuration is Dagster resources (`pipelines.resources`): secrets and places through `dg.EnvVar`,
+resolved when a run or a sensor tick starts, so the definitions load without them and never read the
+environment at import. Numbers (rate limits, peek interval, snapshot cadence) are resource fields with
+defaults; a deployment that needs others builds its own definitions with `build_definitions`.
 """
-
-import os
 
 import dagster as dg
 
 from pipelines.assets import bitrix24_crm, offline_queue
-from pipelines.health import ENTITY_CHECKS, dead_letters, reconciliation
+from pipelines.health import HEALTH_CHECKS, dead_letters, reconciliation
 from pipelines.jobs import (
     ERROR_LANE_JOB,
     ERROR_LANE_SCHEDULE,
     FULL_RESYNC_JOB,
+    HEALTH_JOB,
+    HEALTH_SCHEDULE,
     RECONCILE_JOB,
     RECONCILE_SCHEDULE,
     SYNC_JOB,
 )
-from pipelines.resources import OAUTH_TOKEN_URL, Bitrix24Resource, WarehouseResource
+from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.sensors import offline_events_sensor
 
-defs = dg.Definitions(
-    assets=[bitrix24_crm, offline_queue, reconciliation, dead_letters],
-    asset_checks=ENTITY_CHECKS,
-    jobs=[SYNC_JOB, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB],
-    schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE],
-    sensors=[offline_events_sensor],
-    resources={
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """The resources as the README's environment names them (all required, resolved at launch):
+    ``B24_CLIENT_ID``, ``B24_CLIENT_SECRET``, ``B24_OAUTH_TOKEN_URL``, ``B24_STATE_STORE``, ``B24_WAREHOUSE``."""
+    return {
         "bitrix24": Bitrix24Resource(
             client_id=dg.EnvVar("B24_CLIENT_ID"),
             client_secret=dg.EnvVar("B24_CLIENT_SECRET"),
-            oauth_token_url=os.environ.get("B24_OAUTH_TOKEN_URL", OAUTH_TOKEN_URL),
+            oauth_token_url=dg.EnvVar("B24_OAUTH_TOKEN_URL"),
             state_store=dg.EnvVar("B24_STATE_STORE"),
-            burst=int(os.environ.get("B24_RATE_BURST", "50")),
-            drain_per_s=float(os.environ.get("B24_RATE_DRAIN_PER_S", "2")),
         ),
-        "warehouse": WarehouseResource(
-            url=dg.EnvVar("B24_WAREHOUSE"),
-            schema_name=os.environ.get("B24_WAREHOUSE_SCHEMA", "bitrix24"),
-            snapshot_every_s=float(os.environ.get("B24_SNAPSHOT_EVERY_S", "0")),
-        ),
-    },
-)
+        "warehouse": WarehouseResource(url=dg.EnvVar("B24_WAREHOUSE")),
+    }
+
+
+def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+    """Every asset, check, job, schedule and sensor of the product, over ``resources`` (default:
+    `default_resources`). A deployment with other numbers passes e.g.
+    ``{"bitrix24": Bitrix24Resource(..., burst=250, drain_per_s=5), "warehouse": ...}``."""
+    return dg.Definitions(
+        assets=[offline_queue, bitrix24_crm, reconciliation, dead_letters],
+        asset_checks=HEALTH_CHECKS,
+        jobs=[SYNC_JOB, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB],
+        schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE],
+        sensors=[offline_events_sensor],
+        resources=resources or default_resources(),
+    )
+
+
+defs = build_definitions()

@@ -1,91 +1,119 @@
-"""How operators know the tables can be trusted: asset checks, reconciliation, the error lane.
+"""How operators know the tables can be trusted: checks that can fail, and only on real trouble.
 
-* every entity asset: its ids are unique per portal, its last sync's lag is small, and its last sync
-  stored every value in its column's type (a warning, with examples, when values were nulled);
-* ``bitrix24/reconciliation``: an id + modification-time scan against the portal (scheduled),
-  repairing what it finds; its check fails only on real drift (missing, extra, stale, ahead, revived),
-  never on changes still in flight (queued, or newer than the last reservation), reported apart;
-* ``bitrix24/dead_letters``: the depth of the error lane after a drain; its check fails while
-  objects are parked there, so a poisoned object is never silently dropped.
+Freshness is Dagster's own: ``bitrix24/sync_watermark`` carries a `dg.FreshnessPolicy` (the daemon
+turns it red when no sync landed within the window). The checks below are evaluated for the whole
+fleet by the ``health_checks`` job (scheduled), not inside every sync run, so a sync every few seconds
+does not leave the tables showing checks in progress, and no check needs a partition (partitioned
+checks are a preview API):
+
+* ``sync_watermark / every_portal_current``: every installed portal had a sync (or an empty queue
+  confirmed by the sensor) within the freshness window; the stale ones are listed;
+* ``sync_watermark / journal_healthy``: no reservation stays unacknowledged longer than a bound (a
+  stuck portal whose runs keep failing, or a crash nobody recovered);
+* every entity asset's ``value_coercions``: recent syncs stored every value in its column's type
+  (a warning, with examples, when values were nulled; the record's ``_raw`` keeps them);
+* ``reconciliation / in_sync_with_portal``: the scheduled id + modification-time scan found no drift
+  (changes still in flight are counted apart, never as drift);
+* ``dead_letters / error_lane_empty``: no object waits in the error lane (with examples).
 """
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from connectors.sync.reconcile import DRIFT, reconcile
-from pipelines.assets import VALUE_COERCIONS, WAREHOUSE_POOL, portal_sync
+from connectors.warehouse.journal import JOURNAL_TABLE
+from pipelines.assets import (
+    ENTITY_ASSETS,
+    FRESHNESS_WINDOW,
+    GROUP,
+    SYNC_WATERMARK,
+    VALUE_COERCIONS,
+    WAREHOUSE_POOL,
+    asset_key,
+    portal_sync,
+)
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
-from pipelines.tables import ENTITY_ASSETS, asset_key
 
-MAX_LAG_S = 300.0  # the promise is "fresh within a minute"; five minutes of lag is an incident
-EXAMPLES = 10  # parked messages shown with the dead-letter check (the CLI lists them all)
-RECONCILIATION = dg.AssetKey(["bitrix24", "reconciliation"])
-DEAD_LETTERS = dg.AssetKey(["bitrix24", "dead_letters"])
-
-
-def _tables_of(asset_name: str, warehouse_tables: list[str]) -> list[str]:
-    prefix = ENTITY_ASSETS[asset_name]
-    return [t for t in warehouse_tables if t == prefix or (prefix.endswith("_") and t.startswith(prefix))]
+# A reservation is normally acknowledged within seconds; one older than this means the portal's
+# runs keep failing after reserving (or nothing recovered a crash): time for an operator.
+RESERVATION_BOUND = timedelta(minutes=30)
+# value_coercions looks at the syncs of this window (the health job runs well inside it).
+COERCION_WINDOW = timedelta(minutes=30)
+EXAMPLES = 10  # stale portals, parked messages, coerced columns shown with a failing check
+RECONCILIATION = asset_key("reconciliation")
+DEAD_LETTERS = asset_key("dead_letters")
 
 
-def unique_ids_check(asset_name: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset_key(asset_name), name="unique_ids", partitions_def=portals, pool=WAREHOUSE_POOL,
-                    description="Each object appears once per portal (the upsert key holds).")
-    def _check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        duplicates: dict[str, int] = {}
-        rows = 0
-        with warehouse.open() as wh:
-            for table in _tables_of(asset_name, wh.entity_tables()):
-                ids = wh.row_versions(context.partition_key, table)["id"]
-                rows += len(ids)
-                duplicates[table] = int(ids.duplicated().sum())
-        return dg.AssetCheckResult(passed=not any(duplicates.values()),
-                                   metadata={"rows": rows, "duplicates": sum(duplicates.values())})
-
-    return _check
+def _materializations_since(instance: dg.DagsterInstance, key: dg.AssetKey, since: datetime) -> Iterator:
+    """Every materialization record of ``key`` (any partition) after ``since``, newest first."""
+    cursor = None
+    while True:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, after_timestamp=since.timestamp()), limit=1000, cursor=cursor)
+        yield from page.records
+        if not page.has_more:
+            return
+        cursor = page.cursor
 
 
-def _last_sync(context: dg.AssetCheckExecutionContext, asset_name: str) -> dict[str, dg.MetadataValue] | None:
-    """The metadata of the asset's latest materialization for this portal; None before the first."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key(asset_name), asset_partitions=[context.partition_key]),
-        limit=1).records
-    return records[0].asset_materialization.metadata if records else None
+@dg.asset_check(asset=SYNC_WATERMARK, name="every_portal_current",
+                description="Every installed portal had its changes land (or its empty queue confirmed) "
+                            f"within the last {FRESHNESS_WINDOW.total_seconds() / 60:.0f} minutes.")
+def every_portal_current(context: dg.AssetCheckExecutionContext, bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
+    with bitrix24.state() as state:
+        installed = {portal.key for portal in state.portals()}
+    since = datetime.now(UTC) - FRESHNESS_WINDOW
+    current = {record.partition_key for record in _materializations_since(context.instance, SYNC_WATERMARK, since)}
+    stale = sorted(installed - current)
+    return dg.AssetCheckResult(passed=not stale, metadata={
+        "portals": len(installed), "stale": len(stale), "stale_examples": dg.MetadataValue.json(stale[:EXAMPLES])})
 
 
-def sync_lag_check(asset_name: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset_key(asset_name), name="sync_lag", partitions_def=portals,
-                    description=f"The oldest change of the last sync waited under {MAX_LAG_S:.0f} s.")
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        metadata = _last_sync(context, asset_name)
-        if metadata is None:
-            return dg.AssetCheckResult(passed=True, metadata={"lag_s": 0.0, "synced": False})
-        lag = metadata.get("lag_s")
-        lag_s = float(lag.value) if lag is not None else 0.0
-        return dg.AssetCheckResult(passed=lag_s <= MAX_LAG_S, metadata={"lag_s": lag_s})
-
-    return _check
+@dg.asset_check(asset=SYNC_WATERMARK, name="journal_healthy", pool=WAREHOUSE_POOL,
+                description="No offline-event reservation has waited more than "
+                            f"{RESERVATION_BOUND.total_seconds() / 60:.0f} minutes without being acknowledged.")
+def journal_healthy(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    before = datetime.now(UTC) - RESERVATION_BOUND
+    with warehouse.open() as wh:
+        rows = wh.query(f"""SELECT portal, count(*), min(reserved_at) FROM {wh.relation(JOURNAL_TABLE)}
+            WHERE status IN ('reserved', 'loaded') AND reserved_at < %(before)s
+            GROUP BY portal ORDER BY min(reserved_at)""", {"before": before})
+    stuck = [{"portal": portal, "reservations": int(count), "oldest": str(oldest)} for portal, count, oldest in rows]
+    return dg.AssetCheckResult(passed=not stuck, metadata={
+        "portals_stuck": len(stuck), "examples": dg.MetadataValue.json(stuck[:EXAMPLES])})
 
 
 def value_coercions_check(asset_name: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset_key(asset_name), name="value_coercions", partitions_def=portals,
-                    description="The last sync stored every value in its column's type; warns, with examples, "
-                                "when values that did not fit were stored as NULL (the record's _raw keeps them).")
+    key = asset_key(asset_name)
+
+    @dg.asset_check(asset=key, name="value_coercions",
+                    description="Recent syncs stored every value in its column's type; warns, with examples, when "
+                                "values that did not fit were stored as NULL (the record's _raw keeps them).")
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        metadata = _last_sync(context, asset_name) or {}
-        nulled = metadata.get("values_nulled")
-        count = int(nulled.value) if nulled is not None else 0
-        details = metadata.get(VALUE_COERCIONS)
-        return dg.AssetCheckResult(
-            passed=count == 0, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"values_nulled": count,
-                      "columns": dg.MetadataValue.json(details.value if details is not None else {})})
+        since = datetime.now(UTC) - COERCION_WINDOW
+        nulled = 0
+        examples: dict[str, dict] = {}  # "portal / table" -> column -> {count, examples}
+        for record in _materializations_since(context.instance, key, since):
+            metadata = record.asset_materialization.metadata
+            count = metadata.get("values_nulled")
+            if count is None or not count.value:
+                continue
+            nulled += int(count.value)
+            details = metadata.get(VALUE_COERCIONS)
+            for table, columns in (details.value if details is not None else {}).items():
+                if len(examples) < EXAMPLES:
+                    examples.setdefault(f"{record.partition_key} / {table}", columns)
+        return dg.AssetCheckResult(passed=nulled == 0, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"values_nulled": nulled, "columns": dg.MetadataValue.json(examples)})
 
     return _check
 
 
-ENTITY_CHECKS = [factory(name) for name in ENTITY_ASSETS
-                 for factory in (unique_ids_check, sync_lag_check, value_coercions_check)]
+HEALTH_CHECKS = [every_portal_current, journal_healthy,
+                 *(value_coercions_check(name) for name in ENTITY_ASSETS)]
 
 
 class ReconcileConfig(dg.Config):
@@ -96,13 +124,17 @@ class ReconcileConfig(dg.Config):
     key=RECONCILIATION,
     deps=[asset_key(name) for name in ENTITY_ASSETS],
     partitions_def=portals,
-    group_name="bitrix24",
+    group_name=GROUP,
+    kinds={"bitrix24"},
     pool=WAREHOUSE_POOL,
-    check_specs=[dg.AssetCheckSpec("in_sync_with_portal", asset=RECONCILIATION)],
+    check_specs=[dg.AssetCheckSpec(
+        "in_sync_with_portal", asset=RECONCILIATION,
+        description="The portal's ids and modification times match the warehouse (changes still in flight "
+                    "are counted apart, never as drift).")],
 )
 def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, bitrix24: Bitrix24Resource,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Ids and modification times compared between the portal and the warehouse, per table."""
+    """Ids and modification times compared between the portal and the warehouse, per table; repairs drift."""
     with portal_sync(context, bitrix24, warehouse) as sync:
         reports = reconcile(sync, repair=config.repair)
     counted = (*DRIFT, "in_flight")
@@ -123,7 +155,8 @@ def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, b
     key=DEAD_LETTERS,
     deps=[asset_key(name) for name in ENTITY_ASSETS],
     partitions_def=portals,
-    group_name="bitrix24",
+    group_name=GROUP,
+    kinds={"bitrix24"},
     pool=WAREHOUSE_POOL,  # it reads the ledger: a DuckDB file admits no other handle beside its writer
     check_specs=[dg.AssetCheckSpec(
         "error_lane_empty", asset=DEAD_LETTERS,

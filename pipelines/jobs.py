@@ -1,27 +1,26 @@
 """Jobs: the change sync, the full resync and the error-lane drain over the same CRM assets (they
-differ only in the reserve op's mode), and the reconciliation; schedules for the last two.
+differ only in the reserve op's mode), the reconciliation, and the fleet's health checks; schedules
+for the last three.
 
 Each runs in one process: per-step processes cost seconds each on a small machine, and the steps
 hand each other files, not memory.
 """
 
-import os
-
 import dagster as dg
 
-from pipelines.assets import bitrix24_crm
-from pipelines.health import ENTITY_CHECKS, dead_letters, reconciliation
+from pipelines.assets import SyncConfig, bitrix24_crm
+from pipelines.health import HEALTH_CHECKS, dead_letters, reconciliation
 from pipelines.partitions import portals
 
-# A run whose worker died (OOM, kill -9) is stopped by run monitoring after this long at the latest;
-# a retry then recovers its reservations. Far above a normal sync run (seconds).
-SYNC_MAX_RUNTIME_S = os.environ.get("B24_SYNC_MAX_RUNTIME_S", "1800")
-SCAN_MAX_RUNTIME_S = "21600"  # a full scan of a big portal at 2 requests/s takes hours
+# A run whose worker died (OOM, kill -9) is stopped by run monitoring after its maximum runtime at the
+# latest; a retry then recovers its reservations. Sync and drain runs take the instance's
+# (dagster.yaml run_monitoring.max_runtime_seconds, far above a normal sync); these carry their own.
+SCAN_MAX_RUNTIME_S = 21600  # a full scan of a big portal at 2 requests/s takes hours
 
-CRM_TABLES = dg.AssetSelection.assets(bitrix24_crm) | dg.AssetSelection.checks(*ENTITY_CHECKS)
+CRM_TABLES = dg.AssetSelection.assets(bitrix24_crm)
 
 
-def _crm_job(name: str, mode: str, description: str, max_runtime_s: str,
+def _crm_job(name: str, mode: str, description: str, max_runtime_s: int | None = None,
              also: dg.AssetSelection | None = None):
     """A job over the CRM tables whose reserve op runs in ``mode``; one process, no per-step spawn."""
     return dg.define_asset_job(
@@ -29,24 +28,31 @@ def _crm_job(name: str, mode: str, description: str, max_runtime_s: str,
         selection=CRM_TABLES | also if also is not None else CRM_TABLES,
         description=description,
         executor_def=dg.in_process_executor,
-        config={"ops": {"bitrix24_crm": {"ops": {"reserve_changes": {"config": {"mode": mode}}}}}},
-        tags={"dagster/max_runtime": max_runtime_s},
+        config=dg.RunConfig(ops={"bitrix24_crm": {"ops": {"reserve_changes": SyncConfig(mode=mode)}}}),
+        tags={"dagster/max_runtime": str(max_runtime_s)} if max_runtime_s else None,
     )
 
 
 SYNC_JOB = _crm_job("sync", "changes", "Reserve pending offline events, re-read the changed objects, commit, "
-                    "acknowledge.", SYNC_MAX_RUNTIME_S)
+                    "acknowledge.")
 FULL_RESYNC_JOB = _crm_job("full_resync", "full_resync", "Bind the offline events, then scan every entity and "
                            "tombstone what the portal lacks.", SCAN_MAX_RUNTIME_S)
 ERROR_LANE_JOB = _crm_job("drain_error_lane", "error_lane", "Retry the objects parked in the error lane "
-                          "(event.offline.get error=1).", SYNC_MAX_RUNTIME_S,
+                          "(event.offline.get error=1).",
                           also=dg.AssetSelection.assets(dead_letters))
 RECONCILE_JOB = dg.define_asset_job(
     "reconcile",
     selection=dg.AssetSelection.assets(reconciliation),
     description="Compare every portal id and modification time with the warehouse; repair differences.",
     executor_def=dg.in_process_executor,
-    tags={"dagster/max_runtime": SCAN_MAX_RUNTIME_S},
+    tags={"dagster/max_runtime": str(SCAN_MAX_RUNTIME_S)},
+)
+HEALTH_JOB = dg.define_asset_job(
+    "health_checks",
+    selection=dg.AssetSelection.checks(*HEALTH_CHECKS),
+    description="Evaluate the fleet's health checks: every portal current, no stuck reservation, "
+                "every value in its column's type.",
+    executor_def=dg.in_process_executor,
 )
 
 
@@ -62,3 +68,6 @@ def _every_portal(job, cron: str, name: str) -> dg.ScheduleDefinition:
 
 RECONCILE_SCHEDULE = _every_portal(RECONCILE_JOB, "17 * * * *", "hourly_reconciliation")
 ERROR_LANE_SCHEDULE = _every_portal(ERROR_LANE_JOB, "*/15 * * * *", "error_lane_drain")
+HEALTH_SCHEDULE = dg.ScheduleDefinition(name="health_checks_every_5_minutes", job=HEALTH_JOB,
+                                        cron_schedule="*/5 * * * *",
+                                        default_status=dg.DefaultScheduleStatus.RUNNING)

@@ -1,6 +1,8 @@
 """Dagster resources: the Bitrix24 app (with its state store) and the warehouse.
 
-Secrets arrive through `dg.EnvVar`, so they resolve at launch and never sit in run config.
+Every setting is a resource field. Secrets and places arrive through `dg.EnvVar` (see
+`pipelines.definitions`), so they resolve at launch and never sit in run config; numbers have
+defaults a deployment overrides where it builds its definitions (`build_definitions`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Bitrix24Resource(dg.ConfigurableResource):
     burst: int = 50  # the portal's leaky bucket: 50/2 on most plans, 250/5 on Enterprise
     drain_per_s: float = 2.0
     operating_limit_s: float = 480.0
+    # A portal without push signals (ONOFFLINEEVENT) has its queue peeked at most this often.
+    peek_interval_s: float = 60.0
 
     def state(self) -> StateStore:
         return open_state_store(self.state_store)
@@ -44,8 +48,8 @@ class Bitrix24Resource(dg.ConfigurableResource):
 class WarehouseResource(dg.ConfigurableResource):
     """Where the entity tables live: a DuckDB file (default) or a PostgreSQL DSN."""
 
-    url: str
-    schema_name: str = "bitrix24"  # PostgreSQL schema of the tables and views
+    url: str  # DuckDB file path, or postgresql://... (a ?schema= parameter names the schema)
+    schema_name: str = "bitrix24"  # PostgreSQL schema of the tables and views, unless the URL names one
     snapshot_path: str | None = None  # DuckDB: the read-only copy analysts open (default: beside the file)
     # DuckDB: publish the snapshot after every commit (0), or at most every N seconds on big files
     # where copying it costs more than the sync (about 1 s per 400 MB here).

@@ -4,10 +4,14 @@ It never calls the destructive ``event.offline.get`` (a tick that fails would lo
 push signals (``ONOFFLINEEVENT``, recorded by the receiver) say which portals have news; a few
 portals per tick are also peeked with the read-only ``event.offline.list`` as a fallback, so a
 tick over thousands of portals stays a handful of HTTP calls.
+
+What it sees is reported, not just acted on: one observation of ``bitrix24/offline_queue`` per tick
+(portals peeked, rows waiting, the oldest row's age), and for a portal whose queue is empty with no
+run in flight, a ``bitrix24/sync_watermark`` materialization (at most every few minutes per portal):
+the warehouse is current for it, so its freshness stays green while nothing changes.
 """
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -16,15 +20,16 @@ import dagster as dg
 
 from connectors.bitrix24 import Bitrix24Error, QueuePeek
 from connectors.state import StateStore
+from pipelines.assets import OFFLINE_QUEUE, SYNC_WATERMARK
 from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource
-from pipelines.tables import QUEUE_ASSET
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
 RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
-# A portal without push signals is peeked at most this often.
-POLL_INTERVAL_S = float(os.environ.get("B24_POLL_INTERVAL_S", "60"))
+# A quiet portal's watermark is renewed at most this often (well inside the freshness window), so
+# a fleet of idle portals writes a few event-log rows per portal per window, not one per peek.
+CONFIRM_EVERY_S = 120.0
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                        dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -37,6 +42,7 @@ class SensorCursor:
     polled_at: dict[str, float] = field(default_factory=dict)  # portal -> last fallback peek
     launches: dict[str, int] = field(default_factory=dict)  # portal -> sync runs requested so far
     resync_attempts: dict[str, int] = field(default_factory=dict)  # portal -> full resyncs requested again
+    confirmed_at: dict[str, float] = field(default_factory=dict)  # portal -> last watermark from an empty peek
     checked_until: float | None = None  # ended full resyncs before this were already looked at
     resyncs_seen: list[str] = field(default_factory=list)  # ids of recently looked-at ended resyncs
 
@@ -79,8 +85,9 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
     busy = _portals_with_active_runs(context)
     requests += _failed_resyncs_again(context, cursor, active, busy)
     candidates = [p for p in dict.fromkeys([*cursor.pending, *signalled]) if p in active]
-    candidates += _due_for_polling(cursor, sorted(active), exclude=set(candidates))
-    observations: list[dg.AssetObservation] = []
+    candidates += _due_for_polling(cursor, sorted(active), exclude=set(candidates), every_s=bitrix24.peek_interval_s)
+    events: list[dg.AssetMaterialization | dg.AssetObservation] = []
+    peeked: dict[str, QueuePeek] = {}
     still_pending: list[str] = []
     for key in candidates:
         if key in busy:
@@ -93,10 +100,12 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
             context.log.warning(f"portal {key}: peek failed: {error}")
             still_pending.append(key)
             continue
-        lag_s = (datetime.now(UTC) - peek.head.timestamp).total_seconds() if peek.head else 0.0
-        if key in known:
-            observations.append(dg.AssetObservation(QUEUE_ASSET, partition=key, metadata={
-                "depth": peek.depth, "lag_s": round(lag_s, 1)}))
+        peeked[key] = peek
+        if not peek.depth and key in known and time.time() - cursor.confirmed_at.get(key, 0.0) >= CONFIRM_EVERY_S:
+            # Nothing queued and nothing running: the warehouse holds every change of this portal.
+            cursor.confirmed_at[key] = time.time()
+            events.append(dg.AssetMaterialization(SYNC_WATERMARK, partition=key, metadata={
+                "confirmed_by": "sensor", "lag_s": 0.0, "events": 0}))
         if peek.depth:
             # The key follows the pending state and counts launches: a tick evaluated twice asks
             # once, and a run that failed on the same rows does not block the next (run keys are
@@ -107,10 +116,13 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
                                           run_key=f"sync:{key}:{head}:{peek.depth}:{launch}"))
     cursor.pending = still_pending
     cursor.polled_at = {k: v for k, v in cursor.polled_at.items() if k in active}
+    cursor.confirmed_at = {k: v for k, v in cursor.confirmed_at.items() if k in active}
+    if peeked:
+        events.append(_queue_observation(peeked))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[portals.build_add_request(new_partitions)] if new_partitions else [],
-        asset_events=observations,
+        asset_events=events,
         cursor=cursor.dump(),
     )
 
@@ -120,10 +132,25 @@ def _peek(bitrix24: Bitrix24Resource, state: StateStore, portal: str) -> QueuePe
         return bitrix24.queue(client).peek()
 
 
-def _due_for_polling(cursor: SensorCursor, portal_keys: list[str], exclude: set[str]) -> list[str]:
+def _queue_observation(peeked: dict[str, QueuePeek]) -> dg.AssetObservation:
+    """One observation per tick for the whole fleet: rows waiting and the oldest one's age (seconds)
+    over the portals peeked, with the busiest few named."""
+    now = datetime.now(UTC)
+    lags = {key: (now - peek.head.timestamp).total_seconds() for key, peek in peeked.items() if peek.head}
+    waiting = sorted((key for key, peek in peeked.items() if peek.depth), key=lambda key: -peeked[key].depth)
+    return dg.AssetObservation(OFFLINE_QUEUE, metadata={
+        "portals_peeked": len(peeked),
+        "portals_with_rows": len(waiting),
+        "depth": sum(peek.depth for peek in peeked.values()),
+        "oldest_row_age_s": round(max(lags.values(), default=0.0), 1),
+        "busiest": dg.MetadataValue.json({key: peeked[key].depth for key in waiting[:10]}),
+    })
+
+
+def _due_for_polling(cursor: SensorCursor, portal_keys: list[str], exclude: set[str], every_s: float) -> list[str]:
     now = time.time()
     due = [key for key in portal_keys
-           if key not in exclude and now - cursor.polled_at.get(key, 0.0) >= POLL_INTERVAL_S]
+           if key not in exclude and now - cursor.polled_at.get(key, 0.0) >= every_s]
     due.sort(key=lambda key: cursor.polled_at.get(key, 0.0))  # least recently peeked first
     return due[:POLLS_PER_TICK]
 

@@ -31,6 +31,8 @@ from connectors.bitrix24.entities import (
     Action,
     EntityKind,
     EntityRegistry,
+    entity_assets,
+    kind_from_key,
     smart_process_kind,
 )
 from connectors.bitrix24.errors import (
@@ -125,9 +127,11 @@ __all__ = [
     "WrongAuthType",
     "WrongLicense",
     "encode_query",
+    "entity_assets",
     "fetch_by_ids",
     "fetch_changes",
     "frame_and_coercions",
+    "kind_from_key",
     "plan_changes",
     "result_ref",
     "scan",

@@ -40,6 +40,10 @@ class EntityKind:
     entity_type_id: int | None = None  # crm.item.* need it; also dispatches ONCRMDYNAMICITEM*
     select: tuple[str, ...] = ("*",)  # legacy masks: "*" + "UF_*"; multifields must be named (§4.3)
     title: str = ""
+    # The Dagster asset that shows this kind's table(s), and what the asset is: every kind names one
+    # (all smart-process types share one asset), so an asset list derived from the kinds covers them all.
+    asset: str = ""
+    description: str = ""
 
 
 def _crm_events(entity: str) -> dict[str, Action]:
@@ -47,32 +51,37 @@ def _crm_events(entity: str) -> dict[str, Action]:
 
 
 def _legacy(key: str, table: str, entity: str, entity_type_id: int | None, select: tuple[str, ...],
-            *extra_events: tuple[str, Action]) -> EntityKind:
+            description: str, *extra_events: tuple[str, Action]) -> EntityKind:
     api = f"crm.{key}"
     events = _crm_events(entity)
     return EntityKind(
         key=key, table=table, events={**events, **dict(extra_events)}, bind_events=tuple(events),
         list_method=f"{api}.list", fields_method=f"{api}.fields", add_method=f"{api}.add",
         update_method=f"{api}.update", id_field="ID", modified_field="DATE_MODIFY", value_style="legacy",
-        entity_type_id=entity_type_id, select=select, title=table,
+        entity_type_id=entity_type_id, select=select, title=table, asset=table, description=description,
     )
 
 
 _WITH_MULTIFIELDS = ("*", "UF_*", "PHONE", "EMAIL", "WEB", "IM")
 
 DEAL = _legacy("deal", "deals", "DEAL", 2, ("*", "UF_*"),
+               "CRM deals: one current row per deal, deletes kept as tombstones.",
                # A funnel move is an update of the deal (facts §3); recognised if bound elsewhere,
                # not bound by us: its rows key on category and stage, so they would only duplicate.
                ("ONCRMDEALMOVETOCATEGORY", Action.UPDATE))
-CONTACT = _legacy("contact", "contacts", "CONTACT", 3, _WITH_MULTIFIELDS)
-COMPANY = _legacy("company", "companies", "COMPANY", 4, _WITH_MULTIFIELDS)
-LEAD = _legacy("lead", "leads", "LEAD", 1, _WITH_MULTIFIELDS)
+CONTACT = _legacy("contact", "contacts", "CONTACT", 3, _WITH_MULTIFIELDS,
+                  "CRM contacts with their phones and e-mails.")
+COMPANY = _legacy("company", "companies", "COMPANY", 4, _WITH_MULTIFIELDS,
+                  "CRM companies (client and partner organisations).")
+LEAD = _legacy("lead", "leads", "LEAD", 1, _WITH_MULTIFIELDS,
+               "CRM leads: unqualified prospects before they become deals.")
 ACTIVITY = EntityKind(
     key="activity", table="activities", events=_crm_events("ACTIVITY"),
     bind_events=tuple(_crm_events("ACTIVITY")),
     list_method="crm.activity.list", fields_method="crm.activity.fields", add_method="crm.activity.add",
     update_method="crm.activity.update", id_field="ID", modified_field="LAST_UPDATED",
-    value_style="legacy", select=("*",), title="activities",
+    value_style="legacy", select=("*",), title="activities", asset="activities",
+    description="CRM activities: calls, e-mails, meetings and tasks on CRM records.",
 )
 
 STANDARD_KINDS = (DEAL, CONTACT, COMPANY, LEAD, ACTIVITY)
@@ -80,6 +89,10 @@ STANDARD_KINDS = (DEAL, CONTACT, COMPANY, LEAD, ACTIVITY)
 # All smart-process types share these names and say which type in ENTITY_TYPE_ID; per-type
 # variants end in "_<entityTypeId>" (facts §3).
 _DYNAMIC_EVENT = re.compile(r"^ONCRMDYNAMICITEM(ADD|UPDATE|DELETE)(?:_(\d+))?$")
+
+
+SMART_PROCESS_ASSET = "smart_process_items"
+SMART_PROCESS_DESCRIPTION = "Items of every smart process (one table items_<entityTypeId> per type)."
 
 
 def smart_process_kind(entity_type_id: int, title: str = "") -> EntityKind:
@@ -94,7 +107,26 @@ def smart_process_kind(entity_type_id: int, title: str = "") -> EntityKind:
         list_method="crm.item.list", fields_method="crm.item.fields", add_method="crm.item.add",
         update_method="crm.item.update", id_field="id", modified_field="updatedTime",
         value_style="item", entity_type_id=entity_type_id, select=("*",), title=title,
+        asset=SMART_PROCESS_ASSET, description=SMART_PROCESS_DESCRIPTION,
     )
+
+
+def kind_from_key(key: str) -> EntityKind:
+    """The kind a `EntityKind.key` names: a standard kind, or the smart-process type ``item:<id>``.
+
+    Raises KeyError for any other key. Lets a manifest that kept only the key recover the kind's
+    table, asset and methods without asking the portal again."""
+    prefix, _, type_id = key.partition(":")
+    if prefix == "item" and type_id.isdigit():
+        return smart_process_kind(int(type_id))
+    return EntityRegistry.standard()[key]
+
+
+def entity_assets() -> dict[str, str]:
+    """Every entity asset, ``{asset name: description}``, in registry order: the standard kinds' and the
+    one asset all smart-process types share (their types are only known per portal, at run time)."""
+    kinds = (*STANDARD_KINDS, smart_process_kind(0))  # type 0: a stand-in carrying the shared names
+    return {kind.asset: kind.description for kind in kinds}
 
 
 @dataclass(frozen=True)

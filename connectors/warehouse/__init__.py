@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
 from connectors.warehouse.errors import (
@@ -66,18 +67,33 @@ _POSTGRES_URLS = ("postgresql://", "postgres://")
 def open_warehouse(target: str | os.PathLike[str], *, schema: str = DEFAULT_SCHEMA,
                    snapshot_path: str | os.PathLike[str] | None = None,
                    publish_every: float | None = None) -> Warehouse:
-    """Open a warehouse by target: a DuckDB file path (or ``duckdb:///path``) or a PostgreSQL DSN.
+    """Open a warehouse by target: a DuckDB file path (or ``duckdb:///path``) or a PostgreSQL URL.
 
-    ``schema`` applies to PostgreSQL. ``snapshot_path`` (default ``<name>.snapshot.duckdb`` beside
-    the file) and ``publish_every`` (None: on request only; 0: after every commit; N: at most every
-    N seconds) apply to DuckDB.
+    ``schema`` applies to PostgreSQL; a ``schema`` query parameter of the URL
+    (``postgresql://host/db?schema=crm``) takes precedence, so one setting can name the whole place.
+    ``snapshot_path`` (default ``<name>.snapshot.duckdb`` beside the file) and ``publish_every`` (None:
+    on request only; 0: after every commit; N: at most every N seconds) apply to DuckDB.
+    Raises `UnsupportedWarehouse` for any other URL scheme.
     """
     text = os.fspath(target)
     if text.startswith(_POSTGRES_URLS):
-        return PostgresWarehouse(text, schema=schema)
+        dsn, url_schema = _without_schema_parameter(text)
+        return PostgresWarehouse(dsn, schema=url_schema or schema)
     if text.startswith(_DUCKDB_URL):
         text = "/" + text.removeprefix(_DUCKDB_URL)  # duckdb:///var/lib/w.duckdb -> /var/lib/w.duckdb
     elif "://" in text:
         # Only the scheme is echoed: the rest of a URL may hold a password.
         raise UnsupportedWarehouse(f"unsupported warehouse URL scheme: {text.split('://', 1)[0]!r}")
     return DuckDBWarehouse(Path(text), snapshot_path=snapshot_path, publish_every=publish_every)
+
+
+def _without_schema_parameter(url: str) -> tuple[str, str | None]:
+    """``postgresql://h/db?schema=x&sslmode=y`` -> (``postgresql://h/db?sslmode=y``, ``x``): the driver
+    does not know ``schema``; every other parameter is passed on untouched."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for name, value in query if name == "schema"]
+    if not schemas:
+        return url, None
+    rest = urlencode([(name, value) for name, value in query if name != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schemas[-1]

@@ -40,9 +40,10 @@ def postgres_rows(schema: str, portal: str):
 def test_changes_made_in_the_portal_reach_the_warehouse_through_dagster(
         tmp_path: Path, backend: str, pg_schema: str) -> None:
     with run_emulator_process(counts=COUNTS, seed=5, limits=True, plan="professional") as emu:
-        warehouse = str(tmp_path / "warehouse.duckdb") if backend == "duckdb" else PG_DSN
-        extra = {"B24_WAREHOUSE_SCHEMA": pg_schema}
-        with running_stack(emu, tmp_path, warehouse, extra_env=extra) as stack:
+        # The PostgreSQL warehouse's schema is named in its URL (?schema=).
+        warehouse = str(tmp_path / "warehouse.duckdb") if backend == "duckdb" else \
+            f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={pg_schema}"
+        with running_stack(emu, tmp_path, warehouse) as stack:
             stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 300,
                              "the full resync of the newly installed portal")
             emu.start_activity(15, seed=3)
@@ -62,9 +63,9 @@ def test_a_sync_run_killed_at_any_step_is_recovered_by_the_next_run(tmp_path: Pa
     """The run process is SIGKILLed once (failpoint; the first run to get there, which for
     after_commit is the full resync); Dagster fails and retries the dead run, monitoring frees its
     pool slot, and recovery (journal, orphans) leaves the warehouse equal to the portal."""
-    crash_env = {"B24WH_FAILPOINT": failpoint, "B24WH_FAILPOINT_ONCE": str(tmp_path / "crashed"),
-                 "B24_SYNC_MAX_RUNTIME_S": "15"}
-    fast_monitoring = {"run_monitoring": {"enabled": True, "poll_interval_seconds": 2,
+    crash_env = {"B24WH_FAILPOINT": failpoint, "B24WH_FAILPOINT_ONCE": str(tmp_path / "crashed")}
+    # A sync run whose process died is failed (and retried) after max_runtime_seconds.
+    fast_monitoring = {"run_monitoring": {"enabled": True, "poll_interval_seconds": 2, "max_runtime_seconds": 15,
                                           "cancel_timeout_seconds": 5, "free_slots_after_run_end_seconds": 2}}
     with run_emulator_process(counts=COUNTS, seed=6, limits=True, plan="professional") as emu:
         warehouse = str(tmp_path / "warehouse.duckdb")

@@ -8,6 +8,7 @@ HTTP calls because it peeks only signalled portals and a bounded round-robin sli
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,14 +94,47 @@ def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
         second = evaluate(instance, resource, first.cursor)
 
         assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("sync", key)]
-        [observation] = second.asset_events
+        [observation] = second.asset_events  # one for the fleet, not one per portal
         assert observation.asset_key == dg.AssetKey(["bitrix24", "offline_queue"])
-        assert observation.partition == key
+        assert isinstance(observation, dg.AssetObservation)
         assert observation.metadata["depth"].value == 1
+        assert observation.metadata["portals_with_rows"].value == 1
+        assert observation.metadata["busiest"].value == {key: 1}
         called = set(emu.stats()["methods"])
         assert "event.offline.get" not in called
         assert "event.offline.list" in called
         assert len(emu.queue()) == 1, "the sensor must not consume the row"
+
+
+def test_a_quiet_portal_is_confirmed_current_now_and_then_and_a_busy_one_is_not(
+        emu: ThreadEmulator, tmp_path: Path) -> None:
+    """An empty queue with no run in flight renews the portal's watermark (its freshness), at most
+    every CONFIRM_EVERY_S; rows waiting never do: only the sync that loads them may."""
+    state_path = tmp_path / "state.sqlite3"
+    key = install(emu, state_path)
+    resource = Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
+                                oauth_token_url=f"{emu.url}/oauth/token/", state_store=str(state_path),
+                                peek_interval_s=0)
+    bind_deal_events(resource, key)
+    watermark = dg.AssetKey(["bitrix24", "sync_watermark"])
+
+    def confirmations(result) -> list:
+        return [e for e in result.asset_events if isinstance(e, dg.AssetMaterialization)]
+
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource)  # adds the partition
+        second = evaluate(instance, resource, first.cursor)
+        [confirmed] = confirmations(second)
+        assert (confirmed.asset_key, confirmed.partition) == (watermark, key)
+        assert confirmed.metadata["confirmed_by"].value == "sensor"
+        assert confirmations(evaluate(instance, resource, second.cursor)) == []  # not again so soon
+
+        emu.world.portal("default").crm.write("deal", "update", 3, {"TITLE": "changed"}, Origin(user_id=2))
+        cursor = json.loads(second.cursor)
+        cursor["confirmed_at"] = {}  # long ago
+        busy = evaluate(instance, resource, json.dumps(cursor))
+        assert confirmations(busy) == []
+        assert [r.job_name for r in busy.run_requests] == ["sync"]
 
 
 def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
