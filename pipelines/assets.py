@@ -53,7 +53,6 @@ SYNC_WATERMARK = asset_key("sync_watermark")
 # A portal whose changes have not landed for this long is stale: the promise is "fresh within a
 # minute", the sensor confirms quiet portals every few minutes, so ten minutes is an incident.
 FRESHNESS_WINDOW = timedelta(minutes=10)
-FRESHNESS_WARN = timedelta(minutes=5)
 
 # DuckDB allows one writer per file: every op that opens the warehouse takes a slot of this pool
 # (dagster.yaml sets its limit), so runs of different portals queue instead of failing on the lock.
@@ -240,21 +239,34 @@ offline_queue = dg.AssetSpec(
 )
 
 
-@dg.graph_multi_asset(
-    ins={"queue": dg.AssetIn(OFFLINE_QUEUE, dagster_type=dg.Nothing)},
-    outs={
-        SYNC_WATERMARK.path[-1]: dg.AssetOut(
-            key=SYNC_WATERMARK, group_name=GROUP, kinds={"bitrix24"}, is_required=True,
-            description="How far each portal's changes are in the warehouse: materialized by every sync once "
-                        "its queue rows are acknowledged, and by the sensor when the queue is empty.",
-            freshness_policy=dg.FreshnessPolicy.time_window(fail_window=FRESHNESS_WINDOW,
-                                                            warn_window=FRESHNESS_WARN)),
-        **{name: dg.AssetOut(key=asset_key(name), description=description, group_name=GROUP,
-                             kinds={"bitrix24"}, is_required=False)
-           for name, description in ENTITY_ASSETS.items()},
-    },
-    partitions_def=portals,
-)
-def bitrix24_crm(queue):
-    """CRM tables kept current from the portal's offline-event queue."""
-    return ack_events(commit_rows(fetch_state(reserve_changes(queue))))._asdict()
+CRM_ASSET_KEYS = [SYNC_WATERMARK, *(asset_key(name) for name in ENTITY_ASSETS)]
+
+
+def crm_assets(freshness_window: timedelta = FRESHNESS_WINDOW) -> dg.AssetsDefinition:
+    """The sync graph's assets: the watermark (red, by Dagster's freshness policy, when no sync landed
+    within ``freshness_window``; a warning at half of it) and one asset per entity kind."""
+
+    @dg.graph_multi_asset(
+        name="bitrix24_crm",
+        ins={"queue": dg.AssetIn(OFFLINE_QUEUE, dagster_type=dg.Nothing)},
+        outs={
+            SYNC_WATERMARK.path[-1]: dg.AssetOut(
+                key=SYNC_WATERMARK, group_name=GROUP, kinds={"bitrix24"}, is_required=True,
+                description="How far each portal's changes are in the warehouse: materialized by every sync "
+                            "once its queue rows are acknowledged, and by the sensor when the queue is empty.",
+                freshness_policy=dg.FreshnessPolicy.time_window(fail_window=freshness_window,
+                                                                warn_window=freshness_window / 2)),
+            **{name: dg.AssetOut(key=asset_key(name), description=description, group_name=GROUP,
+                                 kinds={"bitrix24"}, is_required=False)
+               for name, description in ENTITY_ASSETS.items()},
+        },
+        partitions_def=portals,
+    )
+    def bitrix24_crm(queue):
+        """CRM tables kept current from the portal's offline-event queue."""
+        return ack_events(commit_rows(fetch_state(reserve_changes(queue))))._asdict()
+
+    return bitrix24_crm
+
+
+bitrix24_crm = crm_assets()

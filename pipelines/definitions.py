@@ -6,10 +6,12 @@ environment at import. Numbers (rate limits, peek interval, snapshot cadence) ar
 defaults; a deployment that needs others builds its own definitions with `build_definitions`.
 """
 
+from datetime import timedelta
+
 import dagster as dg
 
-from pipelines.assets import bitrix24_crm, offline_queue
-from pipelines.health import HEALTH_CHECKS, dead_letters, reconciliation
+from pipelines.assets import FRESHNESS_WINDOW, crm_assets, offline_queue
+from pipelines.health import dead_letters, health_checks, reconciliation
 from pipelines.jobs import (
     ERROR_LANE_JOB,
     ERROR_LANE_SCHEDULE,
@@ -38,13 +40,15 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = None) -> dg.Definitions:
+def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = None, *,
+                      freshness_window: timedelta = FRESHNESS_WINDOW) -> dg.Definitions:
     """Every asset, check, job, schedule and sensor of the product, over ``resources`` (default:
     `default_resources`). A deployment with other numbers passes e.g.
-    ``{"bitrix24": Bitrix24Resource(..., burst=250, drain_per_s=5), "warehouse": ...}``."""
+    ``{"bitrix24": Bitrix24Resource(..., burst=250, drain_per_s=5), "warehouse": ...}``;
+    ``freshness_window``: how long a portal may go without a sync landing before it is stale."""
     return dg.Definitions(
-        assets=[offline_queue, bitrix24_crm, reconciliation, dead_letters],
-        asset_checks=HEALTH_CHECKS,
+        assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters],
+        asset_checks=health_checks(freshness_window),
         jobs=[SYNC_JOB, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB],
         schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE],
         sensors=[offline_events_sensor],

@@ -59,17 +59,22 @@ def _materializations_since(instance: dg.DagsterInstance, key: dg.AssetKey, sinc
         cursor = page.cursor
 
 
-@dg.asset_check(asset=SYNC_WATERMARK, name="every_portal_current",
-                description="Every installed portal had its changes land (or its empty queue confirmed) "
-                            f"within the last {FRESHNESS_WINDOW.total_seconds() / 60:.0f} minutes.")
-def every_portal_current(context: dg.AssetCheckExecutionContext, bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
-    with bitrix24.state() as state:
-        installed = {portal.key for portal in state.portals()}
-    since = datetime.now(UTC) - FRESHNESS_WINDOW
-    current = {record.partition_key for record in _materializations_since(context.instance, SYNC_WATERMARK, since)}
-    stale = sorted(installed - current)
-    return dg.AssetCheckResult(passed=not stale, metadata={
-        "portals": len(installed), "stale": len(stale), "stale_examples": dg.MetadataValue.json(stale[:EXAMPLES])})
+def every_portal_current_check(window: timedelta = FRESHNESS_WINDOW) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=SYNC_WATERMARK, name="every_portal_current",
+                    description="Every installed portal had its changes land (or its empty queue confirmed) "
+                                f"within the last {window.total_seconds() / 60:g} minutes.")
+    def _check(context: dg.AssetCheckExecutionContext, bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
+        with bitrix24.state() as state:
+            installed = {portal.key for portal in state.portals()}
+        since = datetime.now(UTC) - window
+        current = {record.partition_key
+                   for record in _materializations_since(context.instance, SYNC_WATERMARK, since)}
+        stale = sorted(installed - current)
+        return dg.AssetCheckResult(passed=not stale, metadata={
+            "portals": len(installed), "stale": len(stale),
+            "stale_examples": dg.MetadataValue.json(stale[:EXAMPLES])})
+
+    return _check
 
 
 @dg.asset_check(asset=SYNC_WATERMARK, name="journal_healthy", pool=WAREHOUSE_POOL,
@@ -112,8 +117,13 @@ def value_coercions_check(asset_name: str) -> dg.AssetChecksDefinition:
     return _check
 
 
-HEALTH_CHECKS = [every_portal_current, journal_healthy,
-                 *(value_coercions_check(name) for name in ENTITY_ASSETS)]
+def health_checks(freshness_window: timedelta = FRESHNESS_WINDOW) -> list[dg.AssetChecksDefinition]:
+    """The checks the ``health_checks`` job evaluates for the whole fleet."""
+    return [every_portal_current_check(freshness_window), journal_healthy,
+            *(value_coercions_check(name) for name in ENTITY_ASSETS)]
+
+
+HEALTH_CHECKS = health_checks()
 
 
 class ReconcileConfig(dg.Config):

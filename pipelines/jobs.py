@@ -8,8 +8,8 @@ hand each other files, not memory.
 
 import dagster as dg
 
-from pipelines.assets import SyncConfig, bitrix24_crm
-from pipelines.health import HEALTH_CHECKS, dead_letters, reconciliation
+from pipelines.assets import CRM_ASSET_KEYS, SyncConfig
+from pipelines.health import dead_letters, reconciliation
 from pipelines.partitions import portals
 
 # A run whose worker died (OOM, kill -9) is stopped by run monitoring after its maximum runtime at the
@@ -17,7 +17,7 @@ from pipelines.partitions import portals
 # (dagster.yaml run_monitoring.max_runtime_seconds, far above a normal sync); these carry their own.
 SCAN_MAX_RUNTIME_S = 21600  # a full scan of a big portal at 2 requests/s takes hours
 
-CRM_TABLES = dg.AssetSelection.assets(bitrix24_crm)
+CRM_TABLES = dg.AssetSelection.assets(*CRM_ASSET_KEYS)
 
 
 def _crm_job(name: str, mode: str, description: str, max_runtime_s: int | None = None,
@@ -49,7 +49,8 @@ RECONCILE_JOB = dg.define_asset_job(
 )
 HEALTH_JOB = dg.define_asset_job(
     "health_checks",
-    selection=dg.AssetSelection.checks(*HEALTH_CHECKS),
+    # The fleet checks sit on the watermark and the entity assets (pipelines.health.health_checks).
+    selection=dg.AssetSelection.checks_for_assets(*CRM_ASSET_KEYS),
     description="Evaluate the fleet's health checks: every portal current, no stuck reservation, "
                 "every value in its column's type.",
     executor_def=dg.in_process_executor,

@@ -31,6 +31,9 @@ class Bitrix24Resource(dg.ConfigurableResource):
     operating_limit_s: float = 480.0
     # A portal without push signals (ONOFFLINEEVENT) has its queue peeked at most this often.
     peek_interval_s: float = 60.0
+    # An empty queue renews the portal's sync watermark at most this often: well inside the
+    # freshness window (pipelines.assets.FRESHNESS_WINDOW), and a few event-log rows per idle portal.
+    confirm_current_every_s: float = 120.0
 
     def state(self) -> StateStore:
         return open_state_store(self.state_store)

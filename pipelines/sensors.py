@@ -27,9 +27,6 @@ from pipelines.resources import Bitrix24Resource
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
 RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
-# A quiet portal's watermark is renewed at most this often (well inside the freshness window), so
-# a fleet of idle portals writes a few event-log rows per portal per window, not one per peek.
-CONFIRM_EVERY_S = 120.0
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                        dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
@@ -101,7 +98,8 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
             still_pending.append(key)
             continue
         peeked[key] = peek
-        if not peek.depth and key in known and time.time() - cursor.confirmed_at.get(key, 0.0) >= CONFIRM_EVERY_S:
+        confirm_due = time.time() - cursor.confirmed_at.get(key, 0.0) >= bitrix24.confirm_current_every_s
+        if not peek.depth and key in known and confirm_due:
             # Nothing queued and nothing running: the warehouse holds every change of this portal.
             cursor.confirmed_at[key] = time.time()
             events.append(dg.AssetMaterialization(SYNC_WATERMARK, partition=key, metadata={

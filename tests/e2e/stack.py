@@ -31,6 +31,7 @@ class Stack:
     home: Path
     warehouse: str
     processes: Processes
+    ui_port: int = 0
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home / "dagster_home")))
@@ -67,8 +68,9 @@ class Stack:
 @contextmanager
 def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
                   extra_env: dict[str, str] | None = None, push: bool = True,
-                  instance_settings: dict | None = None) -> Iterator[Stack]:
-    """``instance_settings`` override top-level sections of the product's dagster.yaml."""
+                  instance_settings: dict | None = None, code_location: str | None = None) -> Iterator[Stack]:
+    """``instance_settings`` override top-level sections of the product's dagster.yaml;
+    ``code_location`` (a module with ``defs``) replaces the workspace's ``pipelines.definitions``."""
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
     settings = yaml.safe_load((REPO / "pipelines" / "dagster.yaml").read_text())
@@ -87,9 +89,10 @@ def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
         emulator.register_app(emulator.client_id, emulator.client_secret, handler_url=f"{receiver_url}/install")
         emulator.install(emulator.client_id)
         dagster = processes.start("dagster", [
-            sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-            "-p", str(ui_port)], env)
+            sys.executable, "-m", "dagster", "dev",
+            *(["-m", code_location] if code_location else ["-w", "workspace.yaml"]),
+            "-h", "127.0.0.1", "-p", str(ui_port)], env)
         wait_for(f"http://127.0.0.1:{ui_port}/server_info", 240, dagster)
-        yield Stack(emulator, home, warehouse, processes)
+        yield Stack(emulator, home, warehouse, processes, ui_port)
     finally:
         processes.stop()

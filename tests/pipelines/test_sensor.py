@@ -109,7 +109,7 @@ def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
 def test_a_quiet_portal_is_confirmed_current_now_and_then_and_a_busy_one_is_not(
         emu: ThreadEmulator, tmp_path: Path) -> None:
     """An empty queue with no run in flight renews the portal's watermark (its freshness), at most
-    every CONFIRM_EVERY_S; rows waiting never do: only the sync that loads them may."""
+    every confirm_current_every_s; rows waiting never do: only the sync that loads them may."""
     state_path = tmp_path / "state.sqlite3"
     key = install(emu, state_path)
     resource = Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
