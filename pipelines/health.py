@@ -163,7 +163,9 @@ def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, b
 
 @dg.asset(
     key=DEAD_LETTERS,
-    deps=[asset_key(name) for name in ENTITY_ASSETS],
+    # After the drain's ack, which always materializes the watermark (an entity asset is only
+    # materialized when the drain changed its table, and a skipped upstream would skip this too).
+    deps=[SYNC_WATERMARK],
     partitions_def=portals,
     group_name=GROUP,
     kinds={"bitrix24"},

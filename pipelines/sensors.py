@@ -11,15 +11,14 @@ run in flight, a ``bitrix24/sync_watermark`` materialization (at most every few 
 the warehouse is current for it, so its freshness stays green while nothing changes.
 """
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import dagster as dg
+from pydantic import BaseModel, Field
 
 from connectors.bitrix24 import Bitrix24Error, QueuePeek
-from connectors.state import StateStore
+from connectors.state import Portal, SensorPortalState, StateStore
 from pipelines.assets import OFFLINE_QUEUE, SYNC_WATERMARK
 from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
 from pipelines.partitions import portals
@@ -27,28 +26,22 @@ from pipelines.resources import Bitrix24Resource
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
 RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
+RESYNCS_SEEN = 100  # ended full-resync runs remembered in the cursor (run update times are to the second)
 ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                        dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-@dataclass
-class SensorCursor:
-    signals: int | None = None  # the state store's push-signal cursor
-    pending: list[str] = field(default_factory=list)  # signalled portals not yet peeked
-    bootstrapped: dict[str, str] = field(default_factory=dict)  # portal -> installed_at of its resync
-    polled_at: dict[str, float] = field(default_factory=dict)  # portal -> last fallback peek
-    launches: dict[str, int] = field(default_factory=dict)  # portal -> sync runs requested so far
-    resync_attempts: dict[str, int] = field(default_factory=dict)  # portal -> full resyncs requested again
-    confirmed_at: dict[str, float] = field(default_factory=dict)  # portal -> last watermark from an empty peek
-    checked_until: float | None = None  # ended full resyncs before this were already looked at
-    resyncs_seen: list[str] = field(default_factory=list)  # ids of recently looked-at ended resyncs
+class SensorCursor(BaseModel):
+    """The sensor's own cursor: small and constant in size whatever the number of portals (each
+    portal's state lives in the state store, `SensorPortalState`)."""
+
+    signals: int | None = None  # the state store's push-signal sequence already read
+    checked_until: float | None = None  # ended full resyncs before this (Unix s) were already looked at
+    resyncs_seen: list[str] = Field(default_factory=list, max_length=RESYNCS_SEEN)  # recent ended resync runs
 
     @classmethod
     def parse(cls, raw: str | None) -> "SensorCursor":
-        return cls(**json.loads(raw)) if raw else cls()
-
-    def dump(self) -> str:
-        return json.dumps(asdict(self))
+        return cls.model_validate_json(raw) if raw else cls()
 
 
 @dg.sensor(
@@ -67,62 +60,85 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
           cursor: SensorCursor) -> dg.SensorResult:
     active = {portal.key: portal for portal in state.portals()}
     signalled, cursor.signals = state.signals_since(cursor.signals)
+    states = state.sensor_states()
+    watch = {key: states.get(key) or SensorPortalState(key) for key in active}
+    changed: set[str] = set()
+    for key in signalled:
+        if key in watch:
+            watch[key].pending = True
+            changed.add(key)
 
     known = set(context.instance.get_dynamic_partitions(portals.name))
     new_partitions = sorted(set(active) - known)
-    requests: list[dg.RunRequest] = []
-    for key, portal in active.items():
-        installed = portal.installed_at.isoformat() if portal.installed_at else "unknown"
-        if cursor.bootstrapped.get(key) != installed:
-            # A new (or re-installed) portal: bind its events and load everything once.
-            requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key,
-                                          run_key=f"full_resync:{key}:{installed}"))
-            cursor.bootstrapped[key] = installed
+    requests = _full_resyncs(context, active, watch, changed)
 
     busy = _portals_with_active_runs(context)
-    requests += _failed_resyncs_again(context, cursor, active, busy)
-    candidates = [p for p in dict.fromkeys([*cursor.pending, *signalled]) if p in active]
-    candidates += _due_for_polling(cursor, sorted(active), exclude=set(candidates), every_s=bitrix24.peek_interval_s)
+    requests += _failed_resyncs_again(context, cursor, watch, busy, changed)
+    candidates = [key for key, portal_state in watch.items() if portal_state.pending]
+    candidates += _due_for_polling(watch, exclude=set(candidates), every_s=bitrix24.peek_interval_s)
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
     peeked: dict[str, QueuePeek] = {}
-    still_pending: list[str] = []
     for key in candidates:
+        portal_state = watch[key]
+        changed.add(key)
         if key in busy:
-            still_pending.append(key)  # its run will see the rows; look again when it is done
+            portal_state.pending = True  # its run will see the rows; look again when it is done
             continue
-        cursor.polled_at[key] = time.time()
+        portal_state.polled_at = time.time()
         try:
             peek = _peek(bitrix24, state, key)
         except Bitrix24Error as error:
             context.log.warning(f"portal {key}: peek failed: {error}")
-            still_pending.append(key)
+            portal_state.pending = True
             continue
+        portal_state.pending = False
         peeked[key] = peek
-        confirm_due = time.time() - cursor.confirmed_at.get(key, 0.0) >= bitrix24.confirm_current_every_s
+        confirm_due = time.time() - (portal_state.confirmed_at or 0.0) >= bitrix24.confirm_current_every_s
         if not peek.depth and key in known and confirm_due:
             # Nothing queued and nothing running: the warehouse holds every change of this portal.
-            cursor.confirmed_at[key] = time.time()
+            portal_state.confirmed_at = time.time()
             events.append(dg.AssetMaterialization(SYNC_WATERMARK, partition=key, metadata={
                 "confirmed_by": "sensor", "lag_s": 0.0, "events": 0}))
         if peek.depth:
             # The key follows the pending state and counts launches: a tick evaluated twice asks
             # once, and a run that failed on the same rows does not block the next (run keys are
             # never reused, failed runs included).
-            launch = cursor.launches[key] = cursor.launches.get(key, 0) + 1
+            portal_state.launches += 1
             head = peek.head.row_id if peek.head else 0
             requests.append(dg.RunRequest(job_name=SYNC_JOB.name, partition_key=key,
-                                          run_key=f"sync:{key}:{head}:{peek.depth}:{launch}"))
-    cursor.pending = still_pending
-    cursor.polled_at = {k: v for k, v in cursor.polled_at.items() if k in active}
-    cursor.confirmed_at = {k: v for k, v in cursor.confirmed_at.items() if k in active}
+                                          run_key=f"sync:{key}:{head}:{peek.depth}:{portal_state.launches}"))
     if peeked:
         events.append(_queue_observation(peeked))
+    # Saved before the tick's result is handed back: a tick that dies later re-reads the same signals
+    # (the cursor did not move) and asks again under new run keys; nothing is forgotten.
+    state.save_sensor_states([watch[key] for key in sorted(changed)])
+    state.forget_sensor_states(sorted(set(states) - set(active)))
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[portals.build_add_request(new_partitions)] if new_partitions else [],
         asset_events=events,
-        cursor=cursor.dump(),
+        cursor=cursor.model_dump_json(),
     )
+
+
+def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal],
+                  watch: dict[str, SensorPortalState], changed: set[str]) -> list[dg.RunRequest]:
+    """A new (or re-installed) portal gets one full resync: bind its events and load everything.
+
+    The request is repeated (Dagster drops a run key it has seen) until a run with its key exists, so a
+    tick that dies between saving state and submitting its runs cannot leave a portal unloaded."""
+    requests = []
+    for key, portal in active.items():
+        installed = portal.installed_at.isoformat() if portal.installed_at else "unknown"
+        if watch[key].bootstrapped == installed:
+            continue
+        run_key = f"full_resync:{key}:{installed}"
+        if context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1):
+            watch[key].bootstrapped = installed
+            changed.add(key)
+        else:
+            requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key, run_key=run_key))
+    return requests
 
 
 def _peek(bitrix24: Bitrix24Resource, state: StateStore, portal: str) -> QueuePeek:
@@ -145,16 +161,17 @@ def _queue_observation(peeked: dict[str, QueuePeek]) -> dg.AssetObservation:
     })
 
 
-def _due_for_polling(cursor: SensorCursor, portal_keys: list[str], exclude: set[str], every_s: float) -> list[str]:
+def _due_for_polling(watch: dict[str, SensorPortalState], exclude: set[str], every_s: float) -> list[str]:
     now = time.time()
-    due = [key for key in portal_keys
-           if key not in exclude and now - cursor.polled_at.get(key, 0.0) >= every_s]
-    due.sort(key=lambda key: cursor.polled_at.get(key, 0.0))  # least recently peeked first
+    due = [key for key, portal_state in watch.items()
+           if key not in exclude and now - (portal_state.polled_at or 0.0) >= every_s]
+    due.sort(key=lambda key: (watch[key].polled_at or 0.0, key))  # least recently peeked first
     return due[:POLLS_PER_TICK]
 
 
-def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCursor, active: dict,
-                          busy: set[str]) -> list[dg.RunRequest]:
+def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCursor,
+                          watch: dict[str, SensorPortalState], busy: set[str],
+                          changed: set[str]) -> list[dg.RunRequest]:
     """A full resync that ended without success and will not be retried by Dagster is asked for again,
     a bounded number of times (beyond that, hourly reconciliation repairs and the UI shows the failures)."""
     since = cursor.checked_until
@@ -165,19 +182,21 @@ def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCur
     ended = [run for run in context.instance.get_runs(filters=dg.RunsFilter(
         job_name=FULL_RESYNC_JOB.name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
         updated_after=datetime.fromtimestamp(since - 2, UTC))) if run.run_id not in cursor.resyncs_seen]
-    cursor.resyncs_seen = [*cursor.resyncs_seen, *(run.run_id for run in ended)][-100:]
+    cursor.resyncs_seen = [*cursor.resyncs_seen, *(run.run_id for run in ended)][-RESYNCS_SEEN:]
     max_retries = context.instance.run_retries_max_retries if context.instance.run_retries_enabled else 0
     requests = []
     for run in ended:
         key = run.tags.get("dagster/partition")
         retry_number = int(run.tags.get("dagster/retry_number", "0"))
-        if (key not in active or key in busy or cursor.resync_attempts.get(key, 0) >= RESYNC_ATTEMPTS
+        if (key not in watch or key in busy or watch[key].resync_attempts >= RESYNC_ATTEMPTS
                 or (run.status is dg.DagsterRunStatus.FAILURE and retry_number < max_retries)):
             continue
-        attempt = cursor.resync_attempts[key] = cursor.resync_attempts.get(key, 0) + 1
+        watch[key].resync_attempts += 1
+        changed.add(key)
+        attempt = watch[key].resync_attempts
         context.log.warning(f"portal {key}: full resync ended {run.status.value}; asking again ({attempt})")
         requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key,
-                                      run_key=f"full_resync:{key}:{cursor.bootstrapped.get(key)}:{attempt}"))
+                                      run_key=f"full_resync:{key}:{watch[key].bootstrapped}:{attempt}"))
     return requests
 
 

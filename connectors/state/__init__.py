@@ -10,7 +10,7 @@ import os
 
 from connectors.state.errors import InvalidPortalKey, LockTimeout, StateStoreError, UnsupportedStateStore
 from connectors.state.interface import PortalTokens, StateStore
-from connectors.state.portal import Portal, PortalStatus, check_portal_key
+from connectors.state.portal import Portal, PortalStatus, SensorPortalState, check_portal_key
 from connectors.state.postgres_store import DEFAULT_SCHEMA, PostgresStateStore
 from connectors.state.sqlite_store import SQLiteStateStore
 
@@ -22,6 +22,7 @@ __all__ = [
     "PortalTokens",
     "PostgresStateStore",
     "SQLiteStateStore",
+    "SensorPortalState",
     "StateStore",
     "StateStoreError",
     "UnsupportedStateStore",

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
 
-from connectors.state.portal import Portal, PortalStatus
+from connectors.state.portal import Portal, PortalStatus, SensorPortalState
 
 
 class StateStore(ABC):
@@ -37,6 +37,20 @@ class StateStore(ABC):
 
     @abstractmethod
     def mark_uninstalled(self, key: str) -> None: ...
+
+    # -- the sensor's per-portal state -------------------------------------------------------
+
+    @abstractmethod
+    def sensor_states(self) -> dict[str, SensorPortalState]:
+        """Every portal's sensor state, ``{portal key: state}`` (portals never seen are absent)."""
+
+    @abstractmethod
+    def save_sensor_states(self, states: list[SensorPortalState]) -> None:
+        """Insert or replace these portals' sensor states, in one transaction."""
+
+    @abstractmethod
+    def forget_sensor_states(self, portals: list[str]) -> None:
+        """Drop the sensor state of portals that are gone (uninstalled); their data stays."""
 
     def verify_application_token(self, key: str, application_token: str) -> bool:
         """Whether an inbound event carries the portal's application token (facts §7.4)."""

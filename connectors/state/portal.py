@@ -40,3 +40,19 @@ class Portal:
 
     def __post_init__(self) -> None:
         check_portal_key(self.key)
+
+
+@dataclass
+class SensorPortalState:
+    """What the Dagster sensor remembers about one portal between ticks (kept in the state store, so
+    the sensor's own cursor stays small and constant in size however many portals there are).
+
+    Times are Unix seconds (``time.time()``); ``None`` means never."""
+
+    portal: str
+    bootstrapped: str | None = None  # installed_at (ISO) of the install whose full resync was requested
+    pending: bool = False  # a push signal arrived; peek it when its portal has no run in flight
+    polled_at: float | None = None  # last peek of its queue
+    confirmed_at: float | None = None  # last time an empty queue renewed its sync watermark
+    launches: int = 0  # sync runs requested so far: part of the run key, so a failed run never blocks a retry
+    resync_attempts: int = 0  # full resyncs asked again after Dagster's own retries gave up

@@ -14,11 +14,12 @@ from datetime import UTC, datetime
 import orjson
 
 from connectors.state.interface import StateStore
-from connectors.state.portal import Portal, PortalStatus, check_portal_key
+from connectors.state.portal import Portal, PortalStatus, SensorPortalState, check_portal_key
 
 Run = Callable[[str, Mapping[str, object] | None], list[tuple]]
 
 _PORTAL_COLUMNS = "portal, member_id, domain, client_endpoint, application_token, status, installed_at"
+_SENSOR_COLUMNS = "portal, bootstrapped, pending, polled_at, confirmed_at, launches, resync_attempts"
 
 
 class SqlStateStore(StateStore):
@@ -60,6 +61,14 @@ class SqlStateStore(StateStore):
                 latest_at {time_type} NOT NULL,
                 seq BIGINT NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS signals_seq ON {signals} (seq)",
+            f"""CREATE TABLE IF NOT EXISTS {self._table("sensor_state")} (
+                portal TEXT PRIMARY KEY,
+                bootstrapped TEXT,
+                pending INTEGER NOT NULL,
+                polled_at DOUBLE PRECISION,
+                confirmed_at DOUBLE PRECISION,
+                launches BIGINT NOT NULL,
+                resync_attempts BIGINT NOT NULL)""",
         ]
 
     # -- portals --------------------------------------------------------------------------------
@@ -151,3 +160,32 @@ class SqlStateStore(StateStore):
         signalled = {portal: self._decode_time(latest_at) for portal, latest_at, _ in rows}
         return signalled, max((int(seq) for *_, seq in rows), default=int(cursor or 0))
 
+    # -- the sensor's per-portal state ------------------------------------------------------------
+
+    def sensor_states(self) -> dict[str, SensorPortalState]:
+        with self._session(write=False) as run:
+            rows = run(f"SELECT {_SENSOR_COLUMNS} FROM {self._table('sensor_state')}", None)
+        return {row[0]: SensorPortalState(row[0], row[1], bool(row[2]), row[3], row[4], int(row[5]), int(row[6]))
+                for row in rows}
+
+    def save_sensor_states(self, states: list[SensorPortalState]) -> None:
+        if not states:
+            return
+        with self._session(write=True) as run:
+            for state in states:
+                run(f"""INSERT INTO {self._table("sensor_state")} ({_SENSOR_COLUMNS})
+                    VALUES (%(portal)s, %(bootstrapped)s, %(pending)s, %(polled_at)s, %(confirmed_at)s,
+                            %(launches)s, %(resync_attempts)s)
+                    ON CONFLICT (portal) DO UPDATE SET bootstrapped = excluded.bootstrapped,
+                        pending = excluded.pending, polled_at = excluded.polled_at,
+                        confirmed_at = excluded.confirmed_at, launches = excluded.launches,
+                        resync_attempts = excluded.resync_attempts""", {
+                    "portal": check_portal_key(state.portal), "bootstrapped": state.bootstrapped,
+                    "pending": int(state.pending), "polled_at": state.polled_at,
+                    "confirmed_at": state.confirmed_at, "launches": state.launches,
+                    "resync_attempts": state.resync_attempts})
+
+    def forget_sensor_states(self, portals: list[str]) -> None:
+        with self._session(write=True) as run:
+            for portal in portals:
+                run(f"DELETE FROM {self._table('sensor_state')} WHERE portal = %(portal)s", {"portal": portal})

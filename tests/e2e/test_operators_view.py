@@ -2,7 +2,7 @@
 passes and the sync watermark is fresh; when the portal breaks (every call answers 500), the
 freshness policy turns red within its window, and the fleet check names the stale portal.
 
-The code location is the product's with a 90-second freshness window (`tests.e2e.short_window`), so
+The code location is the product's with a two-minute freshness window (`tests.e2e.short_window`), so
 the test does not wait the product's ten minutes.
 """
 

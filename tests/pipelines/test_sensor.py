@@ -8,7 +8,6 @@ HTTP calls because it peeks only signalled portals and a bounded round-robin sli
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,12 @@ def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: s
     result = offline_events_sensor.evaluate_tick(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for request in result.run_requests or []:
+        # As if the daemon launched it and it finished at once.
+        instance.add_run(dg.DagsterRun(job_name=request.job_name, run_id=make_new_run_id(),
+                                       status=dg.DagsterRunStatus.SUCCESS,
+                                       tags={"dagster/run_key": request.run_key,
+                                             "dagster/partition": request.partition_key}))
     return result
 
 
@@ -130,9 +135,11 @@ def test_a_quiet_portal_is_confirmed_current_now_and_then_and_a_busy_one_is_not(
         assert confirmations(evaluate(instance, resource, second.cursor)) == []  # not again so soon
 
         emu.world.portal("default").crm.write("deal", "update", 3, {"TITLE": "changed"}, Origin(user_id=2))
-        cursor = json.loads(second.cursor)
-        cursor["confirmed_at"] = {}  # long ago
-        busy = evaluate(instance, resource, json.dumps(cursor))
+        with open_state_store(state_path) as state:
+            [portal_state] = state.sensor_states().values()
+            portal_state.confirmed_at = None  # long ago
+            state.save_sensor_states([portal_state])
+        busy = evaluate(instance, resource, second.cursor)
         assert confirmations(busy) == []
         assert [r.job_name for r in busy.run_requests] == ["sync"]
 
@@ -151,8 +158,15 @@ def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
             for key in keys[:5]:
                 state.record_signal(key)
         emu.reset_stats()
-        evaluate(instance, resource, first.cursor)
+        second = evaluate(instance, resource, first.cursor)
         assert emu.stats()["http_requests"] <= 5 + POLLS_PER_TICK
+        # Per-portal state lives in the state store; the cursor does not grow with the portals.
+        assert len(second.cursor) < 300, second.cursor
+        with open_state_store(state_path) as state:
+            states = state.sensor_states()
+        assert len(states) == 1000 and all(states[key].bootstrapped for key in keys)
+        peeked = {*keys[:2 * POLLS_PER_TICK]}  # 20 due per tick, least recently peeked first; the 5 among them
+        assert {key for key, portal_state in states.items() if portal_state.polled_at} == peeked
 
 
 def test_a_full_resync_that_ended_without_success_is_asked_again_once(emu: ThreadEmulator, tmp_path: Path) -> None:
