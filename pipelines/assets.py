@@ -18,12 +18,14 @@ rows behind it are acknowledged.
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 
 from connectors.bitrix24 import entity_assets, kind_from_key
+from connectors.state import StateStore
 from connectors.sync import steps
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
@@ -71,10 +73,10 @@ class SyncConfig(dg.Config):
 RunContext = dg.OpExecutionContext | dg.AssetExecutionContext
 
 
-def staging_dir(context: RunContext) -> Path:
+def staging_dir(context: RunContext, portal: str | None = None) -> Path:
     """``$DAGSTER_HOME/storage/bitrix24_staging/<portal>/<run_id>``, owner-only."""
     root = Path(context.instance.storage_directory()) / "bitrix24_staging"
-    return run_staging_dir(root, context.partition_key, context.run_id)
+    return run_staging_dir(root, portal or context.partition_key, context.run_id)
 
 
 def _related_runs(context: RunContext) -> tuple[str, ...]:
@@ -82,22 +84,47 @@ def _related_runs(context: RunContext) -> tuple[str, ...]:
     return tuple(run_id for run_id in (context.run.parent_run_id, context.run.root_run_id) if run_id)
 
 
+ACTIVE_RUN_STATUSES = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+                       dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+def run_is_alive(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether a run may still be working (queued, starting, started or cancelling)."""
+    record = instance.get_run_record_by_id(run_id)
+    return record is not None and record.dagster_run.status in ACTIVE_RUN_STATUSES
+
+
+def claim_portal(context: RunContext, state: StateStore, portal: str) -> bool:
+    """This run's claim on draining ``portal`` (`StateStore.claim_drain`): taken over from a run that
+    died or failed (a retry from failure continues its parent's drain); refused while another live run
+    holds it."""
+    return state.claim_drain(portal, context.run_id, lambda owner: run_is_alive(context.instance, owner))
+
+
 @contextmanager
 def portal_sync(context: RunContext, bitrix24: Bitrix24Resource, warehouse: WarehouseResource,
-                max_events: int = 25_000) -> Iterator[PortalSync]:
-    """The run's portal, connected; its HTTP usage is added to the run's tally when the op ends."""
-    portal = context.partition_key
+                max_events: int = 25_000, portal: str | None = None) -> Iterator[PortalSync]:
+    """The portal (default: the run's partition), connected, while this run holds its drain claim;
+    its HTTP usage is added to the run's tally when the op ends.
+
+    Raises `dg.RetryRequested` while another run drains the portal: one drain per portal at a time,
+    across runs of every job (DESIGN §3)."""
+    portal = portal or context.partition_key
     state = bitrix24.state()
-    client = bitrix24.client(portal, state)
-    wh = warehouse.open()
-    sync = PortalSync(portal, client, wh, staging_dir(context), connector=bitrix24.connector,
-                      max_events=max_events, keep_staging=_related_runs(context))
     try:
-        yield sync
+        if not claim_portal(context, state, portal):
+            raise dg.RetryRequested(max_retries=10, seconds_to_wait=15)
+        client = bitrix24.client(portal, state)
+        wh = warehouse.open()
+        sync = PortalSync(portal, client, wh, staging_dir(context, portal), connector=bitrix24.connector,
+                          max_events=max_events, keep_staging=_related_runs(context))
+        try:
+            yield sync
+        finally:
+            _add_usage(sync.staging_dir, client.usage.snapshot())
+            wh.close()
+            client.close()
     finally:
-        _add_usage(sync.staging_dir, client.usage.snapshot())
-        wh.close()
-        client.close()
         state.close()
 
 
@@ -152,43 +179,68 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
     Each table's numbers are worked out before anything is acknowledged: a table no asset covers
     fails the run while its rows still wait in the queue (nothing acknowledged is unreported).
     """
-    outcome = committed_from_json(read_json(committed))
-    fetched = fetched_from_json(read_json(outcome.fetched_file))
-    per_asset = _numbers_per_asset(outcome, fetched)
+    report = SyncReport.of(committed)  # before the ack: an asset missing from the graph fails here
     with portal_sync(context, bitrix24, warehouse) as sync:
         cleared = steps.ack(sync, committed)
+        with bitrix24.state() as state:
+            state.release_drain(sync.portal, context.run_id)
     # A retried run (from failure) reuses the manifests of its parent run: both directories count.
     run_dirs = list(dict.fromkeys([staging_dir(context), Path(committed).parent]))
     usage = _total_usage(run_dirs)
-    mode = fetched.reserved.mode
-    changed = sorted(name for name, numbers in per_asset.items()
-                     if numbers["rows_upserted"] or numbers["tombstones"] or mode == "full_resync")
     yield dg.Output(None, SYNC_WATERMARK.path[-1], metadata={
-        "confirmed_by": "sync",
-        "mode": mode,
-        "lag_s": _lag_seconds(fetched.reserved.oldest_event_at),
-        "events": fetched.reserved.event_count,
-        "reservations_acked": cleared,
-        "parked_in_error_lane": len(fetched.failures),
-        "tables_changed": dg.MetadataValue.json(changed),
-        "values_nulled": sum(int(numbers["values_nulled"]) for numbers in per_asset.values()),
-        "run_http_requests": usage["http_requests"],
-        "run_operating_s": round(usage["operating_s"], 3),
-    })
-    for name in changed:
-        numbers = per_asset[name]
-        yield dg.Output(None, name, metadata={
-            **{key: value for key, value in numbers.items() if key != VALUE_COERCIONS},
-            # Values the value policy stored as NULL (kept in _raw): table -> column -> count, examples.
-            VALUE_COERCIONS: dg.MetadataValue.json(numbers[VALUE_COERCIONS]),
-            "mode": mode,
-        })
+        **report.watermark(cleared), "run_http_requests": usage["http_requests"],
+        "run_operating_s": round(usage["operating_s"], 3)})
+    for name, metadata in report.tables().items():
+        yield dg.Output(None, name, metadata=metadata)
     # A failed run's files stay for debugging until the portal's next run has recovered from it.
     for directory in run_dirs:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _numbers_per_asset(outcome: Committed, fetched: Fetched) -> dict[str, dict]:
+@dataclass(frozen=True)
+class SyncReport:
+    """What one portal's sync tells operators: the watermark's metadata and, for every entity asset
+    whose table changed (every one in a full resync), its numbers. Read from the run's manifests."""
+
+    fetched: Fetched
+    per_asset: dict[str, dict]
+
+    @classmethod
+    def of(cls, committed: str | Path) -> "SyncReport":
+        """Raises KeyError when a staged kind names an asset the graph lacks (see `numbers_per_asset`)."""
+        outcome = committed_from_json(read_json(committed))
+        fetched = fetched_from_json(read_json(outcome.fetched_file))
+        return cls(fetched, numbers_per_asset(outcome, fetched))
+
+    @property
+    def mode(self) -> str:
+        return self.fetched.reserved.mode
+
+    def watermark(self, reservations_acked: int) -> dict:
+        """``sync_watermark`` metadata: lag (seconds from the oldest change to now), counts, tables changed."""
+        return {
+            "confirmed_by": "sync",
+            "mode": self.mode,
+            "lag_s": lag_seconds(self.fetched.reserved.oldest_event_at),
+            "events": self.fetched.reserved.event_count,
+            "reservations_acked": reservations_acked,
+            "parked_in_error_lane": len(self.fetched.failures),
+            "tables_changed": dg.MetadataValue.json(sorted(self.tables())),
+            "values_nulled": sum(int(numbers["values_nulled"]) for numbers in self.per_asset.values()),
+        }
+
+    def tables(self) -> dict[str, dict]:
+        """``{asset name: metadata}`` of the entity assets to materialize: rows upserted, tombstones,
+        events, rows ignored as older, values nulled and which (table -> column -> count, examples)."""
+        return {name: {**{key: value for key, value in numbers.items() if key != VALUE_COERCIONS},
+                       # Values the value policy stored as NULL (kept in _raw).
+                       VALUE_COERCIONS: dg.MetadataValue.json(numbers[VALUE_COERCIONS]),
+                       "mode": self.mode}
+                for name, numbers in self.per_asset.items()
+                if numbers["rows_upserted"] or numbers["tombstones"] or self.mode == "full_resync"}
+
+
+def numbers_per_asset(outcome: Committed, fetched: Fetched) -> dict[str, dict]:
     """``{asset: {rows_upserted, tombstones, events, rows_ignored_older, values_nulled,
     value_coercions: {table: {column: {count, examples}}}}}`` summed over the asset's tables.
 
@@ -214,6 +266,13 @@ def _numbers_per_asset(outcome: Committed, fetched: Fetched) -> dict[str, dict]:
     return per_asset
 
 
+def lag_seconds(oldest_event_at: str | None) -> float:
+    """Seconds from ``oldest_event_at`` (ISO, the oldest change's TIMESTAMP_X) to now; 0 without one."""
+    if not oldest_event_at:
+        return 0.0
+    return round((datetime.now(UTC) - datetime.fromisoformat(oldest_event_at)).total_seconds(), 1)
+
+
 def _total_usage(directories: list[Path]) -> dict[str, float]:
     total = {"http_requests": 0, "operating_s": 0.0}
     for directory in directories:
@@ -222,12 +281,6 @@ def _total_usage(directories: list[Path]) -> dict[str, float]:
             total["http_requests"] += tally["http_requests"]
             total["operating_s"] += tally["operating_s"]
     return total
-
-
-def _lag_seconds(oldest_event_at: str | None) -> float:
-    if not oldest_event_at:
-        return 0.0
-    return round((datetime.now(UTC) - datetime.fromisoformat(oldest_event_at)).total_seconds(), 1)
 
 
 offline_queue = dg.AssetSpec(

@@ -11,6 +11,7 @@ from datetime import timedelta
 import dagster as dg
 
 from pipelines.assets import FRESHNESS_WINDOW, crm_assets, offline_queue
+from pipelines.fleet import sync_portals_job
 from pipelines.health import dead_letters, health_checks, reconciliation
 from pipelines.jobs import (
     ERROR_LANE_JOB,
@@ -49,7 +50,7 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
     return dg.Definitions(
         assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters],
         asset_checks=health_checks(freshness_window),
-        jobs=[SYNC_JOB, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB],
+        jobs=[SYNC_JOB, sync_portals_job, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB],
         schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE],
         sensors=[offline_events_sensor],
         resources=resources or default_resources(),

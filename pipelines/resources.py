@@ -34,6 +34,9 @@ class Bitrix24Resource(dg.ConfigurableResource):
     # An empty queue renews the portal's sync watermark at most this often: well inside the
     # freshness window (pipelines.assets.FRESHNESS_WINDOW), and a few event-log rows per idle portal.
     confirm_current_every_s: float = 120.0
+    # Portals with pending rows are drained together, up to this many per run (pipelines.fleet): a
+    # run per portal costs seconds of process start and dozens of event-log rows.
+    portals_per_run: int = 25
 
     def state(self) -> StateStore:
         return open_state_store(self.state_store)

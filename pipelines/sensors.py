@@ -11,6 +11,7 @@ run in flight, a ``bitrix24/sync_watermark`` materialization (at most every few 
 the warehouse is current for it, so its freshness stays green while nothing changes.
 """
 
+import hashlib
 import time
 from datetime import UTC, datetime
 
@@ -19,7 +20,8 @@ from pydantic import BaseModel, Field
 
 from connectors.bitrix24 import Bitrix24Error, QueuePeek
 from connectors.state import Portal, SensorPortalState, StateStore
-from pipelines.assets import OFFLINE_QUEUE, SYNC_WATERMARK
+from pipelines.assets import ACTIVE_RUN_STATUSES, OFFLINE_QUEUE, SYNC_WATERMARK
+from pipelines.fleet import PORTALS_TAG, FleetSyncConfig, sync_portals_job
 from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource
@@ -27,8 +29,6 @@ from pipelines.resources import Bitrix24Resource
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
 RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
 RESYNCS_SEEN = 100  # ended full-resync runs remembered in the cursor (run update times are to the second)
-ACTIVE_RUN_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                       dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 class SensorCursor(BaseModel):
@@ -45,7 +45,7 @@ class SensorCursor(BaseModel):
 
 
 @dg.sensor(
-    jobs=[SYNC_JOB, FULL_RESYNC_JOB],
+    jobs=[SYNC_JOB, FULL_RESYNC_JOB, sync_portals_job],
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts a sync run for every portal whose offline-event queue has rows.",
@@ -78,6 +78,7 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
     candidates += _due_for_polling(watch, exclude=set(candidates), every_s=bitrix24.peek_interval_s)
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
     peeked: dict[str, QueuePeek] = {}
+    ready: list[tuple[str, str]] = []  # (portal, its pending state) with rows to drain
     for key in candidates:
         portal_state = watch[key]
         changed.add(key)
@@ -105,8 +106,8 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
             # never reused, failed runs included).
             portal_state.launches += 1
             head = peek.head.row_id if peek.head else 0
-            requests.append(dg.RunRequest(job_name=SYNC_JOB.name, partition_key=key,
-                                          run_key=f"sync:{key}:{head}:{peek.depth}:{portal_state.launches}"))
+            ready.append((key, f"{key}:{head}:{peek.depth}:{portal_state.launches}"))
+    requests += _sync_requests(ready, bitrix24.portals_per_run)
     if peeked:
         events.append(_queue_observation(peeked))
     # Saved before the tick's result is handed back: a tick that dies later re-reads the same signals
@@ -119,6 +120,24 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
         asset_events=events,
         cursor=cursor.model_dump_json(),
     )
+
+
+def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunRequest]:
+    """One portal alone: a ``sync`` run of its partition. Several: ``sync_portals`` runs of up to
+    ``per_run`` portals each, their keys in a tag so later ticks and schedules see them busy."""
+    if len(ready) == 1:
+        [(key, pending)] = ready
+        return [dg.RunRequest(job_name=SYNC_JOB.name, partition_key=key, run_key=f"sync:{pending}")]
+    requests = []
+    for start in range(0, len(ready), max(1, per_run)):
+        group = ready[start:start + max(1, per_run)]
+        keys = [key for key, _ in group]
+        digest = hashlib.sha256("|".join(pending for _, pending in group).encode()).hexdigest()[:24]
+        requests.append(dg.RunRequest(
+            job_name=sync_portals_job.name, run_key=f"sync_portals:{digest}",
+            run_config=dg.RunConfig(ops={"sync_portals": FleetSyncConfig(portals=keys)}),
+            tags={PORTALS_TAG: ",".join(keys)}))
+    return requests
 
 
 def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal],
@@ -201,5 +220,6 @@ def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCur
 
 
 def _portals_with_active_runs(context: dg.SensorEvaluationContext) -> set[str]:
-    runs = context.instance.get_runs(filters=dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES))
-    return {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
+    runs = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN_STATUSES)))
+    busy = {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
+    return busy.union(*(run.tags[PORTALS_TAG].split(",") for run in runs if run.tags.get(PORTALS_TAG)))

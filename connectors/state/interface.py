@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -51,6 +52,21 @@ class StateStore(ABC):
     @abstractmethod
     def forget_sensor_states(self, portals: list[str]) -> None:
         """Drop the sensor state of portals that are gone (uninstalled); their data stays."""
+
+    # -- drain claims: at most one drain of a portal's queue at any time, across runs -------------
+
+    @abstractmethod
+    def claim_drain(self, portal: str, owner: str, owner_is_alive: Callable[[str], bool]) -> bool:
+        """Claim the right to drain ``portal``'s queue for ``owner`` (a Dagster run id, a process).
+
+        True when the claim is ``owner``'s now: it was free, already ``owner``'s, or held by an owner
+        that ``owner_is_alive`` says is gone (a run that failed or was killed), taken over atomically.
+        False while another live owner holds it. Two runs draining one queue would each see the
+        other's reservations as orphans (DESIGN §3)."""
+
+    @abstractmethod
+    def release_drain(self, portal: str, owner: str) -> None:
+        """Give up ``owner``'s claim on ``portal`` (nothing happens if another owner holds it)."""
 
     def verify_application_token(self, key: str, application_token: str) -> bool:
         """Whether an inbound event carries the portal's application token (facts §7.4)."""

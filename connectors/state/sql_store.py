@@ -69,6 +69,10 @@ class SqlStateStore(StateStore):
                 confirmed_at DOUBLE PRECISION,
                 launches BIGINT NOT NULL,
                 resync_attempts BIGINT NOT NULL)""",
+            f"""CREATE TABLE IF NOT EXISTS {self._table("drain_claims")} (
+                portal TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                claimed_at {time_type} NOT NULL)""",
         ]
 
     # -- portals --------------------------------------------------------------------------------
@@ -189,3 +193,29 @@ class SqlStateStore(StateStore):
         with self._session(write=True) as run:
             for portal in portals:
                 run(f"DELETE FROM {self._table('sensor_state')} WHERE portal = %(portal)s", {"portal": portal})
+
+    # -- drain claims -------------------------------------------------------------------------------
+
+    def claim_drain(self, portal: str, owner: str, owner_is_alive: Callable[[str], bool]) -> bool:
+        claims = self._table("drain_claims")
+        params = {"portal": check_portal_key(portal), "owner": owner, "now": self._encode_time(datetime.now(UTC))}
+        with self._session(write=True) as run:
+            run(f"INSERT INTO {claims} (portal, owner, claimed_at) VALUES (%(portal)s, %(owner)s, %(now)s) "
+                f"ON CONFLICT (portal) DO NOTHING", params)
+            rows = run(f"SELECT owner FROM {claims} WHERE portal = %(portal)s", params)
+        holder = rows[0][0] if rows else None
+        if holder == owner:
+            return True
+        if holder is None or owner_is_alive(holder):
+            return False
+        # The holder is gone: take over only if nobody else did meanwhile (compare and set).
+        with self._session(write=True) as run:
+            taken = run(f"UPDATE {claims} SET owner = %(owner)s, claimed_at = %(now)s "
+                        f"WHERE portal = %(portal)s AND owner = %(holder)s RETURNING owner",
+                        {**params, "holder": holder})
+        return bool(taken)
+
+    def release_drain(self, portal: str, owner: str) -> None:
+        with self._session(write=True) as run:
+            run(f"DELETE FROM {self._table('drain_claims')} WHERE portal = %(portal)s AND owner = %(owner)s",
+                {"portal": check_portal_key(portal), "owner": owner})

@@ -1,5 +1,6 @@
-"""The product's code location with a two-minute freshness window (its warning at one minute, the least Dagster allows) (the product's is 10 minutes), so a
-test can watch freshness go red; the sensor renews a quiet portal's watermark well inside it."""
+"""The product's code location with a two-minute freshness window (the product's is 10 minutes; the
+warning comes at one minute, the least Dagster allows), so a test can watch freshness go red; the
+sensor renews a quiet portal's watermark well inside it."""
 
 from datetime import timedelta
 

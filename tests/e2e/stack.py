@@ -40,7 +40,7 @@ class Stack:
         with self.instance() as instance:
             return list(instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=statuses or [])))
 
-    def wait_until(self, condition, timeout_s: float, what: str, poll_s: float = 2.0) -> None:
+    def wait_until(self, condition, timeout_s: float, what, poll_s: float = 2.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for child in self.processes.children:
@@ -49,7 +49,8 @@ class Stack:
             if condition():
                 return
             time.sleep(poll_s)
-        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; logs in {self.home}/logs")
+        described = what() if callable(what) else what  # a callable describes the state at the time-out
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {described}; logs in {self.home}/logs")
 
     def our_queue(self) -> list[dict]:
         return [row for row in self.emulator.queue() if row["APP_ID"] and row["ERROR"] in (0, "0")]

@@ -53,6 +53,13 @@ def freshness(instance: dg.DagsterInstance) -> FreshnessState | None:
     return record.freshness_state if record else None
 
 
+def describe_freshness(instance: dg.DagsterInstance) -> str:
+    record = instance.get_latest_materialization_event(SYNC_WATERMARK)
+    age = f"{time.time() - record.timestamp:.0f} s ago" if record else "never"
+    daemons = {kind: status.healthy for kind, status in instance.get_daemon_statuses().items()}
+    return f"state {freshness(instance)}, last watermark {age}, daemons {daemons}"
+
+
 def test_every_check_passes_on_a_healthy_stack_and_freshness_goes_red_when_the_portal_breaks(
         tmp_path: Path) -> None:
     with run_emulator_process(counts=COUNTS, seed=7, limits=True, plan="professional") as emu:
@@ -75,7 +82,8 @@ def test_every_check_passes_on_a_healthy_stack_and_freshness_goes_red_when_the_p
                     "bitrix24/deals:value_coercions", "bitrix24/reconciliation:in_sync_with_portal",
                     "bitrix24/dead_letters:error_lane_empty"} <= set(results)
             assert [name for name, passed in results.items() if not passed] == []
-            stack.wait_until(lambda: freshness(instance) is FreshnessState.PASS, 60, "the watermark to be fresh")
+            stack.wait_until(lambda: freshness(instance) is FreshnessState.PASS, 90,
+                             lambda: f"the watermark to be fresh ({describe_freshness(instance)})")
             assert [r for r in stack.runs() if r.status is dg.DagsterRunStatus.FAILURE] == []
 
             # The portal breaks: syncs and the sensor's peeks fail, nothing renews the watermark.

@@ -1,0 +1,100 @@
+"""Runs that serve many portals (`pipelines.fleet`): one ``sync_portals`` run drains several portals'
+queues, each reported as its own partition; one portal's failure fails only its part; a portal another
+live run drains is left alone; afterwards every portal's warehouse equals its ground truth.
+
+Real parts: the emulator hosting four portals over loopback HTTP, a DuckDB file, a Dagster instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from connectors.receiver import portal_key
+from connectors.state import Portal, open_state_store
+from emulator.testing import ThreadEmulator, run_emulator
+from pipelines.definitions import build_definitions
+from pipelines.fleet import FleetSyncConfig
+from pipelines.partitions import portals
+from pipelines.resources import Bitrix24Resource, WarehouseResource
+from tests.ground_truth import TABLES, compare, duckdb_rows
+
+NAMES = ["north", "south", "east", "west"]
+COUNTS = {"deal": 40, "contact": 20, "company": 10, "lead": 20, "activity": 20, "item": 0}
+
+
+@pytest.fixture
+def emu() -> Iterator[ThreadEmulator]:
+    with run_emulator(limits=False) as running:
+        yield running
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
+        yield test_instance
+
+
+def install_portals(emu: ThreadEmulator, state_path: Path) -> dict[str, str]:
+    """``{emulator portal name: portal key}``, each installed and saved as the receiver would."""
+    keys = {}
+    for number, name in enumerate(NAMES):
+        emu.create_portal(name, plan="professional", seed=number, counts=COUNTS, smart_process_types=0)
+        tokens = emu.install(emu.client_id, portal=name)
+        key = keys[name] = portal_key(tokens["client_endpoint"])
+        with open_state_store(state_path) as state:
+            state.save_portal(Portal(key=key, member_id=tokens["member_id"], domain=tokens["domain"],
+                                     client_endpoint=tokens["client_endpoint"],
+                                     application_token=tokens["application_token"], installed_at=datetime.now(UTC)))
+            state.save_token(key, tokens)
+    return keys
+
+
+def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
+        emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    state_path, warehouse_path = tmp_path / "state.sqlite3", str(tmp_path / "wh.duckdb")
+    keys = install_portals(emu, state_path)
+    defs = build_definitions({
+        "bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
+                                     oauth_token_url=emu.token_url, state_store=str(state_path)),
+        "warehouse": WarehouseResource(url=warehouse_path)})
+    instance.add_dynamic_partitions(portals.name, list(keys.values()))
+    for key in keys.values():
+        assert defs.resolve_job_def("full_resync").execute_in_process(instance=instance, partition_key=key).success
+
+    for name in NAMES:
+        emu.write("deal", "update", 1, {"TITLE": f"changed in {name}"}, portal=name)
+        emu.write("deal", "delete", 2, portal=name)
+        emu.write("contact", "add", fields={"NAME": f"new in {name}"}, portal=name)
+    emu.add_fault("*", "http_500", portal="south")  # its part fails
+    # Another live run drains "west" right now: this run must leave it alone.
+    busy = instance.create_run_for_job(defs.resolve_job_def("sync"), status=dg.DagsterRunStatus.STARTED)
+    with open_state_store(state_path) as state:
+        assert state.claim_drain(keys["west"], busy.run_id, lambda owner: True)
+
+    fleet = defs.resolve_job_def("sync_portals")
+    config = dg.RunConfig(ops={"sync_portals": FleetSyncConfig(portals=list(keys.values()), workers=3)})
+    result = fleet.execute_in_process(instance=instance, run_config=config)
+    assert result.success
+    drained = {(m.asset_key.path[-1], m.partition) for m in result.asset_materializations_for_node("sync_portals")}
+    assert drained == {(asset, keys[name]) for name in ("north", "east")
+                       for asset in ("sync_watermark", "deals", "contacts")}
+    [output] = [event for event in result.all_node_events if event.event_type_value == "STEP_OUTPUT"]
+    metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
+    assert metadata["failed"] == [keys["south"]] and metadata["skipped"] == 1 and metadata["drained"] == 2
+
+    # The failed portal's claim was released; once the portal answers again it is drained on its own.
+    emu.clear_faults(portal="south")
+    instance.report_run_canceled(busy)
+    again = fleet.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={"sync_portals": FleetSyncConfig(
+        portals=[keys["south"], keys["west"]])}))
+    assert again.success
+    assert {m.partition for m in again.asset_materializations_for_node("sync_portals")} == {keys["south"], keys["west"]}
+
+    for name, key in keys.items():
+        assert emu.queue(portal=name) == [] or all(row.get("reserved") is None for row in emu.queue(portal=name))
+        assert compare(emu, duckdb_rows(warehouse_path, key), portal=name, tables=TABLES) == [], name
