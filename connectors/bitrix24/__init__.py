@@ -73,7 +73,7 @@ from connectors.bitrix24.retry import RetryPolicy
 from connectors.bitrix24.schema import schema_from_fields, table_schema
 from connectors.bitrix24.throttle import RateLimits, Throttle
 from connectors.bitrix24.values import Coercions
-from connectors.bitrix24.writeback import WriteBack
+from connectors.bitrix24.writeback import LoopAvoidanceUnavailable, WriteBack
 
 __all__ = [
     "AccessDenied",
@@ -100,6 +100,7 @@ __all__ = [
     "InstallVerifier",
     "InvalidToken",
     "KindPlan",
+    "LoopAvoidanceUnavailable",
     "MalformedRecord",
     "MalformedResponse",
     "NotFound",

@@ -32,6 +32,7 @@ from connectors.warehouse.journal import (
     SyncRun,
 )
 from connectors.warehouse.postgres_warehouse import DEFAULT_SCHEMA, PostgresWarehouse
+from connectors.warehouse.writeback_ledger import PushEntry, PushStatus
 
 __all__ = [
     "DuckDBWarehouse",
@@ -43,6 +44,8 @@ __all__ = [
     "JournalStatus",
     "ParkedStatus",
     "PostgresWarehouse",
+    "PushEntry",
+    "PushStatus",
     "Rows",
     "SchemaChanges",
     "SnapshotError",
