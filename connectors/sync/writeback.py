@@ -288,7 +288,7 @@ def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: 
     frame = warehouse.query_frame(spec.sql(warehouse), {"portal": portal})
     rows = _targets(spec, frame, catalog, report)
     changes: list[Change] = []
-    for kind, targets in rows.items():
+    for kind, targets in rows.values():
         stored = _stored_records(warehouse, portal, kind, [entity_id for entity_id, _ in targets])
         schema_types = {spec_.source_name: spec_.type for spec_ in catalog.schema(kind).columns}
         for entity_id, wanted in targets:
@@ -310,8 +310,9 @@ def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: 
 
 
 def _targets(spec: WriteBackSpec, frame: pd.DataFrame, catalog: _Catalog,
-             report: WriteBackReport) -> dict[EntityKind, list[tuple[int, dict[str, Any]]]]:
-    """The query's rows as (kind -> [(id, {field: value})]); rows without a usable key are errors."""
+             report: WriteBackReport) -> dict[str, tuple[EntityKind, list[tuple[int, dict[str, Any]]]]]:
+    """The query's rows as (kind key -> (kind, [(id, {field: value})])); rows without a usable key
+    are errors."""
     columns = {str(column).lower(): column for column in frame.columns}
     if "id" not in columns:
         raise WriteBackError(f"write-back {spec.name}: the query has no id column")
@@ -323,7 +324,7 @@ def _targets(spec: WriteBackSpec, frame: pd.DataFrame, catalog: _Catalog,
     if not value_columns:
         raise WriteBackError(f"write-back {spec.name}: the query sets no field (only {list(frame.columns)})")
     kind_values = frame[columns["entity_kind"]] if "entity_kind" in columns else None
-    targets: dict[EntityKind, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    targets: dict[str, tuple[EntityKind, list[tuple[int, dict[str, Any]]]]] = {}
     fields: dict[tuple[str, str], ColumnSpec] = {}
     seen: set[tuple[str, int]] = set()
     ids = frame[columns["id"]].tolist()
@@ -352,7 +353,7 @@ def _targets(spec: WriteBackSpec, frame: pd.DataFrame, catalog: _Catalog,
                                          f"{kind.key} on portal {report.portal} (crm *.fields)")
                 fields[(kind.key, str(column))] = spec_
             wanted[spec_.source_name] = value
-        targets[kind].append((entity_id, wanted))
+        targets.setdefault(kind.key, (kind, []))[1].append((entity_id, wanted))
     return targets
 
 
