@@ -8,8 +8,6 @@ metadata shows how many objects would change and a sample of the changes. Its ch
 the Bitrix24 error) from the write-back journal.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import dagster as dg

@@ -49,9 +49,10 @@ def expected_score(fields: dict) -> float:
     return (int(fields["ID"]) % 7) * 12.5 + (5 if fields.get("SOURCE_ID") == "WEB" else 0)
 
 
-def full_sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, staging: Path) -> None:
+def full_sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, staging: Path,
+              mode: str = "full_resync") -> None:
     with Bitrix24Client(app_keys(emu).session(PORTAL, tokens)) as client, target.open() as warehouse:
-        run_once(PortalSync(PORTAL, client, warehouse, staging), "full_resync")
+        run_once(PortalSync(PORTAL, client, warehouse, staging), mode)
 
 
 def create_view(target: WarehouseTarget, select: str) -> None:
@@ -128,6 +129,11 @@ def test_lead_scores_are_pushed_once_without_echo_while_a_user_edit_still_arrive
     again = push(emu, tokens, warehouse_target, dry_run=False)
     assert (again.changed, again.pushed, again.failed) == (0, 0, 0)
     assert our_writes(emu) == dict.fromkeys(scores, 1)
+
+    full_sync(emu, tokens, warehouse_target, tmp_path / "s1", mode="changes")  # the edit reaches the warehouse
+    with warehouse_target.open() as warehouse:
+        assert warehouse.query(f"SELECT title, uf_crm_score FROM {warehouse.relation('leads')} WHERE id = 5",
+                               {}) == [("Called back", scores[5][1])]
 
 
 CRASHING_PUSH = """
