@@ -124,6 +124,7 @@ class WriteBackReport:
     requests: int = 0  # HTTP requests this run made to the portal
     sample: list[dict[str, Any]] = field(default_factory=list)  # changes: key, field, warehouse, new
     errors: list[RowError] = field(default_factory=list)  # up to SAMPLE examples
+    rejected: list[RowError] = field(default_factory=list, repr=False)  # query rows that cannot be pushed
 
     def metadata(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "rows_compared": self.rows_compared, "changed": self.changed,
@@ -135,6 +136,11 @@ class WriteBackReport:
         self.failed += 1
         if len(self.errors) < SAMPLE:
             self.errors.append(error)
+
+    def reject(self, error: RowError) -> None:
+        """A row of the query that cannot be pushed at all (no such object, unusable key)."""
+        self.add_failure(error)
+        self.rejected.append(error)
 
 
 @dataclass(frozen=True)
@@ -177,9 +183,10 @@ def write_back(spec: WriteBackSpec, queue: OfflineQueue, warehouse: Warehouse, p
             report.deferred = max(0, len(changes) - max_changes)
             return report
         taken, report.deferred = changes[:max_changes], max(0, len(changes) - max_changes)
+        _journal_rejected(spec, warehouse, portal, report.rejected)
         for piece in in_groups(taken, REFRESH_SLICE):
             _push_slice(spec, writer, catalog, warehouse, portal, piece, report)
-        _retire_failures(spec, warehouse, portal, changes)
+        _retire_failures(spec, warehouse, portal, changes, report.rejected)
         return report
     finally:
         report.requests = client.usage.http_requests - requests_before
@@ -294,7 +301,7 @@ def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: 
         for entity_id, wanted in targets:
             record = stored.get(entity_id)
             if record is None:
-                report.add_failure(RowError(kind.key, entity_id, "not in the warehouse (deleted, or not synced yet)"))
+                report.reject(RowError(kind.key, entity_id, "not in the warehouse (deleted, or not synced yet)"))
                 continue
             differences = tuple((name, record.get(name), value) for name, value in wanted.items()
                                 if not same_value(value, record.get(name), schema_types[name]))
@@ -337,10 +344,10 @@ def _targets(spec: WriteBackSpec, frame: pd.DataFrame, catalog: _Catalog,
         if kind is None or entity_id is None:
             reason = (f"unknown entity kind {kind_name!r}" if kind is None
                       else f"id {raw_id!r} is not a positive integer")
-            report.add_failure(RowError(kind_name, entity_id, reason))
+            report.reject(RowError(kind_name, entity_id, reason))
             continue
         if (kind.key, entity_id) in seen:
-            report.add_failure(RowError(kind.key, entity_id, "the query returns this object more than once"))
+            report.reject(RowError(kind.key, entity_id, "the query returns this object more than once"))
             continue
         seen.add((kind.key, entity_id))
         wanted: dict[str, Any] = {}
@@ -481,9 +488,20 @@ def _frame(kind: EntityKind, schema: TableSchema, records: list[dict]) -> pd.Dat
         return frame_and_coercions(kind, schema, readable)[0]
 
 
-def _retire_failures(spec: WriteBackSpec, warehouse: Warehouse, portal: str, changes: Sequence[Change]) -> None:
+def _journal_rejected(spec: WriteBackSpec, warehouse: Warehouse, portal: str, rejected: Sequence[RowError]) -> None:
+    """Rows that cannot be pushed fail the write-back's check like refused ones, until the query changes."""
+    empty = fields_json({})
+    entries = [PushEntry(spec.name, error.entity_kind, error.entity_id, _hash(empty), empty, PushStatus.FAILED,
+                         error.error) for error in rejected if error.entity_id is not None]
+    if entries:
+        warehouse.record_pushes(portal, entries)
+
+
+def _retire_failures(spec: WriteBackSpec, warehouse: Warehouse, portal: str, changes: Sequence[Change],
+                     rejected: Sequence[RowError]) -> None:
     """Failures the query no longer asks for (the row changed, went, or the portal holds the value)."""
     wanted = {(change.kind.key, change.entity_id) for change in changes}
+    wanted |= {(error.entity_kind, error.entity_id) for error in rejected}
     stale = [_with(entry, PushStatus.OBSOLETE, entry.error)
              for entry in warehouse.pushes(portal, spec.name, PushStatus.FAILED) if entry.key not in wanted]
     if stale:
@@ -527,8 +545,8 @@ def _canonical(value: Any, column_type: ColumnType) -> Any:
         moment = _moment(value)
         return moment if moment is not None else str(value)
     if column_type is ColumnType.DATE:
-        day = value if isinstance(value, date) and not isinstance(value, datetime) else None
-        return day or str(value)[:10]
+        # Legacy dates may come as "2025-05-01T00:00:00+03:00": the day is the first ten characters.
+        return (value.isoformat() if isinstance(value, date) else str(value))[:10]
     return str(value)
 
 

@@ -183,20 +183,24 @@ def test_a_crash_between_batches_and_a_rerun_leave_every_lead_right_with_no_writ
 def test_a_refused_row_is_reported_with_its_key_and_error_and_the_rest_are_pushed(
         emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path) -> None:
     full_sync(emu, tokens, warehouse_target, tmp_path / "s0")
+    # Lead 7 gets a value the field refuses; lead 9999 does not exist.
     create_view(warehouse_target, "SELECT portal, 'lead' AS entity_kind, id, CASE WHEN id = 7 THEN 'n/a' "
                                   f"ELSE CAST({SCORE_SQL} AS VARCHAR) END AS \"UF_CRM_SCORE\" "
-                                  "FROM {leads} WHERE _deleted_at IS NULL")
+                                  "FROM {leads} WHERE _deleted_at IS NULL "
+                                  "UNION ALL SELECT portal, 'lead', 9999, '1' FROM {leads} WHERE id = 1")
 
     capped = push(emu, tokens, warehouse_target, dry_run=False, max_changes=100)
 
-    assert (capped.changed, capped.pushed, capped.failed, capped.deferred) == (LEADS, 99, 1, LEADS - 100)
+    assert (capped.rows_compared, capped.changed, capped.deferred) == (LEADS + 1, LEADS, LEADS - 100)
+    assert (capped.pushed, capped.failed) == (99, 2)
     assert [error.as_dict() for error in capped.errors] == [
+        {"key": "lead 9999", "error": "not in the warehouse (deleted, or not synced yet)"},
         {"key": "lead 7", "error": "crm.lead.update: <empty code>: Field 'UF_CRM_SCORE' has an invalid value."}]
     with warehouse_target.open() as warehouse:
-        assert failing(warehouse, PORTAL, "lead_scores")[0] == 1
+        assert failing(warehouse, PORTAL, "lead_scores")[0] == 2
 
     rest = push(emu, tokens, warehouse_target, dry_run=False)
-    assert (rest.changed, rest.pushed, rest.failed) == (LEADS - 99, LEADS - 100, 1)  # lead 7 is tried again
+    assert (rest.changed, rest.pushed, rest.failed) == (LEADS - 99, LEADS - 100, 2)  # lead 7 is tried again
 
     create_view(warehouse_target, SCORES_VIEW)  # the analyst fixes the view
     fixed = push(emu, tokens, warehouse_target, dry_run=False)
