@@ -308,6 +308,7 @@ def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: 
             if differences:
                 changes.append(Change(kind, entity_id, {name: wire_value(new) for name, _, new in differences},
                                       differences))
+    changes.sort(key=lambda change: (change.kind.key, change.entity_id))  # the cap takes a stable prefix
     report.changed = len(changes)
     report.fields_changed = sum(len(change.differences) for change in changes)
     report.sample = [{"key": f"{change.kind.key} {change.entity_id}", "field": name,
