@@ -217,3 +217,29 @@ def test_a_portal_without_rest_auth_connector_refuses_and_explains_the_loop(
         push(emu, tokens, warehouse_target, dry_run=False)
     assert "come back through the offline queue" in str(refused.value)
     assert emu.writes("lead") == []
+
+
+def test_thousands_of_updates_travel_fifty_per_request_within_the_portals_rate_limit(tmp_path: Path) -> None:
+    # Its own portal with 3,000 leads; once they are synced, the standard limits go on (burst 50,
+    # 2 requests/s, facts §6.1): the push's 64 requests overflow the burst, and the client's throttle
+    # must pace them without one 503.
+    counts = {**COUNTS, "lead": 3_000}
+    with run_emulator(limits=False, counts=counts, seed=3, smart_process_types=0) as limited:
+        limited.world.portal(PORTAL).crm.add_user_field("lead", "SCORE", "double")
+        store = FileTokenStore(tmp_path / "limited-tokens")
+        store.save(PORTAL, limited.install_tokens())
+        target = WarehouseTarget("duckdb", str(tmp_path / "limited.duckdb"), {})
+        full_sync(limited, store, target, tmp_path / "s0")
+        create_view(target, SCORES_VIEW)
+        limited.patch_portal(limits={"enabled": True})
+        limited.reset_stats()
+
+        report = push(limited, store, target, dry_run=False, max_changes=5_000)
+
+        stats = limited.stats()
+        assert (report.pushed, report.failed) == (3_000, 0)
+        # feature.get, crm.lead.fields, 60 batches of 50 updates, 2 re-reads (2,500 + 500 leads)
+        assert report.requests == stats["http_requests"] == 64
+        assert stats["methods"]["crm.lead.update"]["calls"] == 3_000
+        assert stats["status"] == {"200": 64}, "the throttle let a request hit the portal's limit"
+        assert all(held == wanted for held, wanted in portal_scores(limited).values())
