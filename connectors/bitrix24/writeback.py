@@ -4,6 +4,8 @@ Bitrix24 writes no offline-queue row for a change made by the same app with the 
 ``auth_connector`` the handler was bound with (facts §2.12). `WriteBack` takes the connector key
 from the `OfflineQueue` that bound the events, so the two cannot drift apart. Writes are batched
 (50 per request) and never retried after an unclear outcome: a repeated add is a duplicate.
+`require_loop_avoidance` refuses a portal whose plan cannot carry the key; `push` answers per object,
+for the write-back (`connectors.sync.writeback`) to journal each outcome.
 """
 
 from __future__ import annotations

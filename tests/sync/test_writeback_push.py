@@ -24,7 +24,7 @@ import pytest
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, LoopAvoidanceUnavailable, OfflineQueue
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import run_once
-from connectors.sync.writeback import WriteBackReport, WriteBackSpec, failing, write_back
+from connectors.sync.writeback import WriteBackError, WriteBackReport, WriteBackSpec, failing, write_back
 from connectors.warehouse import PushStatus
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.sync.conftest import PORTAL, app_keys
@@ -243,3 +243,12 @@ def test_thousands_of_updates_travel_fifty_per_request_within_the_portals_rate_l
         assert stats["methods"]["crm.lead.update"]["calls"] == 3_000
         assert stats["status"] == {"200": 64}, "the throttle let a request hit the portal's limit"
         assert all(held == wanted for held, wanted in portal_scores(limited).values())
+
+
+def test_a_column_that_is_no_field_of_the_portal_stops_the_run_before_any_write(
+        emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path) -> None:
+    full_sync(emu, tokens, warehouse_target, tmp_path / "s0")
+    create_view(warehouse_target, "SELECT portal, 'lead' AS entity_kind, id, 1 AS uf_crm_scor FROM {leads}")
+    with pytest.raises(WriteBackError, match="'uf_crm_scor' is not a field of lead"):
+        push(emu, tokens, warehouse_target, dry_run=False)
+    assert emu.writes("lead") == []
