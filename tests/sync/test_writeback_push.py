@@ -252,3 +252,24 @@ def test_a_column_that_is_no_field_of_the_portal_stops_the_run_before_any_write(
     with pytest.raises(WriteBackError, match="'uf_crm_scor' is not a field of lead"):
         push(emu, tokens, warehouse_target, dry_run=False)
     assert emu.writes("lead") == []
+
+
+def test_smart_process_items_are_written_through_crm_item_update(tmp_path: Path) -> None:
+    # crm.item.* speaks camelCase and needs entityTypeId (facts §4.4); the query may name the warehouse
+    # columns (title, uf_crm_1_1700000000102) and the kind as item:<entityTypeId>.
+    with run_emulator(limits=False, counts={**COUNTS, "lead": 0, "item": 5}, seed=3) as emulator:
+        store = FileTokenStore(tmp_path / "item-tokens")
+        store.save(PORTAL, emulator.install_tokens())
+        target = WarehouseTarget("duckdb", str(tmp_path / "items.duckdb"), {})
+        full_sync(emulator, store, target, tmp_path / "s0")
+        spec = WriteBackSpec("item_titles", "SELECT 'item:128' AS entity_kind, id, 'Scored ' || CAST(id AS VARCHAR) "
+                             "AS title, 2.5 AS uf_crm_1_1700000000102 FROM {items_128} WHERE portal = %(portal)s")
+
+        first = push(emulator, store, target, spec=spec, dry_run=False)
+        second = push(emulator, store, target, spec=spec, dry_run=False)
+
+        assert (first.changed, first.pushed, first.failed, second.changed) == (5, 5, 0, 0)
+        truth = emulator.truth("item:128")
+        assert [(row["fields"]["title"], row["fields"]["ufCrm_1_1700000000102"]) for row in truth] == [
+            (f"Scored {row['id']}", 2.5) for row in truth]
+        assert [row for row in emulator.queue() if row["CONNECTOR_ID"] == DEFAULT_CONNECTOR] == []
