@@ -15,6 +15,7 @@ One line per module:
     schema      *.fields -> connectors.tables.TableSchema
     frame       records -> the typed entity frame of the table contract
     values      the value policy: a value that cannot become its column's type is NULL, counted
+    field_values  when two values are the same field value; how a value is written (write-back)
     writeback   batched writes that carry auth_connector
 """
 

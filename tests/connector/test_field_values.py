@@ -1,4 +1,4 @@
-"""How a write-back decides a field changed (pure): values compared in the field's type.
+"""When a warehouse value and a portal value are the same field value (pure), for the write-back.
 
 Legacy lists answer every value as a string ("37.50", "Y", "1"), crm.item lists answer numbers and
 booleans (facts §4.3-§4.4), while a warehouse query gives floats, Decimals, Timestamps and NULL/NaN.
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectors.sync.writeback import same_value, wire_value
+from connectors.bitrix24.field_values import same_value, wire_value
 from connectors.tables import ColumnType
 
 
