@@ -248,7 +248,16 @@ def build_control_app(world: World) -> Starlette:
         entity = request.path_params["entity"]
         with portal.lock:
             rows = portal.crm.ground_truth(entity)
-        return JSONResponse({"entity": entity, "rows": rows})
+        return JSONResponse({"entity": entity, "rows": rows, "writes": portal.crm.write_counts(entity)})
+
+    async def writes(request: Request) -> JSONResponse:
+        """GET: writes received per object, op, app and connector (``?entity=lead`` narrows); DELETE
+        forgets them."""
+        portal = portal_of(request)
+        if request.method == "DELETE":
+            with portal.lock:
+                portal.crm.writes.clear()
+        return JSONResponse({"writes": portal.crm.write_counts(request.query_params.get("entity"))})
 
     async def queue(request: Request) -> JSONResponse:
         portal = portal_of(request)
@@ -291,6 +300,7 @@ def build_control_app(world: World) -> Starlette:
         Route(portal_path + "/crm/{entity}", crm_write, methods=["POST"]),
         Route(portal_path + "/crm/{entity}/{id:int}/restore", crm_restore, methods=["POST"]),
         Route(portal_path + "/truth/{entity}", truth, methods=["GET"]),
+        Route(portal_path + "/writes", writes, methods=["GET", "DELETE"]),
         Route(portal_path + "/queue", queue, methods=["GET"]),
         Route(portal_path + "/stats", stats, methods=["GET", "DELETE"]),
     ]

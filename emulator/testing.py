@@ -160,6 +160,15 @@ class RunningEmulator:
         """Every record of ``entity`` incl. deleted ones: ``{"id","deleted","modified","fields"}``."""
         return self._call("GET", f"portals/{portal}/truth/{entity}")["rows"]
 
+    def writes(self, entity: str | None = None, portal: str = DEFAULT_PORTAL) -> list[dict[str, Any]]:
+        """CRM writes received, one row per (entity, id, op, client_id, connector) with its ``count``;
+        ``client_id`` is "" for UI users and webhooks."""
+        path = f"portals/{portal}/writes" + (f"?entity={entity}" if entity else "")
+        return self._call("GET", path)["writes"]
+
+    def reset_writes(self, portal: str = DEFAULT_PORTAL) -> None:
+        self._call("DELETE", f"portals/{portal}/writes")
+
     def queue(self, portal: str = DEFAULT_PORTAL) -> list[dict[str, Any]]:
         """All offline-event queue rows with all columns."""
         return self._call("GET", f"portals/{portal}/queue")["rows"]

@@ -6,6 +6,7 @@ environment at import. Numbers (rate limits, peek interval, snapshot cadence) ar
 defaults; a deployment that needs others builds its own definitions with `build_definitions`.
 """
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import dagster as dg
@@ -42,13 +43,15 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = None, *,
-                      freshness_window: timedelta = FRESHNESS_WINDOW) -> dg.Definitions:
+                      freshness_window: timedelta = FRESHNESS_WINDOW,
+                      writebacks: Sequence[dg.AssetsDefinition] = ()) -> dg.Definitions:
     """Every asset, check, job, schedule and sensor of the product, over ``resources`` (default:
     `default_resources`). A deployment with other numbers passes e.g.
     ``{"bitrix24": Bitrix24Resource(..., burst=250, drain_per_s=5), "warehouse": ...}``;
-    ``freshness_window``: how long a portal may go without a sync landing before it is stale."""
+    ``freshness_window``: how long a portal may go without a sync landing before it is stale;
+    ``writebacks``: declared write-backs (`pipelines.writeback.writeback_asset`)."""
     return dg.Definitions(
-        assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters],
+        assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters, *writebacks],
         asset_checks=health_checks(freshness_window),
         jobs=[SYNC_JOB, sync_portals_job, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB],
         schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE],

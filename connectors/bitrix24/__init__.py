@@ -15,6 +15,7 @@ One line per module:
     schema      *.fields -> connectors.tables.TableSchema
     frame       records -> the typed entity frame of the table contract
     values      the value policy: a value that cannot become its column's type is NULL, counted
+    field_values  when two values are the same field value; how a value is written (write-back)
     writeback   batched writes that carry auth_connector
 """
 
@@ -75,7 +76,7 @@ from connectors.bitrix24.retry import RetryPolicy
 from connectors.bitrix24.schema import schema_from_fields, table_schema
 from connectors.bitrix24.throttle import RateLimits, Throttle
 from connectors.bitrix24.values import Coercions
-from connectors.bitrix24.writeback import WriteBack
+from connectors.bitrix24.writeback import LoopAvoidanceUnavailable, WriteBack
 
 __all__ = [
     "AccessDenied",
@@ -102,6 +103,7 @@ __all__ = [
     "InstallVerifier",
     "InvalidToken",
     "KindPlan",
+    "LoopAvoidanceUnavailable",
     "MalformedRecord",
     "MalformedResponse",
     "NotFound",

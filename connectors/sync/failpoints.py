@@ -19,6 +19,8 @@ POINTS = (
     "after_reserve",  # reservations journalled, nothing fetched
     "during_fetch",  # some entities fetched and staged, not all
     "after_commit",  # data and journal committed, event.offline.clear not sent
+    "writeback_after_intent",  # write-back: a batch's intents journalled, the batch not sent
+    "writeback_after_batch",  # write-back: a batch applied by the portal, its outcome not journalled
 )
 
 

@@ -33,6 +33,7 @@ from connectors.warehouse.journal import (
     SyncRun,
 )
 from connectors.warehouse.postgres_warehouse import DEFAULT_SCHEMA, PostgresWarehouse
+from connectors.warehouse.writeback_ledger import PushEntry, PushStatus
 
 __all__ = [
     "DuckDBWarehouse",
@@ -44,6 +45,8 @@ __all__ = [
     "JournalStatus",
     "ParkedStatus",
     "PostgresWarehouse",
+    "PushEntry",
+    "PushStatus",
     "Rows",
     "SchemaChanges",
     "SnapshotError",

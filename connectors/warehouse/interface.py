@@ -33,6 +33,7 @@ from connectors.warehouse.journal import (
     ParkedStatus,
     SyncRun,
 )
+from connectors.warehouse.writeback_ledger import PushEntry, PushStatus
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class Transaction(ABC):
     @abstractmethod
     def resolve_parked(self, portal: str, message_ids: Iterable[str]) -> int:
         """Parked messages whose objects this transaction loaded leave the lane as ``loaded``."""
+
+    @abstractmethod
+    def record_pushes(self, portal: str, entries: Iterable[PushEntry]) -> int:
+        """Write-back journal rows committed with this transaction's data (``done`` with the re-read
+        objects); returns how many."""
 
 
 class Warehouse(ABC):
@@ -148,6 +154,20 @@ class Warehouse(ABC):
     @abstractmethod
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
         """Run a read query (asset checks, tests); parameters are written ``%(name)s``."""
+
+    @abstractmethod
+    def query_frame(self, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
+        """A read query's rows with their column names (a write-back's declared query)."""
+
+    @abstractmethod
+    def record_pushes(self, portal: str, entries: Iterable[PushEntry]) -> int:
+        """Write-back journal rows (`writeback_ledger`), in a transaction of their own: an ``intent``
+        must be committed before its request leaves. Returns how many."""
+
+    @abstractmethod
+    def pushes(self, portal: str, writeback: str, status: PushStatus | None = None,
+               limit: int = 100_000) -> list[PushEntry]:
+        """The write-back journal of one write-back on a portal, by entity kind and id."""
 
     @abstractmethod
     def relation(self, name: str) -> str:

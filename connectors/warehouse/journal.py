@@ -21,6 +21,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
+from connectors.warehouse import writeback_ledger
 from connectors.warehouse.layout import Dialect
 
 JOURNAL_TABLE = "_cdc_journal"
@@ -140,6 +141,7 @@ def create_statements(d: Dialect) -> list[str]:
             discarded_by {d.text},
             discard_reason {d.text},
             PRIMARY KEY (portal, message_id))""",
+        *writeback_ledger.create_statements(d),
     ]
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from connectors.tables import TableSchema, check_identifier
-from connectors.warehouse import ddl, journal, versioning
+from connectors.warehouse import ddl, journal, versioning, writeback_ledger
 from connectors.warehouse.errors import (
     TableNotFound,
     TransactionStateError,
@@ -35,6 +35,7 @@ from connectors.warehouse.journal import (
     SyncRun,
 )
 from connectors.warehouse.layout import HISTORY_SUFFIX, Dialect, TableNames
+from connectors.warehouse.writeback_ledger import PushEntry, PushStatus
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +265,38 @@ class SqlWarehouse(Warehouse):
         # Always with parameters, so '%%' means a literal '%' on both engines.
         return self._query(sql, params or {})
 
+    def query_frame(self, sql: str, params: Mapping[str, object] | None = None) -> pd.DataFrame:
+        return self._query_frame(sql, params or {})
+
+    def record_pushes(self, portal: str, entries: Iterable[PushEntry]) -> int:
+        self._outside_transaction("record_pushes")
+        with self._atomic():
+            return self._record_pushes(portal, entries)
+
+    def _record_pushes(self, portal: str, entries: Iterable[PushEntry]) -> int:
+        by_writeback: dict[str, dict[tuple[str, int], PushEntry]] = {}
+        for entry in entries:
+            by_writeback.setdefault(entry.writeback, {})[entry.key] = entry
+        now = _now()
+        for writeback, unique in by_writeback.items():
+            rows = list(unique.values())
+            self._execute(writeback_ledger.record(self.dialect), {
+                "portal": portal, "writeback": writeback, "now": now,
+                "kinds": [e.entity_kind for e in rows], "ids": [int(e.entity_id) for e in rows],
+                "hashes": [e.fields_hash for e in rows], "fields": [e.fields for e in rows],
+                "statuses": [PushStatus(e.status).value for e in rows],
+                "errors": [None if e.error is None else e.error[:2000] for e in rows],
+                "attempts": [1 if e.status is PushStatus.INTENT else 0 for e in rows],
+                "pushed": [now if e.status in (PushStatus.SENT, PushStatus.DONE) else None for e in rows]})
+        return sum(len(unique) for unique in by_writeback.values())
+
+    def pushes(self, portal: str, writeback: str, status: PushStatus | None = None,
+               limit: int = 100_000) -> list[PushEntry]:
+        rows = self._query(writeback_ledger.entries(self.dialect), {
+            "portal": portal, "writeback": writeback,
+            "status": None if status is None else PushStatus(status).value, "limit": int(limit)})
+        return [writeback_ledger.entry(row) for row in rows]
+
     def relation(self, name: str) -> str:
         return self.dialect.qualified(name)
 
@@ -337,6 +370,10 @@ class SqlTransaction(Transaction):
             return 0
         return self.warehouse._execute(journal.resolve_parked(self.warehouse.dialect),
                                        {"portal": portal, "message_ids": ids, "now": _now()})
+
+    def record_pushes(self, portal: str, entries: Iterable[PushEntry]) -> int:
+        self._check_open()
+        return self.warehouse._record_pushes(portal, entries)
 
 
 def _now() -> datetime:

@@ -7,6 +7,7 @@ emits the entity's ``ONCRM*`` event with the writer's `Origin` (facts §3, §2.1
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,9 @@ class CrmStore:
         self.smart_processes: dict[int, SmartProcess] = {}  # by entityTypeId
         self._last_user_field_id = 0
         self._last_multifield_id = 0
+        # Writes received, by (entity, id, op, app client_id or "" for users/webhooks, auth_connector):
+        # the ground truth that shows whose writes reached an object, and how often.
+        self.writes: Counter[tuple[str, int, str, str, str]] = Counter()
 
     # --- lookup -----------------------------------------------------------------------------------
 
@@ -304,6 +308,8 @@ class CrmStore:
         return self._last_user_field_id
 
     def _emit(self, entity_type: EntityType, operation: str, entity_id: int, origin: Origin) -> None:
+        # Every write emits, so this is where writes are counted too.
+        self.writes[(entity_type.key, entity_id, operation, origin.client_id or "", origin.auth_connector)] += 1
         events = self.portal.events
         if events is None:
             return
@@ -312,6 +318,14 @@ class CrmStore:
             events.emit(name, data, origin)
 
     # --- ground truth -----------------------------------------------------------------------------
+
+    def write_counts(self, entity: str | None = None) -> list[dict[str, Any]]:
+        """Writes received per object, operation, app and connector (``client_id`` "" = a user or a
+        webhook), ordered by entity and id: who changed what, and how many times."""
+        with self.portal.lock:
+            items = sorted(self.writes.items())
+        return [{"entity": key[0], "id": key[1], "op": key[2], "client_id": key[3], "connector": key[4],
+                 "count": count} for key, count in items if entity is None or key[0] == entity]
 
     def ground_truth(self, entity: str) -> list[dict[str, Any]]:
         """Every id ever used: current fields as ``*.get`` shows them, or a tombstone."""

@@ -81,3 +81,28 @@ def test_a_batch_keyset_scan_over_real_deals_returns_every_deal_once(http):
         ids = [int(row["ID"]) for key in cmd for row in result["result"][key]]
         assert ids == sorted(row["id"] for row in emu.truth("deal"))
         assert result["result_total"] == [] and result["result_next"] == []  # start=-1 counts nothing
+
+
+def test_the_truth_counts_writes_per_object_app_and_connector(http, emu, tokens):
+    # Loop suppression is keyed on who wrote and with which connector (facts §2.12): the ground truth
+    # says exactly that, so a test can prove a write-back wrote each object once, with its key.
+    lead_id = emu.truth("lead")[0]["id"]
+    emu.reset_writes()
+    emu.write("lead", "update", id=lead_id, fields={"TITLE": "a user"})
+    http.post(f"{emu.webhook_url}crm.lead.update", json={"id": lead_id, "fields": {"TITLE": "a webhook"}})
+    for title in ("app, no key", "app, keyed", "app, keyed again"):
+        connector = {} if title == "app, no key" else {"auth_connector": "warehouse"}
+        answer = http.post(f"{emu.url}/rest/crm.lead.update", json={
+            "auth": tokens["access_token"], "id": lead_id, "fields": {"TITLE": title}, **connector})
+        assert answer.json()["result"] is True
+
+    expected = [{"entity": "lead", "id": lead_id, "op": "update", "client_id": "", "connector": "", "count": 2},
+                {"entity": "lead", "id": lead_id, "op": "update", "client_id": emu.client_id, "connector": "",
+                 "count": 1},
+                {"entity": "lead", "id": lead_id, "op": "update", "client_id": emu.client_id,
+                 "connector": "warehouse", "count": 2}]
+    assert emu.writes("lead") == expected
+    assert http.get(f"{emu.url}/_emulator/portals/default/truth/lead").json()["writes"] == expected
+    assert emu.writes("deal") == []
+    emu.reset_writes()
+    assert emu.writes() == []
