@@ -6,6 +6,7 @@ sessions (one connection and transaction each), time encoding and the table name
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -35,6 +36,15 @@ class SqlStateStore(StateStore):
     @abstractmethod
     def _decode_time(self, value: object) -> datetime: ...
 
+    # The portal's clock as SQL: the engine's own where it is shared by machines (PostgreSQL),
+    # else the ``%(now)s`` parameter (unix seconds) that `reserve_request` always passes.
+    _bucket_clock = "%(now)s"
+    _greatest = "MAX"  # SQLite's scalar MAX; PostgreSQL's is GREATEST
+
+    def _bucket_session(self) -> AbstractContextManager[Run]:
+        """The session for bucket updates; an engine may make it cheaper than `_session`."""
+        return self._session(write=True)
+
     def _serialize_signals(self, run: Run) -> None:
         """Make signal writers take turns where write sessions alone do not (PostgreSQL)."""
 
@@ -60,7 +70,15 @@ class SqlStateStore(StateStore):
                 latest_at {time_type} NOT NULL,
                 seq BIGINT NOT NULL)""",
             f"CREATE INDEX IF NOT EXISTS signals_seq ON {signals} (seq)",
+            *self._request_bucket_statements(),
         ]
+
+    def _request_bucket_statements(self) -> list[str]:
+        # Unix seconds as a float in both engines: the arithmetic stays one expression.
+        return [f"""CREATE TABLE IF NOT EXISTS {self._table("request_buckets")} (
+                portal TEXT PRIMARY KEY,
+                level DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL)"""]
 
     # -- portals --------------------------------------------------------------------------------
 
@@ -151,3 +169,32 @@ class SqlStateStore(StateStore):
         signalled = {portal: self._decode_time(latest_at) for portal, latest_at, _ in rows}
         return signalled, max((int(seq) for *_, seq in rows), default=int(cursor or 0))
 
+    # -- request buckets ------------------------------------------------------------------------
+
+    def reserve_request(self, portal: str, *, capacity: float, drain_per_s: float) -> float:
+        level = self._update_bucket(portal, take=1.0, floor=0.0, drain_per_s=drain_per_s)
+        return max(0.0, (level - capacity) / drain_per_s)
+
+    def saturate_requests(self, portal: str, *, capacity: float, drain_per_s: float) -> None:
+        self._update_bucket(portal, take=0.0, floor=capacity, drain_per_s=drain_per_s)
+
+    def _update_bucket(self, portal: str, *, take: float, floor: float, drain_per_s: float) -> float:
+        """Drain the bucket to now, add ``take``, raise it to ``floor``: one statement, one row.
+
+        The row lock of the upsert makes concurrent callers queue on this portal only; a clock
+        that went backwards (another machine, another transaction's earlier reading) drains nothing.
+        """
+        if not drain_per_s > 0:
+            raise ValueError(f"drain_per_s must be positive, got {drain_per_s!r}")
+        greatest, buckets = self._greatest, self._table("request_buckets")
+        with self._bucket_session() as run:
+            rows = run(f"""INSERT INTO {buckets} AS bucket (portal, level, updated_at)
+                VALUES (%(portal)s, %(initial)s, {self._bucket_clock})
+                ON CONFLICT (portal) DO UPDATE SET
+                    level = {greatest}({greatest}(bucket.level - {greatest}(
+                        excluded.updated_at - bucket.updated_at, 0) * %(drain)s, 0) + %(take)s, %(floor)s),
+                    updated_at = {greatest}(bucket.updated_at, excluded.updated_at)
+                RETURNING level""", {
+                "portal": check_portal_key(portal), "initial": max(take, floor), "take": take,
+                "floor": floor, "drain": float(drain_per_s), "now": time.time()})
+        return float(rows[0][0])
