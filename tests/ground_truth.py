@@ -29,14 +29,16 @@ def entity_tables(emu: RunningEmulator) -> dict[str, tuple[str, str]]:
     return tables
 
 
-def compare(emu: RunningEmulator, rows_of: Callable[[str, str], list[tuple]]) -> list[str]:
-    """Problems found, empty when the warehouse equals the default portal's ground truth.
+def compare(emu: RunningEmulator, rows_of: Callable[[str, str], list[tuple]], *, portal: str = "default",
+            tables: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """Problems found, empty when the warehouse equals the portal's ground truth.
 
-    ``rows_of(table, content_field)`` returns ``[(id, deleted, modified_at, content), ...]``.
+    ``rows_of(table, content_field)`` returns ``[(id, deleted, modified_at, content), ...]``;
+    ``tables`` defaults to `entity_tables` of the default portal.
     """
     problems: list[str] = []
-    for entity, (table, content_field) in entity_tables(emu).items():
-        truth = {row["id"]: row for row in emu.truth(entity)}
+    for entity, (table, content_field) in (tables or entity_tables(emu)).items():
+        truth = {row["id"]: row for row in emu.truth(entity, portal)}
         stored = rows_of(table, content_field)
         ids = [row[0] for row in stored]
         if len(ids) != len(set(ids)):
