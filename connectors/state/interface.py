@@ -55,6 +55,11 @@ class StateStore(ABC):
         """Replace the portal's token JSON in one transaction: readers see the old or the new pair."""
 
     @abstractmethod
+    def tokens_saved_before(self, cutoff: datetime) -> list[str]:
+        """Active portals whose token pair was last saved before ``cutoff`` (oldest first): the ones
+        whose refresh token has gone unused longest (facts §7.2, §8: it expires unused)."""
+
+    @abstractmethod
     def refresh_lock(self, portal: str, timeout: float = 60.0) -> AbstractContextManager[None]:
         """A cross-process lock per portal, held around a token refresh so only one process refreshes
         (Bitrix24 rotates the refresh token on use; facts §7.2). Re-read the token inside it.

@@ -146,6 +146,15 @@ class SqlStateStore(StateStore):
                 {"portal": check_portal_key(portal), "token": orjson.dumps(token).decode(),
                  "now": self._encode_time(datetime.now(UTC))})
 
+    def tokens_saved_before(self, cutoff: datetime) -> list[str]:
+        with self._session(write=False) as run:
+            rows = run(f"""SELECT tokens.portal FROM {self._table("tokens")} AS tokens
+                JOIN {self._table("portals")} AS portals ON portals.portal = tokens.portal
+                WHERE portals.status = %(active)s AND tokens.updated_at < %(cutoff)s
+                ORDER BY tokens.updated_at, tokens.portal""",
+                {"active": PortalStatus.ACTIVE.value, "cutoff": self._encode_time(cutoff)})
+        return [row[0] for row in rows]
+
     # -- signals --------------------------------------------------------------------------------
 
     def record_signal(self, portal: str, received_at: datetime | None = None) -> None:
