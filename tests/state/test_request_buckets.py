@@ -13,15 +13,18 @@ from tests.state.conftest import StoreTarget
 
 # Draining so slowly that a test's few seconds drain nothing measurable: levels count requests.
 NO_DRAIN = 1e-9
+# One slot per 100 s: waits are whole multiples of 100 s, give or take what a slow machine's
+# seconds between two calls drain (0.01 slot per second).
+SLOW = 0.01
 
 
 def test_reservations_wait_once_the_bucket_is_full(store: StateStore) -> None:
-    waits = [store.reserve_request("a.bitrix24.de", capacity=3, drain_per_s=2.0) for _ in range(5)]
+    waits = [store.reserve_request("a.bitrix24.de", capacity=3, drain_per_s=SLOW) for _ in range(5)]
 
     assert waits[:3] == [0.0, 0.0, 0.0]
-    # The 4th and 5th requests may go when the bucket has drained one and two slots: 0.5 s, 1 s.
-    assert waits[3] == pytest.approx(0.5, abs=0.05)
-    assert waits[4] == pytest.approx(1.0, abs=0.05)
+    # The 4th and 5th requests may go when the bucket has drained one and two slots.
+    assert waits[3] == pytest.approx(100.0, abs=5.0)
+    assert waits[4] == pytest.approx(200.0, abs=5.0)
 
 
 def test_the_bucket_drains_with_time(store: StateStore) -> None:
@@ -40,17 +43,17 @@ def test_portals_have_separate_buckets(store: StateStore) -> None:
 
 
 def test_a_503_fills_the_bucket(store: StateStore) -> None:
-    store.reserve_request("a.bitrix24.de", capacity=10, drain_per_s=2.0)
-    store.saturate_requests("a.bitrix24.de", capacity=10, drain_per_s=2.0)
+    store.reserve_request("a.bitrix24.de", capacity=10, drain_per_s=SLOW)
+    store.saturate_requests("a.bitrix24.de", capacity=10, drain_per_s=SLOW)
 
-    # Full at 10: the next slot is one drain step (0.5 s) away.
-    assert store.reserve_request("a.bitrix24.de", capacity=10, drain_per_s=2.0) == pytest.approx(0.5, abs=0.05)
+    # Full at 10: the next slot is one drain step away.
+    assert store.reserve_request("a.bitrix24.de", capacity=10, drain_per_s=SLOW) == pytest.approx(100.0, abs=5.0)
 
 
 def test_a_503_on_an_unknown_portal_starts_it_full(store: StateStore) -> None:
-    store.saturate_requests("new.bitrix24.de", capacity=4, drain_per_s=2.0)
+    store.saturate_requests("new.bitrix24.de", capacity=4, drain_per_s=SLOW)
 
-    assert store.reserve_request("new.bitrix24.de", capacity=4, drain_per_s=2.0) == pytest.approx(0.5, abs=0.05)
+    assert store.reserve_request("new.bitrix24.de", capacity=4, drain_per_s=SLOW) == pytest.approx(100.0, abs=5.0)
 
 
 def test_bad_keys_and_drains_are_refused(store: StateStore) -> None:
