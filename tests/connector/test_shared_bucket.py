@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from connectors.bitrix24 import Bitrix24Client, OAuthApp, RateLimits, RetryPolicy, Throttle
 from connectors.bitrix24.errors import LimitExceeded
 from connectors.state import StateStore, open_state_store
 from emulator.testing import ThreadEmulator, run_emulator
+from tests.conftest import PG_DSN
 
 BUSY = "default"
 QUIET = "quiet"
@@ -44,12 +48,25 @@ def _client(emu: ThreadEmulator, store: StateStore, portal: str, *, shared: bool
     return Bitrix24Client(app.session(portal, store.tokens), throttle=throttle, retry=RETRY)
 
 
-def _stores(tmp_path: Path, emu: ThreadEmulator) -> tuple[StateStore, StateStore]:
-    """Two handles on one store file, as two processes would hold."""
-    first = open_state_store(tmp_path / "state.sqlite3")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Where the shared buckets live: a SQLite file, or a PostgreSQL schema (the server's clock)."""
+    schema = f"bucket_test_{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        yield str(tmp_path / "state.sqlite3"), schema
+        return
+    yield PG_DSN, schema
+    with psycopg.connect(PG_DSN, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _stores(store_target: tuple[str, str], emu: ThreadEmulator) -> tuple[StateStore, StateStore]:
+    """Two handles on one store, as two processes would hold."""
+    target, schema = store_target
+    first = open_state_store(target, schema=schema)
     for portal in (BUSY, QUIET):
         first.save_token(portal, emu.install_tokens(portal))
-    return first, open_state_store(tmp_path / "state.sqlite3")
+    return first, open_state_store(target, schema=schema)
 
 
 def _hammer(clients: list[Bitrix24Client]) -> list[BaseException]:
@@ -77,7 +94,7 @@ def _refusals(clients: list[Bitrix24Client]) -> int:
 
 def test_two_clients_with_their_own_buckets_overrun_the_portal(emu: ThreadEmulator, tmp_path: Path) -> None:
     """The control case: without the shared bucket the same load does earn 503s."""
-    stores = _stores(tmp_path, emu)
+    stores = _stores((str(tmp_path / "state.sqlite3"), "unused"), emu)
     clients = [_client(emu, store, BUSY, shared=False) for store in stores]
 
     _hammer(clients)
@@ -85,8 +102,8 @@ def test_two_clients_with_their_own_buckets_overrun_the_portal(emu: ThreadEmulat
     assert _refusals(clients) > 0
 
 
-def test_two_clients_sharing_the_bucket_get_no_503(emu: ThreadEmulator, tmp_path: Path) -> None:
-    stores = _stores(tmp_path, emu)
+def test_two_clients_sharing_the_bucket_get_no_503(emu: ThreadEmulator, store_target: tuple[str, str]) -> None:
+    stores = _stores(store_target, emu)
     busy = [_client(emu, store, BUSY, shared=True) for store in stores]
     quiet = _client(emu, stores[0], QUIET, shared=True)
     quiet_done = threading.Event()
