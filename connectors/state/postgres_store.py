@@ -68,11 +68,22 @@ class PostgresStateStore(SqlStateStore):
             if self._idle_pid != os.getpid():
                 self._idle, self._idle_pid = [], os.getpid()
             connection = self._idle.pop() if self._idle else None
-        if connection is None or connection.closed:
+        reused = connection is not None and not connection.closed
+        if not reused:
             connection = psycopg.connect(self._dsn, autocommit=True)
 
         def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
-            cursor = connection.execute(sql, params)  # autocommit: one statement, one transaction
+            nonlocal connection, reused
+            try:
+                cursor = connection.execute(sql, params)  # autocommit: one statement, one transaction
+            except psycopg.OperationalError:
+                if not reused:
+                    raise
+                # An idle connection the server dropped (restart, idle timeout): one fresh try. Had
+                # the lost statement committed, the bucket counts one request too many: harmless.
+                connection.close()
+                connection, reused = psycopg.connect(self._dsn, autocommit=True), False
+                cursor = connection.execute(sql, params)
             return cursor.fetchall() if cursor.description else []
 
         try:

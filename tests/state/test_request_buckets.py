@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import uuid
 
+import psycopg
 import pytest
 
 from connectors.state import InvalidPortalKey, StateStore
-from tests.state.conftest import StoreTarget
+from tests.state.conftest import PG_DSN, StoreTarget
 
 # Draining so slowly that a test's few seconds drain nothing measurable: levels count requests.
 NO_DRAIN = 1e-9
@@ -85,3 +87,23 @@ def test_processes_reserving_at_once_never_get_the_same_slot(store_target: Store
 
     positions = sorted(round(wait * NO_DRAIN) for wait in waits)
     assert positions == list(range(1, 161))
+
+
+@pytest.mark.postgres
+def test_a_bucket_connection_the_server_dropped_is_replaced() -> None:
+    """PostgreSQL keeps a few idle connections for bucket updates (SQLite opens its file per call)."""
+    store_target = StoreTarget("postgres", PG_DSN, f"state_test_{uuid.uuid4().hex[:12]}")
+    store = store_target.open()
+    store.reserve_request("a.bitrix24.de", capacity=5, drain_per_s=NO_DRAIN)
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        # What a server restart or an idle timeout does to the store's pooled connection.
+        dropped = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE pid <> pg_backend_pid() AND application_name = '' "
+                                "AND query LIKE %s", [f'%"{store_target.schema}"."request_buckets"%']).fetchall()
+    assert dropped == [(True,)]
+
+    assert store.reserve_request("a.bitrix24.de", capacity=5, drain_per_s=NO_DRAIN) == 0.0
+    assert store.reserve_request("a.bitrix24.de", capacity=2, drain_per_s=NO_DRAIN) > 0  # third slot, counted
+    store.close()
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        admin.execute(f'DROP SCHEMA "{store_target.schema}" CASCADE')
