@@ -177,7 +177,7 @@ def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, b
 def dead_letters(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
                  warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Objects Bitrix24 keeps in our error lane because syncing them failed repeatedly."""
-    with bitrix24.client(context.partition_key) as client:
+    with bitrix24.state() as state, bitrix24.client(context.partition_key, state) as client:
         peek = bitrix24.queue(client).peek(error_lane=True)
     with warehouse.open() as wh:
         parked = wh.error_lane(context.partition_key, limit=EXAMPLES)

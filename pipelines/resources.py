@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from connectors.bitrix24 import Bitrix24Client, OAuthApp, OfflineQueue, RateLimits
+from connectors.bitrix24 import Bitrix24Client, OAuthApp, OfflineQueue, RateLimits, Throttle
 from connectors.bitrix24.auth import DEFAULT_TOKEN_URL
 from connectors.state import StateStore, open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR
@@ -45,7 +45,12 @@ class Bitrix24Resource(dg.ConfigurableResource):
         app = OAuthApp(self.client_id, self.client_secret, token_url=self.oauth_token_url)
         limits = RateLimits(burst=self.burst, drain_per_s=self.drain_per_s,
                             operating_limit_s=self.operating_limit_s)
-        return Bitrix24Client(app.session(portal, (state or self.state()).tokens), limits=limits)
+        store = state or self.state()
+        # Every client of this portal, in any process (sensor peeks, runs, reconcile, the drain, write-back),
+        # takes its requests from the portal's one bucket in the state store: the limit is the
+        # portal's, not the client's (facts §6.1).
+        return Bitrix24Client(app.session(portal, store.tokens),
+                              throttle=Throttle(limits, shared=store, portal=portal))
 
     def queue(self, client: Bitrix24Client) -> OfflineQueue:
         return OfflineQueue(client, self.connector)

@@ -5,6 +5,11 @@ Two limits apply (facts §6): a leaky bucket of HTTP requests per portal (+1 per
 of execution time (429 once ``time.operating`` exceeds the limit, until ``operating_reset_at``).
 `LeakyBucket` and `OperatingBudget` are the pure arithmetic (time is passed in); `Throttle` adds
 locking and sleeping for a client shared by threads.
+
+The portal counts every request of the app, whichever process sent it: the sensor's peeks, each
+op of a run, reconcile and the error-lane drain all spend one bucket. Given `RequestBuckets` (the
+state store), a `Throttle` takes its slots from that shared, per-portal bucket; without, it keeps
+its own, which is exact only while it is the portal's sole client.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from connectors.bitrix24.errors import OperationTimeLimit
 
@@ -74,6 +80,21 @@ class LeakyBucket:
         self.level = max(self.level, self.limits.capacity)
 
 
+class RequestBuckets(Protocol):
+    """Leaky buckets kept where every process of the deployment sees them (the state store).
+
+    Each call is one atomic update of one portal's bucket: portals never wait on each other.
+    """
+
+    def reserve_request(self, portal: str, *, capacity: float, drain_per_s: float) -> float:
+        """Take one slot of ``portal``'s bucket; return seconds to wait before sending (>= 0)."""
+        ...
+
+    def saturate_requests(self, portal: str, *, capacity: float, drain_per_s: float) -> None:
+        """The portal answered 503: raise its bucket to ``capacity``."""
+        ...
+
+
 class OperatingBudget:
     """Per-method execution-time budgets as last reported by the portal's ``time`` blocks."""
 
@@ -107,13 +128,23 @@ class OperatingBudget:
 
 
 class Throttle:
-    """Thread-safe pacing for one portal: bucket, operating budgets and a concurrency cap."""
+    """Thread-safe pacing for one portal: bucket, operating budgets and a concurrency cap.
+
+    ``shared`` with ``portal`` makes the request bucket the deployment-wide one (facts §6.1: the
+    limit is per portal, not per client); the operating budgets stay per client, as they are
+    learned from this client's own answers.
+    """
 
     def __init__(self, limits: RateLimits | None = None, *, max_concurrency: int = 2,
+                 shared: RequestBuckets | None = None, portal: str | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        if shared is not None and not portal:
+            raise ValueError("a shared request bucket needs the portal it belongs to")
         self.limits = limits or RateLimits.standard()
+        self.shared = shared
+        self.portal = portal
         self._monotonic = monotonic
         self._wall = wall
         self._sleep = sleep
@@ -139,8 +170,14 @@ class Throttle:
                                      status=429, method=method, reset_at=until)
         if hold > 0:
             self._pause(hold)
-        with self._lock:
-            wait = self.bucket.reserve(self._monotonic())
+        if self.shared is not None:
+            # No lock of ours around it: the store's update is atomic, and another thread of this
+            # client may reserve its own slot meanwhile.
+            wait = self.shared.reserve_request(self.portal, capacity=self.limits.capacity,
+                                               drain_per_s=self.limits.drain_per_s)
+        else:
+            with self._lock:
+                wait = self.bucket.reserve(self._monotonic())
         if wait > 0:
             self._pause(wait)
 
@@ -149,6 +186,10 @@ class Throttle:
             self.budget.observe(method, time_block.get("operating"), time_block.get("operating_reset_at"))
 
     def on_query_limit(self) -> None:
+        if self.shared is not None:
+            self.shared.saturate_requests(self.portal, capacity=self.limits.capacity,
+                                          drain_per_s=self.limits.drain_per_s)
+            return
         with self._lock:
             self.bucket.saturate(self._monotonic())
 

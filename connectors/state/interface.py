@@ -85,6 +85,11 @@ class StateStore(ABC):
         """Replace the portal's token JSON in one transaction: readers see the old or the new pair."""
 
     @abstractmethod
+    def tokens_saved_before(self, cutoff: datetime) -> list[str]:
+        """Active portals whose token pair was last saved before ``cutoff`` (oldest first): the ones
+        whose refresh token has gone unused longest (facts §7.2, §8: it expires unused)."""
+
+    @abstractmethod
     def refresh_lock(self, portal: str, timeout: float = 60.0) -> AbstractContextManager[None]:
         """A cross-process lock per portal, held around a token refresh so only one process refreshes
         (Bitrix24 rotates the refresh token on use; facts §7.2). Re-read the token inside it.
@@ -108,6 +113,22 @@ class StateStore(ABC):
         Each signal moves its portal to the head of one sequence, so a reader holding a cursor
         reads only portals signalled since, however many portals exist."""
 
+    # -- request buckets ------------------------------------------------------------------------
+
+    @abstractmethod
+    def reserve_request(self, portal: str, *, capacity: float, drain_per_s: float) -> float:
+        """Take one slot of the portal's request bucket; return seconds to wait before sending.
+
+        The bucket mirrors the portal's leaky bucket (facts §6.1: +1 per request, drains
+        ``drain_per_s`` per second, 503 ``QUERY_LIMIT_EXCEEDED`` beyond the burst), shared by
+        every process that calls the portal. One atomic update per call, on that portal's row
+        only; the caller sleeps the returned seconds (a reservation in the future) holding nothing.
+        Raises `InvalidPortalKey` for a key that is not hostname-like."""
+
+    @abstractmethod
+    def saturate_requests(self, portal: str, *, capacity: float, drain_per_s: float) -> None:
+        """The portal answered 503: someone outside this store spends its bucket too, so count it
+        as full (level ``capacity``, if lower) from now on."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -1,11 +1,15 @@
 """PostgreSQL as the state store, for deployments where processes run on several machines.
 
 Each call opens its own connection: the store is used by short-lived calls from several processes,
-and a connection shared across a fork would be unusable in the child.
+and a connection shared across a fork would be unusable in the child. The exception is the request
+bucket, updated once per Bitrix24 request: those statements reuse a few idle connections of this
+process (`close` closes them).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,12 +23,22 @@ from connectors.state.sql_store import Run, SqlStateStore
 from connectors.tables import check_identifier
 
 DEFAULT_SCHEMA = "bitrix24_state"
+_MAX_IDLE_CONNECTIONS = 4
 
 
 class PostgresStateStore(SqlStateStore):
+    # The server's clock: every machine of a deployment reads the same one.
+    _bucket_clock = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    _greatest = "GREATEST"
+
     def __init__(self, dsn: str, *, schema: str = DEFAULT_SCHEMA) -> None:
         self.schema = check_identifier(schema)
         self._dsn = dsn
+        # Bucket updates come once per Bitrix24 request: they reuse idle connections instead of
+        # opening one each. Kept per process (a forked child must not share its parent's sockets).
+        self._idle: list[psycopg.Connection] = []
+        self._idle_lock = threading.Lock()
+        self._idle_pid = os.getpid()
         info = conninfo_to_dict(dsn)
         self._where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
         with self._session(write=True) as run:
@@ -48,6 +62,41 @@ class PostgresStateStore(SqlStateStore):
 
             yield run
 
+    @contextmanager
+    def _bucket_session(self) -> Iterator[Run]:
+        with self._idle_lock:
+            if self._idle_pid != os.getpid():
+                self._idle, self._idle_pid = [], os.getpid()
+            connection = self._idle.pop() if self._idle else None
+        reused = connection is not None and not connection.closed
+        if not reused:
+            connection = psycopg.connect(self._dsn, autocommit=True)
+
+        def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
+            nonlocal connection, reused
+            try:
+                cursor = connection.execute(sql, params)  # autocommit: one statement, one transaction
+            except psycopg.OperationalError:
+                if not reused:
+                    raise
+                # An idle connection the server dropped (restart, idle timeout): one fresh try. Had
+                # the lost statement committed, the bucket counts one request too many: harmless.
+                connection.close()
+                connection, reused = psycopg.connect(self._dsn, autocommit=True), False
+                cursor = connection.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+
+        try:
+            yield run
+        except BaseException:
+            connection.close()  # its state is unknown; the next call opens a fresh one
+            raise
+        with self._idle_lock:
+            if self._idle_pid == os.getpid() and len(self._idle) < _MAX_IDLE_CONNECTIONS:
+                self._idle.append(connection)
+                return
+        connection.close()
+
     def _serialize_signals(self, run: Run) -> None:
         # READ COMMITTED writers could otherwise commit sequence numbers out of order, and a reader
         # whose cursor passed N would never see an N-1 committed after it.
@@ -55,7 +104,11 @@ class PostgresStateStore(SqlStateStore):
             {"key": f"connectors.state signals {self.schema}"})
 
     def close(self) -> None:
-        """Nothing stays open between calls: each opens and closes its own connection."""
+        """Close the idle bucket connections; every other call opens and closes its own."""
+        with self._idle_lock:
+            idle, self._idle = (self._idle, []) if self._idle_pid == os.getpid() else ([], [])
+        for connection in idle:
+            connection.close()
 
     def _table(self, name: str) -> str:
         return f'"{self.schema}"."{name}"'

@@ -6,6 +6,7 @@ sessions (one connection and transaction each), time encoding and the table name
 
 from __future__ import annotations
 
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
@@ -35,6 +36,15 @@ class SqlStateStore(StateStore):
 
     @abstractmethod
     def _decode_time(self, value: object) -> datetime: ...
+
+    # The portal's clock as SQL: the engine's own where it is shared by machines (PostgreSQL),
+    # else the ``%(now)s`` parameter (unix seconds) that `reserve_request` always passes.
+    _bucket_clock = "%(now)s"
+    _greatest = "MAX"  # SQLite's scalar MAX; PostgreSQL's is GREATEST
+
+    def _bucket_session(self) -> AbstractContextManager[Run]:
+        """The session for bucket updates; an engine may make it cheaper than `_session`."""
+        return self._session(write=True)
 
     def _serialize_signals(self, run: Run) -> None:
         """Make signal writers take turns where write sessions alone do not (PostgreSQL)."""
@@ -73,7 +83,15 @@ class SqlStateStore(StateStore):
                 portal TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,
                 claimed_at {time_type} NOT NULL)""",
+            *self._request_bucket_statements(),
         ]
+
+    def _request_bucket_statements(self) -> list[str]:
+        # Unix seconds as a float in both engines: the arithmetic stays one expression.
+        return [f"""CREATE TABLE IF NOT EXISTS {self._table("request_buckets")} (
+                portal TEXT PRIMARY KEY,
+                level DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL)"""]
 
     # -- portals --------------------------------------------------------------------------------
 
@@ -140,6 +158,15 @@ class SqlStateStore(StateStore):
                 ON CONFLICT (portal) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at""",
                 {"portal": check_portal_key(portal), "token": orjson.dumps(token).decode(),
                  "now": self._encode_time(datetime.now(UTC))})
+
+    def tokens_saved_before(self, cutoff: datetime) -> list[str]:
+        with self._session(write=False) as run:
+            rows = run(f"""SELECT tokens.portal FROM {self._table("tokens")} AS tokens
+                JOIN {self._table("portals")} AS portals ON portals.portal = tokens.portal
+                WHERE portals.status = %(active)s AND tokens.updated_at < %(cutoff)s
+                ORDER BY tokens.updated_at, tokens.portal""",
+                {"active": PortalStatus.ACTIVE.value, "cutoff": self._encode_time(cutoff)})
+        return [row[0] for row in rows]
 
     # -- signals --------------------------------------------------------------------------------
 
@@ -219,3 +246,33 @@ class SqlStateStore(StateStore):
         with self._session(write=True) as run:
             run(f"DELETE FROM {self._table('drain_claims')} WHERE portal = %(portal)s AND owner = %(owner)s",
                 {"portal": check_portal_key(portal), "owner": owner})
+
+    # -- request buckets ------------------------------------------------------------------------
+
+    def reserve_request(self, portal: str, *, capacity: float, drain_per_s: float) -> float:
+        level = self._update_bucket(portal, take=1.0, floor=0.0, drain_per_s=drain_per_s)
+        return max(0.0, (level - capacity) / drain_per_s)
+
+    def saturate_requests(self, portal: str, *, capacity: float, drain_per_s: float) -> None:
+        self._update_bucket(portal, take=0.0, floor=capacity, drain_per_s=drain_per_s)
+
+    def _update_bucket(self, portal: str, *, take: float, floor: float, drain_per_s: float) -> float:
+        """Drain the bucket to now, add ``take``, raise it to ``floor``: one statement, one row.
+
+        The row lock of the upsert makes concurrent callers queue on this portal only; a clock
+        that went backwards (another machine, another transaction's earlier reading) drains nothing.
+        """
+        if not drain_per_s > 0:
+            raise ValueError(f"drain_per_s must be positive, got {drain_per_s!r}")
+        greatest, buckets = self._greatest, self._table("request_buckets")
+        with self._bucket_session() as run:
+            rows = run(f"""INSERT INTO {buckets} AS bucket (portal, level, updated_at)
+                VALUES (%(portal)s, %(initial)s, {self._bucket_clock})
+                ON CONFLICT (portal) DO UPDATE SET
+                    level = {greatest}({greatest}(bucket.level - {greatest}(
+                        excluded.updated_at - bucket.updated_at, 0) * %(drain)s, 0) + %(take)s, %(floor)s),
+                    updated_at = {greatest}(bucket.updated_at, excluded.updated_at)
+                RETURNING level""", {
+                "portal": check_portal_key(portal), "initial": max(take, floor), "take": take,
+                "floor": floor, "drain": float(drain_per_s), "now": time.time()})
+        return float(rows[0][0])

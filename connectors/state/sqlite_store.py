@@ -43,15 +43,20 @@ class SQLiteStateStore(SqlStateStore):
     def __repr__(self) -> str:
         return f"SQLiteStateStore({str(self.path)!r})"
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, *, durable: bool = True) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
         # A saved token must survive a power cut: Bitrix24 may already have invalidated the old one.
-        connection.execute("PRAGMA synchronous = FULL")
+        # A request bucket need not (a lost update after a power cut is a few requests' worth that
+        # drained long ago), and it is written once per request: no fsync for it.
+        connection.execute("PRAGMA synchronous = FULL" if durable else "PRAGMA synchronous = NORMAL")
         return connection
 
+    def _bucket_session(self) -> AbstractContextManager[Run]:
+        return self._session(write=True, durable=False)
+
     @contextmanager
-    def _session(self, *, write: bool) -> Iterator[Run]:
-        connection = self._connect()
+    def _session(self, *, write: bool, durable: bool = True) -> Iterator[Run]:
+        connection = self._connect(durable=durable)
         try:
             connection.execute("BEGIN IMMEDIATE" if write else "BEGIN")
 

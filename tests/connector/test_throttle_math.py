@@ -105,3 +105,35 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert 0.25 <= delays[0] <= 0.5
     assert all(d <= 4.0 for d in delays) and delays[-1] >= 2.0
     assert len(set(delays)) == len(delays)
+
+
+class _Buckets:
+    """The shared-bucket protocol over plain arithmetic, recording who asked (state store stand-in;
+    the real stores are tested in tests/state and tests/connector/test_shared_bucket.py)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float, float]] = []
+
+    def reserve_request(self, portal: str, *, capacity: float, drain_per_s: float) -> float:
+        self.calls.append(("reserve", portal, capacity, drain_per_s))
+        return 0.25
+
+    def saturate_requests(self, portal: str, *, capacity: float, drain_per_s: float) -> None:
+        self.calls.append(("saturate", portal, capacity, drain_per_s))
+
+
+def test_a_throttle_with_a_shared_bucket_takes_its_slots_there_and_sleeps_what_it_says() -> None:
+    buckets, slept = _Buckets(), []
+    throttle = Throttle(RateLimits(burst=50, drain_per_s=2.0, headroom=2), shared=buckets, portal="a.bitrix24.de",
+                        sleep=slept.append)
+    throttle.pace(("crm.deal.list",))
+    throttle.on_query_limit()
+
+    assert buckets.calls == [("reserve", "a.bitrix24.de", 48.0, 2.0), ("saturate", "a.bitrix24.de", 48.0, 2.0)]
+    assert slept == [0.25]
+    assert throttle.bucket.level == 0.0  # the in-process bucket is not used
+
+
+def test_a_shared_bucket_needs_its_portal() -> None:
+    with pytest.raises(ValueError, match="portal"):
+        Throttle(shared=_Buckets())
