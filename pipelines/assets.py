@@ -226,6 +226,10 @@ class SyncReport:
             "reservations_acked": reservations_acked,
             "parked_in_error_lane": len(self.fetched.failures),
             "tables_changed": dg.MetadataValue.json(sorted(self.tables())),
+            # The plan lacks rest_offline_extended (WRONG_LICENSE on clear=0): rows were deleted when
+            # read, so a crash in between loses changes until reconcile repairs them (facts §2.2, §2.7).
+            "delivery": "DEGRADED: at most once (clear=1)" if self.fetched.reserved.at_most_once
+                        else "at least once (clear=0, acknowledged after commit)",
             "values_nulled": sum(int(numbers["values_nulled"]) for numbers in self.per_asset.values()),
         }
 

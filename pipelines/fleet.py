@@ -44,7 +44,7 @@ class PortalOutcome:
 
 
 @dg.op(pool=WAREHOUSE_POOL, tags={"kind": "bitrix24"})
-def sync_portals(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bitrix24Resource,
+def drain_portals(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bitrix24Resource,
                  warehouse: WarehouseResource) -> dg.Output[dict]:
     """Drain every configured portal's queue (changes mode), several at a time; one materialization of
     ``sync_watermark`` per portal drained, and of each entity asset whose table changed."""
@@ -105,4 +105,4 @@ def _materializations(portal: str, committed: Path, cleared: int) -> list[dg.Ass
         description="Drain the offline-event queues of several portals in one run (the sensor groups them); "
                     "each portal is reported as its own partition.")
 def sync_portals_job():
-    sync_portals()
+    drain_portals()

@@ -8,9 +8,11 @@ hand each other files, not memory.
 
 import dagster as dg
 
+from connectors.state.hygiene import refresh_quiet_portals
 from pipelines.assets import CRM_ASSET_KEYS, SyncConfig
 from pipelines.health import dead_letters, reconciliation
 from pipelines.partitions import portals
+from pipelines.resources import Bitrix24Resource
 
 # A run whose worker died (OOM, kill -9) is stopped by run monitoring after its maximum runtime at the
 # latest; a retry then recovers its reservations. Sync and drain runs take the instance's
@@ -72,3 +74,27 @@ ERROR_LANE_SCHEDULE = _every_portal(ERROR_LANE_JOB, "*/15 * * * *", "error_lane_
 HEALTH_SCHEDULE = dg.ScheduleDefinition(name="health_checks_every_5_minutes", job=HEALTH_JOB,
                                         cron_schedule="*/5 * * * *",
                                         default_status=dg.DefaultScheduleStatus.RUNNING)
+
+
+@dg.op(description="Refresh the token pair of every portal quiet for three weeks, before its refresh token "
+                   "expires (connectors.state.hygiene); fails, naming them, when a portal needs re-authorizing.")
+def refresh_quiet_tokens(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource) -> dg.Output[list[str]]:
+    with bitrix24.state() as state:
+        outcome = refresh_quiet_portals(state, bitrix24.oauth_app())
+    if outcome.failed:
+        context.log.warning(f"refresh failed, tried again tomorrow: {outcome.failed}")
+    if outcome.reauthorization_required:
+        raise dg.Failure("these portals' refresh tokens were rejected: an administrator must open the app again",
+                         metadata={"portals": dg.MetadataValue.json(outcome.reauthorization_required)})
+    return dg.Output(outcome.refreshed, metadata={"refreshed": len(outcome.refreshed),
+                                                  "failed": dg.MetadataValue.json(outcome.failed)})
+
+
+@dg.job(description="Keep quiet portals' refresh tokens alive (daily).", executor_def=dg.in_process_executor)
+def token_hygiene():
+    refresh_quiet_tokens()
+
+
+TOKEN_HYGIENE_SCHEDULE = dg.ScheduleDefinition(name="daily_token_hygiene", job=token_hygiene,
+                                               cron_schedule="41 3 * * *",
+                                               default_status=dg.DefaultScheduleStatus.RUNNING)

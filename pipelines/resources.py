@@ -41,8 +41,11 @@ class Bitrix24Resource(dg.ConfigurableResource):
     def state(self) -> StateStore:
         return open_state_store(self.state_store)
 
+    def oauth_app(self) -> OAuthApp:
+        return OAuthApp(self.client_id, self.client_secret, token_url=self.oauth_token_url)
+
     def client(self, portal: str, state: StateStore | None = None) -> Bitrix24Client:
-        app = OAuthApp(self.client_id, self.client_secret, token_url=self.oauth_token_url)
+        app = self.oauth_app()
         limits = RateLimits(burst=self.burst, drain_per_s=self.drain_per_s,
                             operating_limit_s=self.operating_limit_s)
         store = state or self.state()

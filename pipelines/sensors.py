@@ -135,7 +135,7 @@ def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunReq
         digest = hashlib.sha256("|".join(pending for _, pending in group).encode()).hexdigest()[:24]
         requests.append(dg.RunRequest(
             job_name=sync_portals_job.name, run_key=f"sync_portals:{digest}",
-            run_config=dg.RunConfig(ops={"sync_portals": FleetSyncConfig(portals=keys)}),
+            run_config=dg.RunConfig(ops={"drain_portals": FleetSyncConfig(portals=keys)}),
             tags={PORTALS_TAG: ",".join(keys)}))
     return requests
 

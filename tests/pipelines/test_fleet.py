@@ -77,10 +77,10 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
         assert state.claim_drain(keys["west"], busy.run_id, lambda owner: True)
 
     fleet = defs.resolve_job_def("sync_portals")
-    config = dg.RunConfig(ops={"sync_portals": FleetSyncConfig(portals=list(keys.values()), workers=3)})
+    config = dg.RunConfig(ops={"drain_portals": FleetSyncConfig(portals=list(keys.values()), workers=3)})
     result = fleet.execute_in_process(instance=instance, run_config=config)
     assert result.success
-    drained = {(m.asset_key.path[-1], m.partition) for m in result.asset_materializations_for_node("sync_portals")}
+    drained = {(m.asset_key.path[-1], m.partition) for m in result.asset_materializations_for_node("drain_portals")}
     assert drained == {(asset, keys[name]) for name in ("north", "east")
                        for asset in ("sync_watermark", "deals", "contacts")}
     [output] = [event for event in result.all_node_events if event.event_type_value == "STEP_OUTPUT"]
@@ -90,10 +90,11 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
     # The failed portal's claim was released; once the portal answers again it is drained on its own.
     emu.clear_faults(portal="south")
     instance.report_run_canceled(busy)
-    again = fleet.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={"sync_portals": FleetSyncConfig(
+    again = fleet.execute_in_process(instance=instance, run_config=dg.RunConfig(ops={"drain_portals": FleetSyncConfig(
         portals=[keys["south"], keys["west"]])}))
     assert again.success
-    assert {m.partition for m in again.asset_materializations_for_node("sync_portals")} == {keys["south"], keys["west"]}
+    retried = {m.partition for m in again.asset_materializations_for_node("drain_portals")}
+    assert retried == {keys["south"], keys["west"]}
 
     for name, key in keys.items():
         assert emu.queue(portal=name) == [] or all(row.get("reserved") is None for row in emu.queue(portal=name))
