@@ -310,9 +310,7 @@ def crm_assets(freshness_window: timedelta = FRESHNESS_WINDOW) -> dg.AssetsDefin
             SYNC_WATERMARK.path[-1]: dg.AssetOut(
                 key=SYNC_WATERMARK, group_name=GROUP, kinds={"bitrix24"}, is_required=True,
                 description="How far each portal's changes are in the warehouse: materialized by every sync "
-                            "once its queue rows are acknowledged, and by the sensor when the queue is empty.",
-                freshness_policy=dg.FreshnessPolicy.time_window(fail_window=freshness_window,
-                                                                warn_window=freshness_window / 2)),
+                            "once its queue rows are acknowledged, and by the sensor when the queue is empty."),
             **{name: dg.AssetOut(key=asset_key(name), description=description, group_name=GROUP,
                                  kinds={"bitrix24"}, is_required=False)
                for name, description in ENTITY_ASSETS.items()},
@@ -323,7 +321,12 @@ def crm_assets(freshness_window: timedelta = FRESHNESS_WINDOW) -> dg.AssetsDefin
         """CRM tables kept current from the portal's offline-event queue."""
         return ack_events(commit_rows(fetch_state(reserve_changes(queue))))._asdict()
 
-    return bitrix24_crm
+    # Attached to the spec: an AssetOut's freshness_policy does not reach a graph-backed asset's spec in
+    # Dagster 1.13 (the daemon then reports NOT_APPLICABLE).
+    policy = dg.FreshnessPolicy.time_window(fail_window=freshness_window, warn_window=freshness_window / 2)
+    [with_policy] = dg.map_asset_specs(
+        lambda spec: dg.apply_freshness_policy(spec, policy) if spec.key == SYNC_WATERMARK else spec, [bitrix24_crm])
+    return with_policy
 
 
 bitrix24_crm = crm_assets()
