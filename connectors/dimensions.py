@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from connectors.tables import ColumnType, check_identifier
 
 INTEGER, TEXT, BOOLEAN = ColumnType.INTEGER, ColumnType.TEXT, ColumnType.BOOLEAN
-DECIMAL, TIMESTAMP, JSON = ColumnType.DECIMAL, ColumnType.TIMESTAMP, ColumnType.JSON
+DOUBLE, TIMESTAMP, JSON = ColumnType.DOUBLE, ColumnType.TIMESTAMP, ColumnType.JSON
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ CRM_TYPES = DimensionSchema("crm_types", ("entity_type_id",), (
 CURRENCIES = DimensionSchema("currencies", ("currency_id",), (
     _c("currency_id", TEXT, "Currency"),
     _c("name", TEXT, "Currency name"),
-    _c("rate", DECIMAL, "Rate to the base currency"),
+    _c("rate", DOUBLE, "Rate to the base currency (a rate, not money: more than two decimals)"),
     _c("rate_count", INTEGER, "Units the rate is for"),
     _c("is_base", BOOLEAN, "Base currency"),
     _c("sort", INTEGER, "Sort"),
