@@ -172,7 +172,7 @@ def _wrapped(result: Any, key: str, method: str) -> list[dict]:
 
 
 def _int(value: Any) -> int | None:
-    if value in (None, "", False):
+    if value is None or value is False or value == "":  # 0 is a pipeline id, not "empty"
         return None
     try:
         return int(value)
@@ -320,12 +320,19 @@ def _columns(results: Mapping[str, Any], kinds: Sequence[EntityKind], enums: Seq
 
 # --- stage history ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class HistoryChunk:
+    frame: pd.DataFrame  # `connectors.dimensions.STAGE_HISTORY` columns, ids ascending per type
+    marks: dict[int, int]  # entity type -> last id read (the mark to store with these rows)
+    requests: int
+    done: bool  # every type read to its end
+
+
 def read_stage_history(client: Bitrix24Client, after: Mapping[int, int],
-                       max_requests: int | None = None) -> tuple[pd.DataFrame, int]:
+                       max_requests: int | None = None) -> HistoryChunk:
     """New ``crm.stagehistory.list`` rows of each entity type after its high-water mark ``after[type]``.
 
-    Returns the rows as a `connectors.dimensions.STAGE_HISTORY` frame (ids ascending per type) and the
-    number of HTTP requests made. ``max_requests`` bounds one call (the caller commits and comes back).
+    ``max_requests`` bounds one call (the caller commits the chunk and comes back for more).
     Lead rows carry ``STATUS_ID``/``STATUS_SEMANTIC_ID``, the others ``STAGE_ID``/``STAGE_SEMANTIC_ID``
     and ``CATEGORY_ID`` ([D] api-reference/crm/crm-stage-history-list.md).
     """
@@ -361,7 +368,7 @@ def read_stage_history(client: Bitrix24Client, after: Mapping[int, int],
                     break
         pending = [t for t in pending if t not in finished]
     frame = pd.DataFrame(rows, columns=list(STAGE_HISTORY.column_names))
-    return frame, requests
+    return HistoryChunk(frame, marks, requests, not pending)
 
 
 def _history_row(entity_type_id: int, row: Mapping) -> dict[str, Any]:

@@ -19,6 +19,7 @@ POINTS = (
     "after_reserve",  # reservations journalled, nothing fetched
     "during_fetch",  # some entities fetched and staged, not all
     "after_commit",  # data and journal committed, event.offline.clear not sent
+    "stage_history_fetched",  # stage-history rows read, neither rows nor marks committed
 )
 
 
