@@ -139,8 +139,9 @@ def _plan(wh: SqlWarehouse, schema: str) -> tuple[list[str], list[str], list[str
                 continue
             alias = f"j{index}"
             condition = f" AND {alias}.{label.where}" if label.where else ""
+            matches = f"{_text(f'{alias}.{quote(label.key)}')} = {_text(f't.{quote(label.column)}')}"
             joins.append(f"LEFT JOIN {_source(wh, label.dimension)} AS {alias} ON {alias}.portal = t.portal"
-                         f"{condition} AND {_text(f'{alias}.{quote(label.key)}')} = {_text(f't.{quote(label.column)}')}")
+                         f"{condition} AND {matches}")
             select.append(f"{alias}.{quote(label.value)} AS {quote(label.as_name)}")
             taken.add(label.as_name)
             added.append((label.as_name, label.comment))
