@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ from connectors.warehouse.layout import Dialect, quote, quote_literal
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 
 MARKS_TABLE = "_stage_history_marks"
+# Warehouse objects whose reference tables exist (checked once per object, like entity tables).
+_READY: weakref.WeakSet[SqlWarehouse] = weakref.WeakSet()
 
 
 def create_statements(d: Dialect, dimension: DimensionSchema) -> list[str]:
@@ -49,7 +52,10 @@ def _marks_statement(d: Dialect) -> str:
 
 
 def ensure_reference_tables(wh: SqlWarehouse) -> None:
-    """Create the dimension tables, ``stage_history`` and its marks if missing (idempotent)."""
+    """Create the dimension tables, ``stage_history`` and its marks if missing (idempotent; once per
+    warehouse object)."""
+    if wh in _READY:
+        return
     d = wh.dialect
     with _writing(wh, publish=False):
         wh._lock_ddl()
@@ -58,6 +64,7 @@ def ensure_reference_tables(wh: SqlWarehouse) -> None:
                 wh._execute(statement)
             wh._execute(f"COMMENT ON TABLE {d.qualified(dimension.name)} IS {quote_literal(dimension.title)}")
         wh._execute(_marks_statement(d))
+    _READY.add(wh)
 
 
 def replace_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
@@ -68,6 +75,7 @@ def replace_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.Da
     unknown = set(frames) - set(by_name)
     if unknown:
         raise WarehouseError(f"unknown dimensions: {sorted(unknown)}")
+    ensure_reference_tables(wh)
     counts: dict[str, int] = {}
     now = datetime.now(UTC)
     with _writing(wh):
@@ -83,6 +91,7 @@ def replace_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.Da
 
 def stage_history_marks(wh: SqlWarehouse, portal: str) -> dict[int, int]:
     """The last loaded history id per entity type of ``portal`` (types never loaded are absent)."""
+    ensure_reference_tables(wh)
     rows = wh.query(f"SELECT entity_type_id, last_id FROM {wh.dialect.qualified(MARKS_TABLE)} "
                     "WHERE portal = %(portal)s::text", {"portal": portal})
     return {int(entity_type_id): int(last_id) for entity_type_id, last_id in rows}
@@ -94,6 +103,7 @@ def append_stage_history(wh: SqlWarehouse, portal: str, frame: pd.DataFrame,
 
     Returns how many rows were new. A mark never moves back: a stale reader cannot rewind it."""
     _check_columns(STAGE_HISTORY, frame)
+    ensure_reference_tables(wh)
     d = wh.dialect
     now = datetime.now(UTC)
     with _writing(wh):
