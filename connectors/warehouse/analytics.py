@@ -208,15 +208,19 @@ def _plan(wh: SqlWarehouse, schema: str) -> tuple[list[str], list[str], list[str
     seconds = "EXTRACT(EPOCH FROM {b}) - EXTRACT(EPOCH FROM {a})"
     statements.append(
         f"CREATE VIEW {target('stage_history')} AS SELECT {history_columns}, s.name AS stage_name, "
-        f"h.left_at, {seconds.format(a='h.created_time', b='h.left_at')} AS seconds_in_stage FROM ("
+        f"c.name AS pipeline_name, h.left_at, {seconds.format(a='h.created_time', b='h.left_at')} "
+        f"AS seconds_in_stage FROM ("
         f"SELECT *, lead(created_time) OVER (PARTITION BY portal, entity_type_id, owner_id "
         f"ORDER BY created_time, id) AS left_at FROM {_source(wh, 'stage_history')}) AS h "
         f"LEFT JOIN {_source(wh, 'crm_statuses')} AS s ON s.portal = h.portal "
-        f"AND s.entity_type_id = h.entity_type_id AND s.status_id = h.stage_id")
+        f"AND s.entity_type_id = h.entity_type_id AND s.status_id = h.stage_id "
+        f"LEFT JOIN {_source(wh, 'crm_categories')} AS c ON c.portal = h.portal "
+        f"AND c.entity_type_id = h.entity_type_id AND c.category_id = h.category_id")
     created.append("stage_history")
     for column in STAGE_HISTORY.columns:
         comment("stage_history", column.name, column.label)
     comment("stage_history", "stage_name", "Stage")
+    comment("stage_history", "pipeline_name", "Pipeline")
     comment("stage_history", "left_at", "Left the stage at (null: still there)")
     comment("stage_history", "seconds_in_stage", "Seconds in the stage (null: still there)")
     return statements, comments, created

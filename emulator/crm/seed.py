@@ -15,6 +15,7 @@ from typing import Any
 
 from emulator.crm.clock import PortalClock
 from emulator.crm.entities import smart_process_category
+from emulator.crm.reference import LEAD_STATUSES as LEAD_STATUS_STAGES
 from emulator.crm.store import STAGE_FIELDS, CrmStore, stage_semantics
 from emulator.crm.table import EntityTable
 
@@ -158,8 +159,9 @@ class Seeder:
         self._seed_stage_history(table, first_id)
 
     def _seed_stage_history(self, table: EntityTable, first_id: int) -> None:
-        """The stage history of seeded rows: created in the pipeline's first stage, then (if the row
-        is elsewhere now) moved to its current stage halfway between creation and last change."""
+        """The stage history of seeded rows: created in the first stage, then through the funnel's
+        stages in order up to the current one (a lost item drops out part-way), the moves spread
+        evenly between creation and the last change. No draws: the seed's data stays as it was."""
         entity_type = table.type
         stage_field = "STATUS_ID" if entity_type.entity_type_id == 1 else "STAGE_ID"
         if entity_type.entity_type_id not in (1, 2) and not entity_type.is_dynamic:
@@ -171,23 +173,31 @@ class Seeder:
             if entity_id < first_id:
                 continue
             row = table.rows[entity_id]
-            stage = row[stage_field]
             category = row.get("CATEGORY_ID")
             category_id = None if category is None else int(category)
-            first = self._first_stage(entity_type.entity_type_id, category_id)
+            path = self._stage_path(entity_type.entity_type_id, category_id, row[stage_field], entity_id)
             created = parse(row[entity_type.created_field]) or HISTORY_END
-            modified = parse(row[entity_type.modified_field]) or created
-            history.append(1, entity_id, iso(created), category_id, first, stage_semantics(first))
-            if stage != first:
+            span = max((parse(row[entity_type.modified_field]) or created) - created, 0)
+            for step, stage in enumerate(path):
                 semantics = stage_semantics(stage)
-                history.append(3 if semantics != "P" else 2, entity_id, iso((created + modified) // 2),
-                               category_id, stage, semantics)
+                kind = 1 if step == 0 else 3 if semantics != "P" else 2
+                history.append(kind, entity_id, iso(created + span * step // len(path)), category_id, stage,
+                               semantics)
 
-    def _first_stage(self, entity_type_id: int, category_id: int | None) -> str:
+    def _stage_path(self, entity_type_id: int, category_id: int | None, stage: str, entity_id: int) -> list[str]:
         if entity_type_id == 1:
-            return "NEW"
-        pipeline = self.store.reference.pipeline(category_id or 0)
-        return pipeline.stage_ids()[0] if pipeline is not None else "NEW"
+            stages = [(status.code, status.semantics) for status in LEAD_STATUS_STAGES]
+        else:
+            pipeline = self.store.reference.pipeline(category_id or 0)
+            if pipeline is None:
+                return [stage]
+            stages = [(pipeline.stage_id(s.code), s.semantics) for s in pipeline.stages]
+        process = [stage_id for stage_id, semantics in stages if semantics == "P"]
+        if stage in process:
+            return process[:process.index(stage) + 1]
+        if stage_semantics(stage) == "S":
+            return [*process, stage]
+        return [*process[:1 + entity_id % len(process)], stage]
 
     def _maker(self, table: EntityTable) -> Callable[[Draw, int], tuple[Fields, Fields | None]]:
         key = table.type.key
