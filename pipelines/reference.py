@@ -84,7 +84,6 @@ REFERENCE_JOB = dg.define_asset_job(
     selection=dg.AssetSelection.assets(reference_data, stage_history),
     description="Replace the portal's reference data, rebuild the analysts' views, append new stage history.",
     executor_def=dg.in_process_executor,
-    partitions_def=portals,
 )
 
 
