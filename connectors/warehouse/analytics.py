@@ -17,17 +17,14 @@ readers see the old or the new set of views, never a mix. Column comments carry 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from connectors.dimensions import DIMENSIONS, STAGE_HISTORY
 from connectors.tables import InvalidIdentifier, check_identifier
 from connectors.warehouse.layout import HISTORY_SUFFIX, quote, quote_literal
-from connectors.warehouse.reference import _writing, ensure_reference_tables
+from connectors.warehouse.reference import ensure_reference_tables, write_transaction
 from connectors.warehouse.sql_warehouse import SqlWarehouse
-
-log = logging.getLogger(__name__)
 
 DUCKDB_SCHEMA = "analytics"
 STANDARD_TYPE_IDS = {"leads": 1, "deals": 2, "contacts": 3, "companies": 4}
@@ -89,7 +86,7 @@ def publish_analytics(wh: SqlWarehouse) -> list[str]:
     ensure_reference_tables(wh)
     schema = analytics_schema(wh)
     statements, comments, created = _plan(wh, schema)
-    with _writing(wh):
+    with write_transaction(wh):
         wh._lock_ddl()
         wh._execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
         wh._execute(f"CREATE SCHEMA {quote(schema)}")

@@ -57,7 +57,7 @@ def ensure_reference_tables(wh: SqlWarehouse) -> None:
     if wh in _READY:
         return
     d = wh.dialect
-    with _writing(wh, publish=False):
+    with write_transaction(wh, publish=False):
         wh._lock_ddl()
         for dimension in (*DIMENSIONS, STAGE_HISTORY):
             for statement in create_statements(d, dimension):
@@ -78,7 +78,7 @@ def replace_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.Da
     ensure_reference_tables(wh)
     counts: dict[str, int] = {}
     now = datetime.now(UTC)
-    with _writing(wh):
+    with write_transaction(wh):
         for name, frame in frames.items():
             dimension = by_name[name]
             _check_columns(dimension, frame)
@@ -106,7 +106,7 @@ def append_stage_history(wh: SqlWarehouse, portal: str, frame: pd.DataFrame,
     ensure_reference_tables(wh)
     d = wh.dialect
     now = datetime.now(UTC)
-    with _writing(wh):
+    with write_transaction(wh):
         before = _count(wh, portal)
         _insert(wh, STAGE_HISTORY, portal, frame, now, on_conflict_nothing=True)
         if marks:
@@ -126,9 +126,11 @@ def _count(wh: SqlWarehouse, portal: str) -> int:
 
 
 @contextmanager
-def _writing(wh: SqlWarehouse, publish: bool = True) -> Iterator[None]:
-    # Same rules as `Warehouse.transaction`: one open transaction at a time; DuckDB publishes the
-    # analysts' snapshot after a commit.
+def write_transaction(wh: SqlWarehouse, publish: bool = True) -> Iterator[None]:
+    """A transaction for statements of this package (dimensions, history, analysts' views).
+
+    Same rules as `Warehouse.transaction`: one open transaction at a time (else
+    `TransactionStateError`); DuckDB publishes the analysts' snapshot after the commit."""
     if wh._in_transaction:
         raise TransactionStateError("a transaction is already open on this warehouse")
     wh._in_transaction = True
