@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emulator.crm import item_methods, legacy_methods, reference_methods
+from emulator.crm import item_methods, legacy_methods, product_rows, reference_methods
 from emulator.crm.clock import PortalClock
 from emulator.crm.reference import FIRED_USERS, user_departments
 from emulator.crm.seed import Seeder, seed_portal
@@ -27,6 +27,7 @@ __all__ = [
     "attach",
     "item_methods",
     "legacy_methods",
+    "product_rows",
     "reference_methods",
 ]
 
@@ -48,4 +49,6 @@ def attach(portal: Portal, seed: int, counts: dict[str, int], smart_process_type
         if user.id in FIRED_USERS:
             user.active = False
     seed_portal(store, seed, counts, smart_process_types, sorted(portal.users))
+    store.product_rows = product_rows.ProductRows()
+    store.product_rows.seed(list(store.table("deal").ids), seed)
     return store

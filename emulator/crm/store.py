@@ -77,6 +77,7 @@ class CrmStore:
         }
         self.smart_processes: dict[int, SmartProcess] = {}  # by entityTypeId
         self.reference = Reference()
+        self.product_rows: Any = None  # emulator.crm.product_rows.ProductRows, set by `emulator.crm.attach`
         self._last_user_field_id = 0
         self._last_multifield_id = 0
 
