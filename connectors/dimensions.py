@@ -15,6 +15,7 @@ from connectors.tables import ColumnType, check_identifier
 
 INTEGER, TEXT, BOOLEAN = ColumnType.INTEGER, ColumnType.TEXT, ColumnType.BOOLEAN
 DOUBLE, TIMESTAMP, JSON = ColumnType.DOUBLE, ColumnType.TIMESTAMP, ColumnType.JSON
+DECIMAL = ColumnType.DECIMAL
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,16 @@ STAGE_HISTORY = DimensionSchema("stage_history", ("entity_type_id", "id"), (
     _c("stage_id", TEXT, "Stage (STATUS_ID for leads)"),
     _c("stage_semantic_id", TEXT, "Stage group (P, S, F)"),
 ), "Stage moves of leads, deals and smart-process items (crm.stagehistory.list), append-only.")
+
+DEAL_PRODUCT_ROWS = DimensionSchema("deal_product_rows", ("id",), (
+    _c("id", INTEGER, "Product row ID"),
+    _c("owner_id", INTEGER, "Deal"),
+    _c("product_id", INTEGER, "Product"),
+    _c("product_name", TEXT, "Product name"),
+    _c("price", DECIMAL, "Price"),
+    _c("quantity", DOUBLE, "Quantity"),
+    _c("discount_sum", DECIMAL, "Discount"),
+    _c("tax_rate", DOUBLE, "Tax rate, %"),
+    _c("measure_name", TEXT, "Unit"),
+    _c("sort", INTEGER, "Sort"),
+), "Product rows of deals (crm.item.productrow.list), re-read when their deal changes.")

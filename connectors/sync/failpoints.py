@@ -20,6 +20,7 @@ POINTS = (
     "during_fetch",  # some entities fetched and staged, not all
     "after_commit",  # data and journal committed, event.offline.clear not sent
     "stage_history_fetched",  # stage-history rows read, neither rows nor marks committed
+    "product_rows_fetched",  # product rows of a chunk of deals read, not committed
 )
 
 

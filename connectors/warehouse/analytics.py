@@ -5,9 +5,9 @@ columns) with the labels an analyst expects joined in: stage and pipeline names,
 type names, the responsible user's name and department, list-item labels of list-type user fields
 (``<column>_label``) and the smart-process title. Beside them: the dimensions (users with their
 department name, departments, statuses, pipelines, smart-process types, currencies, user fields and
-their items), the ``columns`` dictionary, ``stage_history`` with the time spent in each stage, and
-``<table>_as_of(timestamp)`` giving the rows as they were at that moment (from ``<table>_history``).
-The journal, the error lane, the sync log, staging tables and marks never appear here.
+their items), ``deal_product_rows``, the ``columns`` dictionary, ``stage_history`` with the time
+spent in each stage, and ``<table>_as_of(timestamp)`` giving the rows as they were at that moment
+(from ``<table>_history``). The journal, the error lane, the sync log, staging tables and marks never appear here.
 
 DuckDB: schema ``analytics`` in the same file, so the analysts' snapshot carries it (views name
 ``main.<table>`` without a catalog and resolve inside whichever file is open). PostgreSQL: schema
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from connectors.dimensions import DIMENSIONS, STAGE_HISTORY
+from connectors.dimensions import DEAL_PRODUCT_ROWS, DIMENSIONS, STAGE_HISTORY
 from connectors.tables import InvalidIdentifier, check_identifier
 from connectors.warehouse.layout import HISTORY_SUFFIX, quote, quote_literal
 from connectors.warehouse.reference import ensure_reference_tables, write_transaction
@@ -186,7 +186,7 @@ def _plan(wh: SqlWarehouse, schema: str) -> tuple[list[str], list[str], list[str
         statements.append(_as_of(wh, schema, function, history, visible))
         created.append(function)
 
-    for dimension in DIMENSIONS:
+    for dimension in (*DIMENSIONS, DEAL_PRODUCT_ROWS):
         columns = ", ".join(f"d.{quote(name)}" for name in ("portal", *dimension.column_names))
         if dimension.name == "users":
             statements.append(

@@ -23,13 +23,14 @@ from typing import Any
 
 import pandas as pd
 
-from connectors.dimensions import DIMENSIONS, STAGE_HISTORY, DimensionSchema
+from connectors.dimensions import DEAL_PRODUCT_ROWS, DIMENSIONS, STAGE_HISTORY, DimensionSchema
 from connectors.tables import ColumnType
 from connectors.warehouse.errors import TransactionStateError, WarehouseError
 from connectors.warehouse.layout import Dialect, quote, quote_literal
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 
 MARKS_TABLE = "_stage_history_marks"
+PRODUCT_ROW_MARKS_TABLE = "_product_row_marks"
 # Warehouse objects whose reference tables exist (checked once per object, like entity tables).
 _READY: weakref.WeakSet[SqlWarehouse] = weakref.WeakSet()
 
@@ -59,11 +60,13 @@ def ensure_reference_tables(wh: SqlWarehouse) -> None:
     d = wh.dialect
     with write_transaction(wh, publish=False):
         wh._lock_ddl()
-        for dimension in (*DIMENSIONS, STAGE_HISTORY):
+        for dimension in (*DIMENSIONS, STAGE_HISTORY, DEAL_PRODUCT_ROWS):
             for statement in create_statements(d, dimension):
                 wh._execute(statement)
             wh._execute(f"COMMENT ON TABLE {d.qualified(dimension.name)} IS {quote_literal(dimension.title)}")
         wh._execute(_marks_statement(d))
+        wh._execute(f"CREATE TABLE IF NOT EXISTS {d.qualified(PRODUCT_ROW_MARKS_TABLE)} (portal {d.text} NOT NULL "
+                    f"PRIMARY KEY, synced_through {d.timestamp} NOT NULL, updated_at {d.timestamp} NOT NULL)")
     _READY.add(wh)
 
 
@@ -118,6 +121,50 @@ def append_stage_history(wh: SqlWarehouse, portal: str, frame: pd.DataFrame,
                 SET last_id = greatest(m.last_id, excluded.last_id), updated_at = excluded.updated_at""",
                 {"portal": portal, "types": types, "marks": [int(marks[t]) for t in types], "now": now})
         return _count(wh, portal) - before
+
+
+def product_rows_mark(wh: SqlWarehouse, portal: str) -> datetime | None:
+    """The ``_synced_at`` of deals whose product rows are stored (None: never loaded)."""
+    ensure_reference_tables(wh)
+    rows = wh.query(f"SELECT synced_through FROM {wh.dialect.qualified(PRODUCT_ROW_MARKS_TABLE)} "
+                    "WHERE portal = %(portal)s::text", {"portal": portal})
+    return rows[0][0] if rows else None
+
+
+def deals_changed_since(wh: SqlWarehouse, portal: str, since: datetime | None) -> tuple[list[int], list[int],
+                                                                                       datetime | None]:
+    """Deals of ``portal`` written after ``since`` (all when None): (live ids, tombstoned ids, newest
+    ``_synced_at``). Empty when there is no deals table yet."""
+    if wh._stored_columns("deals") is None:
+        return [], [], None
+    rows = wh.query(f"SELECT id, _deleted_at IS NOT NULL, _synced_at FROM {wh.dialect.qualified('deals')} "
+                    "WHERE portal = %(portal)s::text AND (%(since)s::timestamptz IS NULL OR _synced_at > %(since)s)",
+                    {"portal": portal, "since": since})
+    live = sorted(int(deal_id) for deal_id, deleted, _ in rows if not deleted)
+    gone = sorted(int(deal_id) for deal_id, deleted, _ in rows if deleted)
+    return live, gone, max((synced for _, _, synced in rows), default=None)
+
+
+def replace_product_rows(wh: SqlWarehouse, portal: str, deal_ids: list[int], frame: pd.DataFrame,
+                         mark: datetime | None = None) -> int:
+    """Replace the product rows of ``deal_ids`` (deleted deals: none) with ``frame``, and move the mark
+    to ``mark`` if given, in one transaction; returns the rows stored."""
+    _check_columns(DEAL_PRODUCT_ROWS, frame)
+    ensure_reference_tables(wh)
+    d = wh.dialect
+    with write_transaction(wh):
+        if deal_ids:
+            wh._execute(f"DELETE FROM {d.qualified(DEAL_PRODUCT_ROWS.name)} WHERE portal = %(portal)s::text "
+                        "AND owner_id IN (SELECT unnest(%(ids)s::bigint[]))",
+                        {"portal": portal, "ids": [int(i) for i in deal_ids]})
+        _insert(wh, DEAL_PRODUCT_ROWS, portal, frame, datetime.now(UTC))
+        if mark is not None:
+            wh._execute(f"""INSERT INTO {d.qualified(PRODUCT_ROW_MARKS_TABLE)} AS m (portal, synced_through, updated_at)
+                VALUES (%(portal)s::text, %(mark)s, %(now)s) ON CONFLICT (portal) DO UPDATE
+                SET synced_through = greatest(m.synced_through, excluded.synced_through),
+                    updated_at = excluded.updated_at""",
+                        {"portal": portal, "mark": mark, "now": datetime.now(UTC)})
+    return len(frame)
 
 
 def _count(wh: SqlWarehouse, portal: str) -> int:
