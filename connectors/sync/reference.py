@@ -95,12 +95,14 @@ class ProductRowsSync:
     requests: int
 
 
-def sync_product_rows(client: Bitrix24Client, warehouse: SqlWarehouse, portal: str) -> ProductRowsSync:
+def sync_product_rows(client: Bitrix24Client, warehouse: SqlWarehouse, portal: str, *,
+                      overlap: timedelta = PRODUCT_ROWS_OVERLAP) -> ProductRowsSync:
     """Re-read the product rows of every deal written to the warehouse since the last run (all deals
     the first time); rows of deleted deals go. Each chunk replaces its deals' rows in one transaction,
-    and the mark moves with the last chunk, so a crash re-reads (idempotently) instead of skipping."""
+    and the mark moves with the last chunk, so a crash re-reads (idempotently) instead of skipping.
+    Deals written within ``overlap`` before the mark are read again (see `PRODUCT_ROWS_OVERLAP`)."""
     mark = product_rows_mark(warehouse, portal)
-    live, gone, newest = deals_changed_since(warehouse, portal, None if mark is None else mark - PRODUCT_ROWS_OVERLAP)
+    live, gone, newest = deals_changed_since(warehouse, portal, None if mark is None else mark - overlap)
     stored = requests = 0
     chunks = [live[start:start + DEALS_PER_COMMIT] for start in range(0, len(live), DEALS_PER_COMMIT)] or [[]]
     for index, deal_ids in enumerate(chunks):
