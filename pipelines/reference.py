@@ -1,11 +1,13 @@
-"""Reference data and stage history as Dagster assets, refreshed on a schedule per portal.
+"""Reference data, stage history and deal product rows as Dagster assets, on a schedule per portal.
 
 ``reference_data`` replaces a portal's dimensions (users, departments, statuses and stages,
 pipelines, smart-process types, currencies, user fields and list items, the column dictionary) in
-two batch requests and rebuilds the analysts' schema; ``stage_history`` then appends the new
-stage moves by id. Bitrix24 has events for some of this (user fields, smart-process types, new
-users; docs/reference-data.md) but none for stages, departments, currencies or renamed users, so a
-schedule refreshes everything; the two assets cost about three requests per portal per run.
+two batch requests and rebuilds the analysts' schema; ``stage_history`` then appends the new stage
+moves by id; ``deal_product_rows`` re-reads the product rows of deals the CDC loop wrote since its
+last run (50 deals per request). Bitrix24 has events for some reference data (user fields,
+smart-process types, new users; docs/reference-data.md) but none for stages, departments,
+currencies or renamed users, so a schedule refreshes everything: about three requests per portal
+per run when little changed.
 """
 
 
@@ -13,7 +15,7 @@ import os
 
 import dagster as dg
 
-from connectors.sync.reference import refresh_reference, sync_stage_history
+from connectors.sync.reference import refresh_reference, sync_product_rows, sync_stage_history
 from connectors.warehouse.reference import ensure_reference_tables
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 from pipelines.partitions import portals
@@ -79,10 +81,32 @@ def stage_history(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
     })
 
 
+@dg.asset(key=asset_key("deal_product_rows"), deps=[asset_key("deals"), reference_data], partitions_def=portals,
+          pool=WAREHOUSE_POOL, retry_policy=RETRY, group_name="bitrix24", kinds={"bitrix24"})
+def deal_product_rows(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
+                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The products and quantities on each deal, re-read for deals that changed since the last run."""
+    state = bitrix24.state()
+    client = bitrix24.client(context.partition_key, state)
+    wh = _sql_warehouse(warehouse)
+    try:
+        synced = sync_product_rows(client, wh, context.partition_key)
+    finally:
+        wh.close()
+        client.close()
+        state.close()
+    return dg.MaterializeResult(metadata={
+        "deals_reread": dg.MetadataValue.int(synced.deals),
+        "rows_stored": dg.MetadataValue.int(synced.rows),
+        "http_requests": dg.MetadataValue.int(synced.requests),
+    })
+
+
 REFERENCE_JOB = dg.define_asset_job(
     "reference_refresh",
-    selection=dg.AssetSelection.assets(reference_data, stage_history),
-    description="Replace the portal's reference data, rebuild the analysts' views, append new stage history.",
+    selection=dg.AssetSelection.assets(reference_data, stage_history, deal_product_rows),
+    description="Replace the portal's reference data, rebuild the analysts' views, append new stage history, "
+                "re-read the product rows of changed deals.",
     executor_def=dg.in_process_executor,
 )
 

@@ -17,7 +17,13 @@ from connectors.state import Portal, open_state_store
 from emulator.crm.origin import Origin
 from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.partitions import portals
-from pipelines.reference import REFERENCE_JOB, reference_data, reference_refresh_schedule, stage_history
+from pipelines.reference import (
+    REFERENCE_JOB,
+    deal_product_rows,
+    reference_data,
+    reference_refresh_schedule,
+    stage_history,
+)
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.tables import asset_key
 
@@ -44,7 +50,8 @@ def definitions(emu: ThreadEmulator, tmp_path: Path) -> tuple[dg.Definitions, st
                                  installed_at=datetime.now(UTC)))
         state.save_token(key, tokens)
     defs = dg.Definitions(
-        assets=[reference_data, stage_history], jobs=[REFERENCE_JOB], schedules=[reference_refresh_schedule],
+        assets=[reference_data, stage_history, deal_product_rows], jobs=[REFERENCE_JOB],
+        schedules=[reference_refresh_schedule],
         resources={"bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
                                                 oauth_token_url=f"{emu.url}/oauth/token/",
                                                 state_store=str(state_path)),
