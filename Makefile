@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Where the demo keeps its state (DuckDB warehouse, Dagster home, tokens); override freely.
 DEMO_DIR ?= .demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo sql test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(VENV)/.installed
 ## Starts fresh every time (removes the previous run's state from $(DEMO_DIR); --keep-state keeps it).
 demo: $(VENV)/.installed
 	$(BIN)/python -m pipelines.demo --state-dir $(DEMO_DIR)
+
+## A read-only SQL shell on the demo's analysts' snapshot (`make demo` running or run before).
+sql: $(VENV)/.installed
+	$(BIN)/python -m connectors.warehouse.shell $(DEMO_DIR)/warehouse.snapshot.duckdb
 
 ## Run the whole test suite. PostgreSQL tests use $B24_TEST_PG_DSN (default 127.0.0.1:5432/bitrix24_test):
 ## the database is created if missing; without a server they skip with a hint (fail under CI=true).

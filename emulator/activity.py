@@ -53,7 +53,8 @@ class ActivityGenerator:
         self._counts_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._users = sorted(user.id for user in portal.users.values()) or [1]
+        # Fired users make no more changes (they still own their old records).
+        self._users = sorted(user.id for user in portal.users.values() if user.active) or [1]
         # New rows and edits use the seeding vocabulary, so generated data looks like seeded data.
         self._seeder = Seeder(store, 0 if seed is None else seed, self._users)
 
@@ -123,7 +124,7 @@ class ActivityGenerator:
                     self.store.write(entity, ADD, None, seeder.new_fields(self._draw, entity), origin)
                 else:
                     entity_id = self._draw.pick(table.ids)
-                    fields = seeder.changes(self._draw, entity) if operation == UPDATE else None
+                    fields = seeder.changes(self._draw, entity, entity_id) if operation == UPDATE else None
                     self.store.write(entity, operation, entity_id, fields, origin)
             except EntityNotFound:
                 return

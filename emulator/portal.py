@@ -35,8 +35,11 @@ PLAN_RATE_LIMITS: dict[str, tuple[int, float]] = {
 @dataclass
 class User:
     id: int
-    name: str
+    name: str  # "First Last"
     is_admin: bool = False
+    active: bool = True  # False: fired (user.get ACTIVE=false)
+    departments: tuple[int, ...] = ()  # UF_DEPARTMENT
+    position: str = ""  # WORK_POSITION
 
 
 @dataclass

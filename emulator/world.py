@@ -21,16 +21,22 @@ from emulator.portal import App, Installation, Portal, User, Webhook
 DEFAULT_PORTAL = "default"
 # First path segments the server routes itself; a portal cannot be named like them.
 RESERVED_NAMES = frozenset({"rest", "oauth", "_emulator"})
-ALL_SCOPES = frozenset({"crm", "user"})
+ALL_SCOPES = frozenset({"crm", "user", "department"})
 DEFAULT_COUNTS: dict[str, int] = {
     "deal": 100, "contact": 50, "company": 20, "lead": 50, "activity": 100, "item": 20,
 }
-# Admin user 1 plus a few non-admin users (contract "CLI").
+# Admin user 1 plus a few non-admin users (contract "CLI"); 5-9 are the sales staff that own
+# seeded deals (user 8 has been fired: reference data keeps fired users, facts §4.8).
 DEFAULT_USERS: tuple[tuple[int, str, bool], ...] = (
     (1, "Ada Admin", True),
     (2, "Boris Sales", False),
     (3, "Clara Support", False),
     (4, "Dmitri Manager", False),
+    (5, "Elena Volkova", False),
+    (6, "Farid Novak", False),
+    (7, "Greta Berg", False),
+    (8, "Hugo Rossi", False),
+    (9, "Irina Sokolova", False),
 )
 
 

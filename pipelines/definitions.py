@@ -27,6 +27,13 @@ from pipelines.jobs import (
     TOKEN_HYGIENE_SCHEDULE,
     token_hygiene,
 )
+from pipelines.reference import (
+    REFERENCE_JOB,
+    deal_product_rows,
+    reference_data,
+    reference_refresh_schedule,
+    stage_history,
+)
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.sensors import offline_events_sensor
 
@@ -60,10 +67,13 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
     ``freshness_window``: how long a portal may go without a sync landing before it is stale;
     ``writebacks``: declared write-backs (`pipelines.writeback.writeback_asset`)."""
     return dg.Definitions(
-        assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters, *writebacks],
+        assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters,
+                reference_data, stage_history, deal_product_rows, *writebacks],
         asset_checks=health_checks(freshness_window),
-        jobs=[SYNC_JOB, sync_portals_job, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB, token_hygiene],
-        schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE, TOKEN_HYGIENE_SCHEDULE],
+        jobs=[SYNC_JOB, sync_portals_job, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB, token_hygiene,
+              REFERENCE_JOB],
+        schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE, TOKEN_HYGIENE_SCHEDULE,
+                   reference_refresh_schedule],
         sensors=[offline_events_sensor],
         resources=resources or default_resources(),
     )

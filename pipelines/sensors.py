@@ -24,6 +24,7 @@ from pipelines.assets import ACTIVE_RUN_STATUSES, OFFLINE_QUEUE, SYNC_WATERMARK
 from pipelines.fleet import PORTALS_TAG, FleetSyncConfig, sync_portals_job
 from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
 from pipelines.partitions import portals
+from pipelines.reference import REFERENCE_JOB
 from pipelines.resources import Bitrix24Resource
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
@@ -45,7 +46,7 @@ class SensorCursor(BaseModel):
 
 
 @dg.sensor(
-    jobs=[SYNC_JOB, FULL_RESYNC_JOB, sync_portals_job],
+    jobs=[SYNC_JOB, FULL_RESYNC_JOB, sync_portals_job, REFERENCE_JOB],
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts a sync run for every portal whose offline-event queue has rows.",
@@ -157,6 +158,10 @@ def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal]
             changed.add(key)
         else:
             requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key, run_key=run_key))
+            # Then its reference data and the analysts' views (queued behind the resync: one run per
+            # portal at a time), rather than waiting for the schedule.
+            requests.append(dg.RunRequest(job_name=REFERENCE_JOB.name, partition_key=key,
+                                          run_key=f"reference_refresh:{key}:{installed}"))
     return requests
 
 

@@ -21,6 +21,8 @@ POINTS = (
     "after_commit",  # data and journal committed, event.offline.clear not sent
     "writeback_after_intent",  # write-back: a batch's intents journalled, the batch not sent
     "writeback_after_batch",  # write-back: a batch applied by the portal, its outcome not journalled
+    "stage_history_fetched",  # stage-history rows read, neither rows nor marks committed
+    "product_rows_fetched",  # product rows of a chunk of deals read, not committed
 )
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emulator.crm import item_methods, legacy_methods
+from emulator.crm import item_methods, legacy_methods, product_rows, reference_methods
 from emulator.crm.clock import PortalClock
+from emulator.crm.reference import FIRED_USERS, user_departments
 from emulator.crm.seed import Seeder, seed_portal
 from emulator.crm.store import CrmStore, EntityNotFound, InvalidFieldValue, UnknownEntity
 
@@ -26,6 +27,8 @@ __all__ = [
     "attach",
     "item_methods",
     "legacy_methods",
+    "product_rows",
+    "reference_methods",
 ]
 
 
@@ -40,5 +43,12 @@ def attach(portal: Portal, seed: int, counts: dict[str, int], smart_process_type
         smart_process_types = counts.get("smart_process_types", 1)
     store = CrmStore(portal, clock)
     portal.crm = store
+    for user in portal.users.values():
+        if not user.departments:
+            user.departments = user_departments(user.id)
+        if user.id in FIRED_USERS:
+            user.active = False
     seed_portal(store, seed, counts, smart_process_types, sorted(portal.users))
+    store.product_rows = product_rows.ProductRows()
+    store.product_rows.seed(list(store.table("deal").ids), seed)
     return store

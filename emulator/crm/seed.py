@@ -15,6 +15,7 @@ from typing import Any
 
 from emulator.crm.clock import PortalClock
 from emulator.crm.entities import smart_process_category
+from emulator.crm.reference import LEAD_STATUSES as LEAD_STATUS_STAGES
 from emulator.crm.store import STAGE_FIELDS, CrmStore, stage_semantics
 from emulator.crm.table import EntityTable
 
@@ -28,6 +29,8 @@ LAST_NAMES = ("Ivanova", "Smith", "Petrov", "Muller", "Garcia", "Kowalski", "Nov
               "Dubois", "Jensen", "Horvat", "Popescu", "Nielsen", "Volkova", "Berg")
 COMPANY_WORDS = ("Nord", "Delta", "Vector", "Orion", "Granit", "Polar", "Zenit", "Atlas", "Kvant", "Mir")
 COMPANY_SUFFIXES = ("LLC", "Ltd", "Group", "Trade", "Systems", "Logistics")
+DEAL_STAGE_ORDER = ("NEW", "PREPARATION", "PREPAYMENT_INVOICE", "EXECUTING", "FINAL_INVOICE", "WON", "LOSE")
+DEAL_CATEGORIES = (0, 0, 0, 1, 2)  # most deals in the default pipeline (facts §4.8 categories)
 DEAL_STAGES = ("NEW",) * 4 + ("PREPARATION",) * 3 + ("PREPAYMENT_INVOICE", "EXECUTING", "FINAL_INVOICE") \
     + ("WON",) * 3 + ("LOSE",) * 2
 LEAD_STATUSES = ("NEW",) * 4 + ("IN_PROCESS",) * 3 + ("PROCESSED", "CONVERTED", "JUNK")
@@ -93,6 +96,7 @@ class Seeder:
         self.user_ids = [str(user) for user in self.users]
         self.clock = store.clock
         last_day = self.clock.day_of(HISTORY_END)
+        self._categories = self.draw("deal-category")
         # Date fields draw from a pool of portal-format days (formatting each one is the slow part).
         self._days = [self.clock.day_iso(last_day - timedelta(days=back)) for back in range(DAY_POOL)]
 
@@ -152,6 +156,48 @@ class Seeder:
                 yield entity_id, row, extras
 
         table.bulk_load(rows())
+        self._seed_stage_history(table, first_id)
+
+    def _seed_stage_history(self, table: EntityTable, first_id: int) -> None:
+        """The stage history of seeded rows: created in the first stage, then through the funnel's
+        stages in order up to the current one (a lost item drops out part-way), the moves spread
+        evenly between creation and the last change. No draws: the seed's data stays as it was."""
+        entity_type = table.type
+        stage_field = "STATUS_ID" if entity_type.entity_type_id == 1 else "STAGE_ID"
+        if entity_type.entity_type_id not in (1, 2) and not entity_type.is_dynamic:
+            return
+        history = self.store.reference.history(entity_type.entity_type_id)
+        parse = self.clock.parse
+        iso = self.clock.iso_uncached
+        for entity_id in table.ids:
+            if entity_id < first_id:
+                continue
+            row = table.rows[entity_id]
+            category = row.get("CATEGORY_ID")
+            category_id = None if category is None else int(category)
+            path = self._stage_path(entity_type.entity_type_id, category_id, row[stage_field], entity_id)
+            created = parse(row[entity_type.created_field]) or HISTORY_END
+            span = max((parse(row[entity_type.modified_field]) or created) - created, 0)
+            for step, stage in enumerate(path):
+                semantics = stage_semantics(stage)
+                kind = 1 if step == 0 else 3 if semantics != "P" else 2
+                history.append(kind, entity_id, iso(created + span * step // len(path)), category_id, stage,
+                               semantics)
+
+    def _stage_path(self, entity_type_id: int, category_id: int | None, stage: str, entity_id: int) -> list[str]:
+        if entity_type_id == 1:
+            stages = [(status.code, status.semantics) for status in LEAD_STATUS_STAGES]
+        else:
+            pipeline = self.store.reference.pipeline(category_id or 0)
+            if pipeline is None:
+                return [stage]
+            stages = [(pipeline.stage_id(s.code), s.semantics) for s in pipeline.stages]
+        process = [stage_id for stage_id, semantics in stages if semantics == "P"]
+        if stage in process:
+            return process[:process.index(stage) + 1]
+        if stage_semantics(stage) == "S":
+            return [*process, stage]
+        return [*process[:1 + entity_id % len(process)], stage]
 
     def _maker(self, table: EntityTable) -> Callable[[Draw, int], tuple[Fields, Fields | None]]:
         key = table.type.key
@@ -174,11 +220,24 @@ class Seeder:
     def _day(self, draw: Draw, days_back: int) -> str:
         return self._days[draw.below(min(days_back, DAY_POOL))]
 
+    def _deal_stage(self, category_id: int, code: str) -> str:
+        """A default-pipeline stage code mapped onto the deal's pipeline (same funnel position)."""
+        pipeline = self.store.reference.pipeline(category_id)
+        if pipeline is None or category_id == 0:
+            return code
+        semantics = stage_semantics(code)
+        candidates = [stage.code for stage in pipeline.stages if stage.semantics == semantics]
+        position = DEAL_STAGE_ORDER.index(code) if code in DEAL_STAGE_ORDER else 0
+        return pipeline.stage_id(candidates[position % len(candidates)])
+
     def _deal(self, draw: Draw, entity_id: int) -> tuple[Fields, None]:
         stage = draw.pick(DEAL_STAGES)
+        # Drawn from its own stream, so the rest of a deal stays what the seed always made.
+        category_id = self._categories.pick(DEAL_CATEGORIES)
         return {
             "TITLE": f"Deal #{entity_id}: {draw.pick(COMPANY_WORDS)} order",
-            "STAGE_ID": stage,
+            "CATEGORY_ID": str(category_id),
+            "STAGE_ID": self._deal_stage(category_id, stage),
             "PROBABILITY": str(draw.pick((10, 20, 50, 80, 100))),
             "CURRENCY_ID": draw.pick(CURRENCIES),
             "OPPORTUNITY": f"{(1_000 + draw.below(4_999_000)) / 100:.2f}",
@@ -290,13 +349,16 @@ class Seeder:
             fields[name] = [{"VALUE": value["VALUE"], "VALUE_TYPE": value["VALUE_TYPE"]} for value in values]
         return {name: value for name, value in fields.items() if value is not None}
 
-    def changes(self, draw: Draw, entity: str) -> Fields:
-        """A plausible edit of an existing entity (a stage move, a new amount, a renamed contact)."""
+    def changes(self, draw: Draw, entity: str, entity_id: int | None = None) -> Fields:
+        """A plausible edit of an existing entity (a stage move, a new amount, a renamed contact);
+        a deal's stage move stays in its own pipeline."""
         table = self.store.table(entity)
         key = table.type.key
         if key == "deal":
+            row = table.rows.get(entity_id) if entity_id is not None else None
+            category_id = int((row or {}).get("CATEGORY_ID") or 0)
             return draw.pick((
-                {"STAGE_ID": draw.pick(DEAL_STAGES)},
+                {"STAGE_ID": self._deal_stage(category_id, draw.pick(DEAL_STAGES))},
                 {"OPPORTUNITY": f"{(1_000 + draw.below(4_999_000)) / 100:.2f}"},
                 {"COMMENTS": f"Updated terms v{draw.below(1000)}"},
                 {"UF_CRM_1700000000002": f"{draw.below(3000) / 100:.2f}"},

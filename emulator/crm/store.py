@@ -8,21 +8,31 @@ emits the entity's ``ONCRM*`` event with the writer's `Origin` (facts §3, §2.1
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from emulator.crm.clock import PortalClock
-from emulator.crm.entities import ADD, DELETE, LEGACY_TYPES, UPDATE, EntityType, smart_process_type
+from emulator.crm.entities import (
+    ADD,
+    DELETE,
+    LEGACY_TYPES,
+    UPDATE,
+    EntityType,
+    smart_process_category,
+    smart_process_type,
+)
 from emulator.crm.fields import Field, InvalidValue, to_stored
+from emulator.crm.origin import Origin
+from emulator.crm.reference import CATEGORY_CHANGED, CREATED, FINAL, MOVED, Reference
 from emulator.crm.table import EntityTable
 from emulator.crm.userfields import UserField, check_user_type, field_name
 from emulator.crm.views import item_view
 
 if TYPE_CHECKING:
-    from emulator.crm.origin import Origin
     from emulator.portal import Portal
 
 FIRST_SMART_PROCESS_TYPE_ID = 128  # smart processes get entityTypeId >= 128 (facts §3)
+USER_FIELD_EVENT_VERBS = ("ADD", "UPDATE", "DELETE", "SETENUMVALUES")
 
 
 class CrmError(Exception):
@@ -67,6 +77,8 @@ class CrmStore:
             entity_type.key: EntityTable(entity_type) for entity_type in LEGACY_TYPES
         }
         self.smart_processes: dict[int, SmartProcess] = {}  # by entityTypeId
+        self.reference = Reference()
+        self.product_rows: Any = None  # emulator.crm.product_rows.ProductRows, set by `emulator.crm.attach`
         self._last_user_field_id = 0
         self._last_multifield_id = 0
         # Writes received, by (entity, id, op, app client_id or "" for users/webhooks, auth_connector):
@@ -93,7 +105,12 @@ class CrmStore:
 
     def event_names(self) -> list[str]:
         """Every CRM event this portal can fire (the crm part of the ``events`` method)."""
-        return [name for table in self.tables.values() for name in table.type.all_event_names()]
+        names = [name for table in self.tables.values() for name in table.type.all_event_names()]
+        for table in self.tables.values():
+            if table.type.legacy_name and table.type.uf_entity_id:
+                prefix = f"ONCRM{table.type.legacy_name.upper()}USERFIELD"
+                names += [prefix + verb for verb in USER_FIELD_EVENT_VERBS]
+        return [*names, "ONCRMTYPEADD", "ONCRMTYPEUPDATE", "ONCRMTYPEDELETE"]
 
     # --- schema -----------------------------------------------------------------------------------
 
@@ -105,7 +122,24 @@ class CrmStore:
         table = EntityTable(entity_type)
         self.tables[entity_type.key] = table
         self.smart_processes[entity_type_id] = SmartProcess(type_id, entity_type_id, title, self.clock.now())
+        self.reference.add_smart_process(entity_type_id, smart_process_category(type_id))
+        self.emit_reference("ONCRMTYPEADD", {"FIELDS": {"ID": type_id}})
         return table
+
+    def rename_smart_process(self, entity_type_id: int, title: str) -> None:
+        """An admin renames a smart process (``crm.type.update``): fires ``ONCRMTYPEUPDATE``."""
+        with self.portal.lock:
+            current = self.smart_processes[entity_type_id]
+            self.smart_processes[entity_type_id] = SmartProcess(current.id, entity_type_id, title, current.created)
+            self.tables[f"item:{entity_type_id}"].type = replace(self.tables[f"item:{entity_type_id}"].type,
+                                                                  title=title)
+            self.emit_reference("ONCRMTYPEUPDATE", {"FIELDS": {"ID": current.id}})
+
+    def emit_reference(self, event_name: str, data: dict[str, Any], origin: Origin | None = None) -> None:
+        """Events of reference data (user fields, smart-process types, users): the id only (facts §3)."""
+        events = self.portal.events
+        if events is not None:
+            events.emit(event_name, data, origin or Origin(user_id=1, client_id=None, auth_connector=""))
 
     def add_user_field(self, entity: str, name: str, user_type: str, *, label: str = "",
                        multiple: bool = False, mandatory: bool = False, items: tuple[str, ...] = (),
@@ -129,12 +163,49 @@ class CrmStore:
                 sort=sort, items=enum_items, settings=dict(settings or {}),
             )
             table.add_user_field(user_field)
+            self._emit_user_field(table, user_field, "ADD")
             return user_field
+
+    def set_enum_values(self, entity: str, name: str, values: tuple[str, ...]) -> UserField:
+        """Replace the items of a list-type field, keeping the ids of values that stay
+        (``crm.<entity>.userfield.update`` with ``LIST``); fires ``...USERFIELDSETENUMVALUES``."""
+        table = self.table(entity)
+        with self.portal.lock:
+            current = table.user_fields[name]
+            kept = {value: item_id for item_id, value in current.items}
+            next_id = max([item_id for item_id, _ in current.items] + [current.id * 100])
+            items = []
+            for value in values:
+                if value not in kept:
+                    next_id += 1
+                    kept[value] = next_id
+                items.append((kept[value], value))
+            updated = replace(current, items=tuple(items))
+            table.redefine_user_field(updated)
+            self._emit_user_field(table, updated, "SETENUMVALUES")
+            return updated
+
+    def relabel_user_field(self, entity: str, name: str, label: str) -> UserField:
+        """An admin renames a user field; fires ``...USERFIELDUPDATE``."""
+        table = self.table(entity)
+        with self.portal.lock:
+            updated = replace(table.user_fields[name], label=label)
+            table.redefine_user_field(updated)
+            self._emit_user_field(table, updated, "UPDATE")
+            return updated
+
+    def _emit_user_field(self, table: EntityTable, user_field: UserField, verb: str) -> None:
+        # Only the legacy entities document user-field events ([D] crm/deals/user-defined-fields/events).
+        if table.type.legacy_name:
+            self.emit_reference(f"ONCRM{table.type.legacy_name.upper()}USERFIELD{verb}", {"FIELDS": {
+                "ID": str(user_field.id), "ENTITY_ID": user_field.entity_id, "FIELD_NAME": user_field.name}})
 
     def remove_user_field(self, entity: str, name: str) -> UserField:
         table = self.table(entity)
         with self.portal.lock:
-            return table.remove_user_field(name)
+            removed = table.remove_user_field(name)
+            self._emit_user_field(table, removed, "DELETE")
+            return removed
 
     def user_field_by_id(self, user_field_id: int) -> tuple[EntityTable, UserField] | None:
         for table in self.tables.values():
@@ -184,6 +255,7 @@ class CrmStore:
                 row["RESPONSIBLE_ID"] = user
             _derive(row, None, extras, user, now)
             table.insert(entity_id, row, extras or None)
+            self._record_stage(entity_type, entity_id, None, row, now)
             self._emit(entity_type, ADD, entity_id, origin)
             return entity_id
 
@@ -203,6 +275,7 @@ class CrmStore:
             row[table.type.editor_field] = user
             _derive(row, before, extras, user, now)
             table.replace(entity_id, row, extras or None)
+            self._record_stage(table.type, entity_id, before, row, now)
             self._emit(table.type, UPDATE, entity_id, origin)
 
     def delete(self, entity: str, entity_id: int, origin: Origin) -> None:
@@ -306,6 +379,27 @@ class CrmStore:
     def next_user_field_id(self) -> int:
         self._last_user_field_id += 1
         return self._last_user_field_id
+
+    def _record_stage(self, entity_type: EntityType, entity_id: int, before: dict[str, Any] | None,
+                      row: dict[str, Any], now: str) -> None:
+        """A ``crm.stagehistory.list`` row when an item is created or its stage or pipeline changes
+        (leads: STATUS_ID; deals and smart processes: STAGE_ID, facts §4.8)."""
+        stage_field = "STATUS_ID" if entity_type.entity_type_id == 1 else "STAGE_ID"
+        if stage_field not in row or (entity_type.entity_type_id not in (1, 2) and not entity_type.is_dynamic):
+            return
+        stage = row[stage_field]
+        if before is not None and before.get(stage_field) == stage:
+            return
+        semantics = stage_semantics(stage)
+        if before is None:
+            type_id = CREATED
+        elif before.get("CATEGORY_ID") != row.get("CATEGORY_ID"):
+            type_id = CATEGORY_CHANGED
+        else:
+            type_id = FINAL if semantics != "P" else MOVED
+        category = row.get("CATEGORY_ID")
+        self.reference.history(entity_type.entity_type_id).append(
+            type_id, entity_id, now, None if category is None else int(category), stage, semantics)
 
     def _emit(self, entity_type: EntityType, operation: str, entity_id: int, origin: Origin) -> None:
         # Every write emits, so this is where writes are counted too.

@@ -67,6 +67,12 @@ class EntityTable:
         self._rebuild_rows(lambda row: {key: value for key, value in row.items() if key != name})
         return user_field
 
+    def redefine_user_field(self, user_field: UserField) -> None:
+        """A changed definition (label, list items) of an existing field; stored values stay."""
+        self.user_fields[user_field.name] = user_field
+        self.schema_version += 1
+        self._reindex_fields()
+
     def _rebuild_rows(self, rebuild: Any) -> None:
         # New dicts rather than in-place edits: a list result being serialized keeps its snapshot.
         self.rows = {entity_id: rebuild(row) for entity_id, row in self.rows.items()}

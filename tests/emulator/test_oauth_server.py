@@ -21,13 +21,13 @@ def test_app_info_answers_which_app_and_portal_a_token_belongs_to(http, emu, tok
     result = response.json()["result"]
     assert result == {
         "client_id": emu.client_id,
-        "scope": "crm,user",
+        "scope": "crm,department,user",
         "expires": tokens["expires"],
         "install": {
             "installed": True,
             "version": 1,
             "status": "L",
-            "scope": "crm,user",
+            "scope": "crm,department,user",
             "domain": portal.domain,
             "uri": "",
             "client_endpoint": f"{emu.url}/rest/",

@@ -100,7 +100,7 @@ def test_token_response_has_the_documented_fields(emu, tokens):
     assert tokens["expires_in"] == 3600 and abs(tokens["expires"] - time.time() - 3600) < 5
     assert tokens["client_endpoint"] == f"{emu.url}/rest/"
     assert tokens["server_endpoint"] == f"{emu.url}/oauth/rest/"  # the OAuth server, not the portal (facts §7.5)
-    assert tokens["scope"] == "crm,user" and tokens["status"] == "L" and tokens["user_id"] == 1
+    assert tokens["scope"] == "crm,department,user" and tokens["status"] == "L" and tokens["user_id"] == 1
 
 
 def test_refresh_rotates_and_the_old_refresh_token_dies(http, emu, tokens):
@@ -148,7 +148,7 @@ def test_authorize_redirects_with_code_and_portal_details_then_the_code_buys_tok
     assert query["x"] == "1" and query["state"] == "s-42"
     assert query["domain"] == emu.url.split("://")[1]
     assert query["server_domain"] == emu.url.split("://")[1]
-    assert query["scope"] == "crm,user" and len(query["member_id"]) == 32
+    assert query["scope"] == "crm,department,user" and len(query["member_id"]) == 32
     exchange = {"grant_type": "authorization_code", "client_id": "app.flow.1", "client_secret": "flow-secret",
                 "code": query["code"]}
     tokens = http.get(f"{emu.url}/oauth/token/", params=exchange).json()

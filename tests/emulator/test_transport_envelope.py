@@ -122,5 +122,5 @@ def test_user_and_profile_methods_name_the_caller(http, emu, tokens):
     assert http.post(f"{emu.url}/rest/profile", data=auth).json()["result"]["ADMIN"] is True
     assert http.post(f"{emu.url}/rest/user.current", data=auth).json()["result"]["ID"] == "1"
     assert http.post(f"{emu.url}/rest/user.admin", data=auth).json()["result"] is True
-    assert http.post(f"{emu.url}/rest/scope", data=auth).json()["result"] == ["crm", "user"]
+    assert http.post(f"{emu.url}/rest/scope", data=auth).json()["result"] == ["crm", "department", "user"]
     assert "feature.get" in http.post(f"{emu.url}/rest/methods", data=auth).json()["result"]

@@ -74,7 +74,9 @@ def test_a_new_portal_becomes_a_partition_with_a_full_resync(emu: ThreadEmulator
     key = install(emu, state_path)
     with dg.instance_for_test() as instance:
         result = evaluate(instance, resource_for(emu, state_path))
-        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("full_resync", key)]
+        # Its full resync, then its reference data and the analysts' views.
+        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("full_resync", key),
+                                                                                 ("reference_refresh", key)]
         assert instance.get_dynamic_partitions("bitrix24_portal") == [key]
 
         # The next tick does not ask again.
@@ -90,7 +92,7 @@ def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
     bind_deal_events(resource, key)
     with dg.instance_for_test() as instance:
         first = evaluate(instance, resource)
-        assert [r.job_name for r in first.run_requests] == ["full_resync"]  # queue still empty
+        assert [r.job_name for r in first.run_requests] == ["full_resync", "reference_refresh"]  # queue empty
 
         emu.world.portal("default").crm.write("deal", "update", 3, {"TITLE": "changed"}, Origin(user_id=2))
         with open_state_store(state_path) as state:
@@ -153,7 +155,7 @@ def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
     resource = resource_for(emu, state_path)
     with dg.instance_for_test() as instance:
         first = evaluate(instance, resource)
-        assert len(first.run_requests) == 1000  # one full resync each, asked once
+        assert len(first.run_requests) == 2000  # one full resync and one reference refresh each, asked once
         with open_state_store(state_path) as state:
             for key in keys[:5]:
                 state.record_signal(key)

@@ -1,0 +1,116 @@
+"""Reference data, stage history and deal product rows as Dagster assets, on a schedule per portal.
+
+``reference_data`` replaces a portal's dimensions (users, departments, statuses and stages,
+pipelines, smart-process types, currencies, user fields and list items, the column dictionary) in
+two batch requests and rebuilds the analysts' schema; ``stage_history`` then appends the new stage
+moves by id; ``deal_product_rows`` re-reads the product rows of deals the CDC loop wrote since its
+last run (50 deals per request). Bitrix24 has events for some reference data (user fields,
+smart-process types, new users; docs/reference-data.md) but none for stages, departments,
+currencies or renamed users, so a schedule refreshes everything: about three requests per portal
+per run when little changed.
+"""
+
+import dagster as dg
+
+from connectors.sync.reference import refresh_reference, sync_product_rows, sync_stage_history
+from connectors.warehouse.reference import ensure_reference_tables
+from connectors.warehouse.sql_warehouse import SqlWarehouse
+from pipelines.assets import GROUP, WAREHOUSE_POOL, asset_key
+from pipelines.partitions import portals
+from pipelines.resources import Bitrix24Resource, WarehouseResource
+
+REFERENCE_CRON = "*/15 * * * *"  # and once right after a portal's first full resync (the sensor asks)
+RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _sql_warehouse(warehouse: WarehouseResource) -> SqlWarehouse:
+    opened = warehouse.open()
+    if not isinstance(opened, SqlWarehouse):
+        opened.close()
+        raise dg.Failure(f"reference data needs a SQL warehouse, got {type(opened).__name__}")
+    return opened
+
+
+@dg.asset(key=asset_key("reference_data"), partitions_def=portals, pool=WAREHOUSE_POOL, retry_policy=RETRY,
+          group_name=GROUP, kinds={"bitrix24"})
+def reference_data(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
+                   warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Users, departments, stages, pipelines, currencies and field labels that turn CRM ids into names."""
+    state = bitrix24.state()
+    client = bitrix24.client(context.partition_key, state)
+    wh = _sql_warehouse(warehouse)
+    try:
+        refresh = refresh_reference(client, wh, context.partition_key)
+    finally:
+        wh.close()
+        client.close()
+        state.close()
+    return dg.MaterializeResult(metadata={
+        **{f"rows_{name}": dg.MetadataValue.int(count) for name, count in refresh.rows.items()},
+        "http_requests": dg.MetadataValue.int(refresh.requests),
+        "analytics_relations": dg.MetadataValue.int(len(refresh.analytics)),
+    })
+
+
+@dg.asset(key=asset_key("stage_history"), deps=[reference_data], partitions_def=portals, pool=WAREHOUSE_POOL,
+          retry_policy=RETRY, group_name=GROUP, kinds={"bitrix24"})
+def stage_history(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
+                  warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Every stage move of leads, deals and smart-process items, for funnels and time in stage."""
+    portal = context.partition_key
+    state = bitrix24.state()
+    client = bitrix24.client(portal, state)
+    wh = _sql_warehouse(warehouse)
+    try:
+        ensure_reference_tables(wh)
+        types = tuple(int(row[0]) for row in wh.query(
+            f"SELECT entity_type_id FROM {wh.relation('crm_types')} WHERE portal = %(portal)s", {"portal": portal}))
+        synced = sync_stage_history(client, wh, portal, types)
+    finally:
+        wh.close()
+        client.close()
+        state.close()
+    return dg.MaterializeResult(metadata={
+        "rows_added": dg.MetadataValue.int(synced.rows),
+        "http_requests": dg.MetadataValue.int(synced.requests),
+        "last_ids": dg.MetadataValue.json({str(key): value for key, value in synced.marks.items()}),
+    })
+
+
+@dg.asset(key=asset_key("deal_product_rows"), deps=[asset_key("deals"), reference_data], partitions_def=portals,
+          pool=WAREHOUSE_POOL, retry_policy=RETRY, group_name=GROUP, kinds={"bitrix24"})
+def deal_product_rows(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
+                      warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The products and quantities on each deal, re-read for deals that changed since the last run."""
+    state = bitrix24.state()
+    client = bitrix24.client(context.partition_key, state)
+    wh = _sql_warehouse(warehouse)
+    try:
+        synced = sync_product_rows(client, wh, context.partition_key)
+    finally:
+        wh.close()
+        client.close()
+        state.close()
+    return dg.MaterializeResult(metadata={
+        "deals_reread": dg.MetadataValue.int(synced.deals),
+        "rows_stored": dg.MetadataValue.int(synced.rows),
+        "http_requests": dg.MetadataValue.int(synced.requests),
+    })
+
+
+REFERENCE_JOB = dg.define_asset_job(
+    "reference_refresh",
+    selection=dg.AssetSelection.assets(reference_data, stage_history, deal_product_rows),
+    description="Replace the portal's reference data, rebuild the analysts' views, append new stage history, "
+                "re-read the product rows of changed deals.",
+    executor_def=dg.in_process_executor,
+)
+
+
+@dg.schedule(job=REFERENCE_JOB, cron_schedule=REFERENCE_CRON, name="reference_refresh_schedule",
+             default_status=dg.DefaultScheduleStatus.RUNNING)
+def reference_refresh_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
+    """One run per portal; there are no Bitrix24 events for most reference data (docs/reference-data.md)."""
+    stamp = context.scheduled_execution_time.isoformat()
+    return [dg.RunRequest(run_key=f"reference_refresh:{key}:{stamp}", partition_key=key)
+            for key in context.instance.get_dynamic_partitions(portals.name)]

@@ -1,0 +1,97 @@
+"""The reference assets as Dagster runs them: the ``reference_refresh`` job for one portal partition
+loads the dimensions (two requests), appends the stage history, and a second run adds only what is
+new; its schedule asks for one run per known portal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from connectors.receiver import portal_key
+from connectors.state import Portal, open_state_store
+from emulator.crm.origin import Origin
+from emulator.testing import ThreadEmulator, run_emulator
+from pipelines.assets import asset_key
+from pipelines.partitions import portals
+from pipelines.reference import (
+    REFERENCE_JOB,
+    deal_product_rows,
+    reference_data,
+    reference_refresh_schedule,
+    stage_history,
+)
+from pipelines.resources import Bitrix24Resource, WarehouseResource
+
+
+@pytest.fixture
+def emu() -> Iterator[ThreadEmulator]:
+    with run_emulator(limits=False) as running:
+        yield running
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
+        yield test_instance
+
+
+def definitions(emu: ThreadEmulator, tmp_path: Path) -> tuple[dg.Definitions, str]:
+    state_path = tmp_path / "state.sqlite"
+    tokens = emu.install_tokens()
+    key = portal_key(tokens["client_endpoint"])
+    with open_state_store(state_path) as state:
+        state.save_portal(Portal(key=key, member_id="member", domain="emulator",
+                                 client_endpoint=tokens["client_endpoint"], application_token="app-token",
+                                 installed_at=datetime.now(UTC)))
+        state.save_token(key, tokens)
+    defs = dg.Definitions(
+        assets=[reference_data, stage_history, deal_product_rows], jobs=[REFERENCE_JOB],
+        schedules=[reference_refresh_schedule],
+        resources={"bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
+                                                oauth_token_url=f"{emu.url}/oauth/token/",
+                                                state_store=str(state_path)),
+                   "warehouse": WarehouseResource(url=str(tmp_path / "wh.duckdb"))})
+    return defs, key
+
+
+def metadata(result: dg.ExecuteInProcessResult, name: str) -> dict:
+    [materialization] = result.asset_materializations_for_node(f"bitrix24__{name}")
+    assert materialization.asset_key == asset_key(name)
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def test_the_reference_job_loads_dimensions_and_appends_new_stage_history(
+        emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    defs, key = definitions(emu, tmp_path)
+    instance.add_dynamic_partitions(portals.name, [key])
+    job = defs.resolve_job_def("reference_refresh")
+
+    first = job.execute_in_process(instance=instance, partition_key=key)
+    assert first.success
+    dimensions = metadata(first, "reference_data")
+    assert dimensions["http_requests"] == 2 and dimensions["rows_users"] == 9 and dimensions["rows_crm_types"] == 1
+    history = metadata(first, "stage_history")
+    crm = emu.world.portal("default").crm
+    assert history["rows_added"] == sum(len(h.rows) for h in crm.reference.histories.values())
+
+    crm.write("lead", "add", None, {"TITLE": "walk-in"}, Origin(user_id=3))
+    second = job.execute_in_process(instance=instance, partition_key=key)
+    assert metadata(second, "stage_history")["rows_added"] == 1
+
+    snapshot = tmp_path / "wh.snapshot.duckdb"
+    with duckdb.connect(str(snapshot), read_only=True) as analyst:
+        assert analyst.sql("SELECT count(*) FROM analytics.users").fetchall() == [(9,)]
+
+
+def test_the_schedule_asks_for_one_run_per_portal(emu: ThreadEmulator, tmp_path: Path,
+                                                  instance: dg.DagsterInstance) -> None:
+    instance.add_dynamic_partitions(portals.name, ["a.bitrix24.com", "b.bitrix24.com"])
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 1, 1, tzinfo=UTC))
+    requests = reference_refresh_schedule(context)
+    assert sorted(request.partition_key for request in requests) == ["a.bitrix24.com", "b.bitrix24.com"]
+    assert len({request.run_key for request in requests}) == 2
