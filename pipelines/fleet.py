@@ -82,10 +82,12 @@ def _drain(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bi
                     committed = steps.commit(sync, fetched_path)
                 cleared = steps.ack(sync, committed)
                 outcome.events = _materializations(portal, committed, cleared)
-                shutil.rmtree(sync.staging_dir, ignore_errors=True)
             finally:
                 with bitrix24.state() as state:
                     state.release_drain(portal, context.run_id)
+        # Only after portal_sync closed (it writes the run's HTTP tally there). A failed portal's files
+        # stay for debugging until its next run has recovered its reservations and sweeps them.
+        shutil.rmtree(sync.staging_dir, ignore_errors=True)
     except dg.RetryRequested:
         outcome.skipped = True
     except Exception as error:  # one portal's failure must not stop the others

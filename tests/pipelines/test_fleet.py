@@ -96,6 +96,10 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
     retried = {m.partition for m in again.asset_materializations_for_node("drain_portals")}
     assert retried == {keys["south"], keys["west"]}
 
+    # Nothing staged is left behind by the portals that were drained.
+    staging = Path(instance.storage_directory()) / "bitrix24_staging"
+    assert [path for path in staging.glob("*/*") if path.is_dir()] == []
+
     for name, key in keys.items():
         assert emu.queue(portal=name) == [] or all(row.get("reserved") is None for row in emu.queue(portal=name))
         assert compare(emu, duckdb_rows(warehouse_path, key), portal=name, tables=TABLES) == [], name
