@@ -321,12 +321,16 @@ def crm_assets(freshness_window: timedelta = FRESHNESS_WINDOW) -> dg.AssetsDefin
         """CRM tables kept current from the portal's offline-event queue."""
         return ack_events(commit_rows(fetch_state(reserve_changes(queue))))._asdict()
 
-    # Attached to the spec: an AssetOut's freshness_policy does not reach a graph-backed asset's spec in
-    # Dagster 1.13 (the daemon then reports NOT_APPLICABLE).
+    # Set on the specs: an AssetOut's group_name and freshness_policy do not reach a graph-backed
+    # asset's specs in Dagster 1.13 (the UI then shows group "default", the daemon NOT_APPLICABLE).
     policy = dg.FreshnessPolicy.time_window(fail_window=freshness_window, warn_window=freshness_window / 2)
-    [with_policy] = dg.map_asset_specs(
-        lambda spec: dg.apply_freshness_policy(spec, policy) if spec.key == SYNC_WATERMARK else spec, [bitrix24_crm])
-    return with_policy
+
+    def finish(spec: dg.AssetSpec) -> dg.AssetSpec:
+        spec = spec.replace_attributes(group_name=GROUP)
+        return dg.apply_freshness_policy(spec, policy) if spec.key == SYNC_WATERMARK else spec
+
+    [finished] = dg.map_asset_specs(finish, [bitrix24_crm])
+    return finished
 
 
 bitrix24_crm = crm_assets()

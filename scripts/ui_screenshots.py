@@ -51,11 +51,11 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
 
 
 def screenshot(chromium: str, url: str, target: Path) -> None:
-    """One page rendered by headless Chromium at 1600x1000; the virtual-time budget lets the UI's
+    """One page rendered by headless Chromium at 1800x1100; the virtual-time budget lets the UI's
     GraphQL queries finish before the picture is taken."""
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--user-data-dir={profile}", "--window-size=1600,1000",
+                        f"--user-data-dir={profile}", "--window-size=1800,1100",
                         "--virtual-time-budget=20000", f"--screenshot={target}", url],
                        check=True, capture_output=True, timeout=120)
     if not target.exists() or target.stat().st_size < 10_000:
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                         run.job_name == "full_resync" for run in runs)
 
                 wait_until(synced, 600, "the full resync and three syncs")
+                # The UI greets a new instance with a newsletter dialog over every page; mark it seen.
+                httpx.post(f"{ui}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
                 client = DagsterGraphQLClient("127.0.0.1", port_number=args.ui_port)
                 run_id = client.submit_job_execution("health_checks")
                 wait_until(lambda: client.get_run_status(run_id) is dg.DagsterRunStatus.SUCCESS, 180,

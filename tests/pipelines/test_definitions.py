@@ -75,3 +75,17 @@ def test_dagster_validates_the_workspace_in_a_clean_placeholder_environment(tmp_
         cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_asset_is_in_the_bitrix24_group_and_the_watermark_has_a_freshness_policy(
+        defs: dg.Definitions) -> None:
+    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    assert {key: spec.group_name for key, spec in specs.items() if spec.group_name != "bitrix24"} == {}
+    policy = specs["bitrix24/sync_watermark"].freshness_policy
+    assert isinstance(policy, dg.FreshnessPolicy)
+    # The queue feeds every entity table (lineage), and the checks sit on the assets they judge.
+    for name in ("deals", "contacts", "companies", "leads", "activities", "smart_process_items"):
+        assert dg.AssetKey(["bitrix24", "offline_queue"]) in {dep.asset_key for dep in specs[f"bitrix24/{name}"].deps}
+    checks = {(key.asset_key.to_user_string(), key.name) for key in defs.resolve_asset_graph().asset_check_keys}
+    assert ("bitrix24/sync_watermark", "every_portal_current") in checks
+    assert ("bitrix24/deals", "value_coercions") in checks and ("bitrix24/deals", "unique_ids") not in checks
