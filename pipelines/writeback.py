@@ -14,7 +14,7 @@ import dagster as dg
 
 from connectors.bitrix24 import LoopAvoidanceUnavailable
 from connectors.sync.writeback import DEFAULT_MAX_CHANGES, WriteBackSpec, failing, write_back
-from pipelines.assets import WAREHOUSE_POOL
+from pipelines.assets import GROUP, WAREHOUSE_POOL
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 
@@ -54,7 +54,7 @@ def writeback_asset(name: str, *, query: str | None = None, view: str | None = N
         key=key,
         deps=list(deps),
         partitions_def=portals,
-        group_name="bitrix24_writeback",
+        group_name=GROUP,
         kinds={"bitrix24"},
         pool=WAREHOUSE_POOL,  # it writes the journal and the refreshed rows into the warehouse
         description=description or f"Warehouse results of {view or 'the declared query'} pushed into the CRM.",
