@@ -1,4 +1,4 @@
-"""The sensor that turns pending queue rows into one sync run per portal.
+"""The sensor that turns pending queue rows into ``sync_portals`` runs (many portals per run).
 
 It never calls the destructive ``event.offline.get`` (a tick that fails would lose what it read):
 push signals (``ONOFFLINEEVENT``, recorded by the receiver) say which portals have news; a few
@@ -22,7 +22,7 @@ from connectors.bitrix24 import Bitrix24Error, QueuePeek
 from connectors.state import Portal, SensorPortalState, StateStore
 from pipelines.assets import ACTIVE_RUN_STATUSES, OFFLINE_QUEUE, SYNC_WATERMARK
 from pipelines.fleet import PORTALS_TAG, FleetSyncConfig, sync_portals_job
-from pipelines.jobs import FULL_RESYNC_JOB, SYNC_JOB
+from pipelines.jobs import FULL_RESYNC_JOB
 from pipelines.partitions import portals
 from pipelines.reference import REFERENCE_JOB
 from pipelines.resources import Bitrix24Resource
@@ -46,10 +46,11 @@ class SensorCursor(BaseModel):
 
 
 @dg.sensor(
-    jobs=[SYNC_JOB, FULL_RESYNC_JOB, sync_portals_job, REFERENCE_JOB],
+    jobs=[FULL_RESYNC_JOB, sync_portals_job, REFERENCE_JOB],
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Starts a sync run for every portal whose offline-event queue has rows.",
+    description="Starts sync_portals runs for the portals whose offline-event queues have rows, and a full "
+                "resync for every new portal.",
 )
 def offline_events_sensor(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource) -> dg.SensorResult:
     cursor = SensorCursor.parse(context.cursor)
@@ -124,11 +125,11 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
 
 
 def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunRequest]:
-    """One portal alone: a ``sync`` run of its partition. Several: ``sync_portals`` runs of up to
-    ``per_run`` portals each, their keys in a tag so later ticks and schedules see them busy."""
-    if len(ready) == 1:
-        [(key, pending)] = ready
-        return [dg.RunRequest(job_name=SYNC_JOB.name, partition_key=key, run_key=f"sync:{pending}")]
+    """``sync_portals`` runs of up to ``per_run`` portals each (one portal alone gets one too), their
+    keys in a tag so later ticks and schedules see them busy.
+
+    Not the partitioned ``sync`` job: its run plans every entity asset of the portal, so each table
+    would show as materializing on every sync; ``sync_portals`` reports only what changed."""
     requests = []
     for start in range(0, len(ready), max(1, per_run)):
         group = ready[start:start + max(1, per_run)]

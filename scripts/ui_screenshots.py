@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             with dg.DagsterInstance.get() as instance:
                 def synced() -> bool:
                     runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
-                    return sum(run.job_name == "sync" for run in runs) >= 3 and any(
+                    return sum(run.job_name == "sync_portals" for run in runs) >= 3 and any(
                         run.job_name == "full_resync" for run in runs)
 
                 wait_until(synced, 600, "the full resync and three syncs")

@@ -50,7 +50,7 @@ def test_changes_made_in_the_portal_reach_the_warehouse_through_dagster(
             time.sleep(20)
             emu.stop_activity()
             stack.wait_until_drained()
-            portal = stack.runs("sync")[0].tags["dagster/partition"]
+            portal = stack.runs("full_resync")[0].tags["dagster/partition"]
             assert [r for r in stack.runs() if r.status.value == "FAILURE"] == []
 
         rows_of = (duckdb_rows(warehouse, portal) if backend == "duckdb"
@@ -77,5 +77,5 @@ def test_a_sync_run_killed_at_any_step_is_recovered_by_the_next_run(tmp_path: Pa
             emu.stop_activity()
             stack.wait_until(lambda: (tmp_path / "crashed").exists(), 120, f"a run to reach {failpoint}")
             stack.wait_until_drained(timeout_s=300)
-            portal = stack.runs("sync")[0].tags["dagster/partition"]
+            portal = stack.runs("full_resync")[0].tags["dagster/partition"]
         assert compare(emu, duckdb_rows(warehouse, portal)) == []

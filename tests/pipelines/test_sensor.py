@@ -59,8 +59,9 @@ def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: s
         # As if the daemon launched it and it finished at once.
         instance.add_run(dg.DagsterRun(job_name=request.job_name, run_id=make_new_run_id(),
                                        status=dg.DagsterRunStatus.SUCCESS,
-                                       tags={"dagster/run_key": request.run_key,
-                                             "dagster/partition": request.partition_key}))
+                                       tags={**request.tags, "dagster/run_key": request.run_key,
+                                             **({"dagster/partition": request.partition_key}
+                                                if request.partition_key else {})}))
     return result
 
 
@@ -100,7 +101,9 @@ def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
         emu.reset_stats()
         second = evaluate(instance, resource, first.cursor)
 
-        assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("sync", key)]
+        [request] = second.run_requests
+        assert request.job_name == "sync_portals" and request.tags["bitrix24/portals"] == key
+        assert request.run_config["ops"]["drain_portals"]["config"]["portals"] == [key]
         [observation] = second.asset_events  # one for the fleet, not one per portal
         assert observation.asset_key == dg.AssetKey(["bitrix24", "offline_queue"])
         assert isinstance(observation, dg.AssetObservation)
@@ -143,7 +146,7 @@ def test_a_quiet_portal_is_confirmed_current_now_and_then_and_a_busy_one_is_not(
             state.save_sensor_states([portal_state])
         busy = evaluate(instance, resource, second.cursor)
         assert confirmations(busy) == []
-        assert [r.job_name for r in busy.run_requests] == ["sync"]
+        assert [r.job_name for r in busy.run_requests] == ["sync_portals"]
 
 
 def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
