@@ -262,7 +262,12 @@ def _build_doubles(cells: list, index: pd.Index) -> pd.Series:
 
 def _fast_decimals(values: pd.Series) -> pd.Series | None:
     cells = values.to_numpy(dtype=object, na_value=None)
-    if not {type(cell) for cell in cells if cell is not None} <= {str}:
+    kinds = {type(cell) for cell in cells if cell is not None}
+    if kinds <= {int, float}:
+        # crm.item sends amounts as JSON numbers (facts §4.4): the shortest repr of a float is the
+        # number as written ("19999.99"), which the cell-by-cell rule rounds too.
+        cells = np.array([None if cell is None else repr(cell) for cell in cells], dtype=object)
+    elif not kinds <= {str}:
         return None
     amounts = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(pa.array(cells, pa.string()), "|",
                                                                        max_splits=1), 0))
