@@ -21,10 +21,11 @@ from collections.abc import Sequence
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from connectors.bitrix24.entities import EntityKind
 from connectors.bitrix24.errors import MalformedRecord
-from connectors.bitrix24.values import Coercions, convert
+from connectors.bitrix24.values import Coercions, convert, convert_values
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
 
 __all__ = ["frame_and_coercions", "to_frame"]
@@ -52,16 +53,19 @@ def frame_and_coercions(kind: EntityKind, schema: TableSchema,
     _require(kind.table, kind.modified_field, ids, bad_times | modified_values.isna(), modified)
 
     data: dict[str, object] = {
-        "id": id_values.astype("int64"),
-        "_source_modified_at": modified_values,
-        "_raw": pd.Series([orjson.dumps(record).decode() for record in records], dtype="string"),
+        "id": id_values.to_numpy(dtype="int64"),
+        "_source_modified_at": modified_values.array,
+        "_raw": pd.Series(pd.arrays.ArrowStringArray(pa.array([orjson.dumps(record).decode() for record in records],
+                                                             pa.string()))),
     }
     coercions = Coercions()
     for spec in schema.columns:
         values = table[spec.source_name]
-        data[spec.name], nulled = convert(spec, values)
-        coercions.record(spec.name, ids, values, nulled)
-    return pd.DataFrame(data, index=pd.RangeIndex(len(records))), coercions
+        column, nulled = convert_values(spec, values)
+        data[spec.name] = column.array if isinstance(column, pd.Series) else column
+        if nulled.any():
+            coercions.record(spec.name, ids, values, nulled)
+    return pd.DataFrame(data, copy=False), coercions
 
 
 def to_frame(kind: EntityKind, schema: TableSchema, records: Sequence[dict]) -> pd.DataFrame:
