@@ -46,6 +46,7 @@ def main() -> None:
     rows = bitrix.get_all("crm.deal.list", params=params)
     frame = _frame(rows)
     con = duckdb.connect(args.db)
+    con.register("frame", frame)
     if args.work == "full":
         con.execute("CREATE OR REPLACE TABLE deals AS SELECT * FROM frame")
     else:
