@@ -5,7 +5,9 @@ Columns and dtypes (what the warehouses receive):
 * ``id`` int64; ``_source_modified_at`` datetime64[ns, UTC]; ``_raw`` string (the record as JSON);
 * per `ColumnSpec`: INTEGER ``Int64``, DOUBLE ``float64``, DECIMAL ``decimal128(18, 2)[pyarrow]``,
   TEXT ``string``, BOOLEAN ``boolean``, TIMESTAMP ``datetime64[ns, UTC]``, DATE
-  ``date32[day][pyarrow]``, JSON ``string`` holding JSON text. Missing values are nulls.
+  ``date32[day][pyarrow]``, JSON ``string`` holding JSON text. Missing values are nulls. Text
+  columns converted whole are Arrow-backed (``string[pyarrow]``, still ``string``): the frame goes
+  on to Parquet and Arrow without a copy.
 
 Legacy lists send every value as a string ("Y"/"N", "19.99", "" for empty; facts §4.3), crm.item
 lists send JSON numbers and booleans (facts §4.4); both land in the same types. Each column is
