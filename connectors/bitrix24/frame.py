@@ -57,8 +57,9 @@ def frame_and_coercions(kind: EntityKind, schema: TableSchema,
     data: dict[str, object] = {
         "id": id_values.to_numpy(dtype="int64"),
         "_source_modified_at": modified_values.array,
-        "_raw": pd.Series(pd.arrays.ArrowStringArray(pa.array([orjson.dumps(record).decode() for record in records],
-                                                             pa.string()))),
+        # orjson writes UTF-8 bytes; Arrow takes them as text without a round trip through str.
+        "_raw": pd.arrays.ArrowStringArray(pa.array([orjson.dumps(record) for record in records],
+                                                    pa.binary()).cast(pa.string())),
     }
     coercions = Coercions()
     for spec in schema.columns:
