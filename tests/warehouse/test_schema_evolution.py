@@ -142,7 +142,7 @@ def test_columns_typed_before_consistent_types_migrate_in_place(warehouse: Wareh
                            f"FROM {warehouse.relation('deals_current')} ORDER BY id")
     assert [row[:5] for row in rows] == [
         (1, True, Decimal("2.68"), 12, Decimal("19.99")),
-        (2, False, Decimal("-2.68"), 7, None),  # "1e3": the policy takes plain numbers only
+        (2, False, Decimal("-2.68"), 7, None),  # "1e3": the migration takes plain numbers only
         (3, True, None, None, None),  # 1e300 and 17 digits before the point exceed DECIMAL(18, 2)
         (4, None, None, None, Decimal("-0.50")),
         (5, None, None, None, None)]
