@@ -96,9 +96,10 @@ _DOUBLES = frozenset({"double", "double precision", "float", "real"})
 _INTEGERS = frozenset({"bigint", "integer", "smallint"})
 # SIMILAR TO means the same on both engines for these patterns (a full match; [.] is a literal dot).
 _INTEGRAL = "[+-]?[0-9]{1,18}"  # 18 digits always fit int64
-# DECIMAL(18, 2) holds 16 digits before the point. Plain numbers only: an exponent ("1e3", which the
-# value policy reads) could overflow the cast and abort the ALTER; such a value is NULL here, stays
-# in _raw, and the record's next sync writes the policy's value.
+# DECIMAL(18, 2) holds 16 digits before the point. Plain numbers only, and integers of at most 18
+# digits: an exponent ("1e3", which the value policy reads) or a 19-digit number could overflow the
+# cast and abort the ALTER. Such a rare value is NULL here and stays in _raw; the record's next
+# change, or a full resync, writes the policy's value.
 _AMOUNT = "[+-]?([0-9]{1,16}([.][0-9]{0,10})?|[.][0-9]{1,10})"
 _FLAGS = {"Y": "TRUE", "1": "TRUE", "TRUE": "TRUE", "N": "FALSE", "0": "FALSE", "FALSE": "FALSE"}
 
