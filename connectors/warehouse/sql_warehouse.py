@@ -91,6 +91,11 @@ class SqlWarehouse(Warehouse):
     def _lock_ddl(self) -> None:
         """Serialize DDL between processes where several may write (PostgreSQL)."""
 
+    def _drop_dependent_views(self, names: TableNames) -> list[str]:
+        """DDL dropping views (outside the table's own ``_current``) that would block retyping a
+        column of ``names``' table or history; their owners create them again (PostgreSQL)."""
+        return []
+
     def _create_extras(self, table: str) -> list[str]:
         """Engine-specific DDL run once when an entity table is created (indexes)."""
         return []
@@ -134,6 +139,7 @@ class SqlWarehouse(Warehouse):
         for column in changes.added:
             statements += ddl.add_column_statements(self.dialect, schema.name, column)
         if changes.migrated:
+            statements += self._drop_dependent_views(names)
             statements.append(ddl.drop_current_view_statement(self.dialect, schema.name))
         for migration in changes.migrated:
             statements += ddl.alter_type_statements(self.dialect, schema.name, migration.column,

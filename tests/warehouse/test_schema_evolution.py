@@ -191,3 +191,23 @@ def test_entity_tables_lists_the_tables_with_history_and_nothing_else(warehouse:
     warehouse.ensure_table(deals_schema(name="items_1038"))
 
     assert warehouse.entity_tables() == ["deals", "items_1038"]
+
+
+def test_a_view_reading_a_retyped_column_does_not_block_the_migration(warehouse: Warehouse) -> None:
+    # PostgreSQL refuses to retype a column a view reads; the analysts' views over the table and over
+    # its current view are dropped for their publisher to create again, and the migration goes on.
+    old = deals_schema(*LEGACY_TYPED)
+    with warehouse.transaction() as tx:
+        tx.upsert(PORTAL, old, deal_frame([1], extra={name: values[:1] for name, values in OLD_VALUES.items()}))
+    namespace = getattr(warehouse, "schema", None)
+    views = f"{namespace}_views" if namespace else "views"
+    ddl = warehouse._execute  # an analyst's own DDL, as the warehouse's API has no verb for it
+    ddl(f"CREATE SCHEMA IF NOT EXISTS {views}")
+    ddl(f"CREATE VIEW {views}.open_deals AS SELECT id, opened FROM {warehouse.relation('deals')}")
+    ddl(f"CREATE VIEW {views}.leads_of_deals AS SELECT lead_id FROM {warehouse.relation('deals_current')}")
+    try:
+        changes = warehouse.ensure_table(deals_schema(*CONSISTENT))
+        assert {m.column for m in changes.migrated} == {c.name for c in CONSISTENT}
+        assert warehouse.query(f"SELECT opened, lead_id FROM {warehouse.relation('deals_current')}") == [(True, 12)]
+    finally:
+        ddl(f"DROP SCHEMA {views} CASCADE")
