@@ -5,7 +5,9 @@ Columns and dtypes (what the warehouses receive):
 * ``id`` int64; ``_source_modified_at`` datetime64[ns, UTC]; ``_raw`` string (the record as JSON);
 * per `ColumnSpec`: INTEGER ``Int64``, DOUBLE ``float64``, DECIMAL ``decimal128(18, 2)[pyarrow]``,
   TEXT ``string``, BOOLEAN ``boolean``, TIMESTAMP ``datetime64[ns, UTC]``, DATE
-  ``date32[day][pyarrow]``, JSON ``string`` holding JSON text. Missing values are nulls.
+  ``date32[day][pyarrow]``, JSON ``string`` holding JSON text. Missing values are nulls. Text
+  columns converted whole are Arrow-backed (``string[pyarrow]``, still ``string``): the frame goes
+  on to Parquet and Arrow without a copy.
 
 Legacy lists send every value as a string ("Y"/"N", "19.99", "" for empty; facts §4.3), crm.item
 lists send JSON numbers and booleans (facts §4.4); both land in the same types. Each column is
@@ -21,10 +23,11 @@ from collections.abc import Sequence
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from connectors.bitrix24.entities import EntityKind
 from connectors.bitrix24.errors import MalformedRecord
-from connectors.bitrix24.values import Coercions, convert
+from connectors.bitrix24.values import Coercions, convert, convert_values
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
 
 __all__ = ["frame_and_coercions", "to_frame"]
@@ -52,16 +55,20 @@ def frame_and_coercions(kind: EntityKind, schema: TableSchema,
     _require(kind.table, kind.modified_field, ids, bad_times | modified_values.isna(), modified)
 
     data: dict[str, object] = {
-        "id": id_values.astype("int64"),
-        "_source_modified_at": modified_values,
-        "_raw": pd.Series([orjson.dumps(record).decode() for record in records], dtype="string"),
+        "id": id_values.to_numpy(dtype="int64"),
+        "_source_modified_at": modified_values.array,
+        # orjson writes UTF-8 bytes; Arrow takes them as text without a round trip through str.
+        "_raw": pd.arrays.ArrowStringArray(pa.array([orjson.dumps(record) for record in records],
+                                                    pa.binary()).cast(pa.string())),
     }
     coercions = Coercions()
     for spec in schema.columns:
         values = table[spec.source_name]
-        data[spec.name], nulled = convert(spec, values)
-        coercions.record(spec.name, ids, values, nulled)
-    return pd.DataFrame(data, index=pd.RangeIndex(len(records))), coercions
+        column, nulled = convert_values(spec, values)
+        data[spec.name] = column.array if isinstance(column, pd.Series) else column
+        if nulled.any():
+            coercions.record(spec.name, ids, values, nulled)
+    return pd.DataFrame(data, copy=False), coercions
 
 
 def to_frame(kind: EntityKind, schema: TableSchema, records: Sequence[dict]) -> pd.DataFrame:

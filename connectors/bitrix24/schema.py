@@ -3,9 +3,22 @@
 Each field becomes a `ColumnSpec` named in snake_case (STAGE_ID / stageId -> stage_id) with a
 `ColumnType` chosen from its Bitrix type (facts §4.5). User fields (``isDynamic``) are included;
 their names come from portal admins, so a name that is not a safe identifier is skipped with a
-warning rather than sent near SQL. ``ID``/``id`` is the frame's own ``id`` column. A money field
-(``"100.50|USD"``) is two columns: the amount as DECIMAL and ``<column>_currency`` as TEXT, unless a
-field of the portal already takes that name.
+warning rather than sent near SQL. ``ID``/``id`` is the frame's own ``id`` column.
+
+One kind of field has one column type in every table, legacy or crm.item (issue 10):
+
+* **Y/N flags are BOOLEAN.** The legacy ``*.fields`` type them ``char`` with values ``"Y"``/``"N"``
+  (OPENED, CLOSED, IS_NEW, HAS_PHONE, COMPLETED ...), crm.item.fields types the same fields
+  ``boolean`` (facts §4.4, §4.5).
+* **Money is DECIMAL(18, 2) with its currency beside it.** A ``money`` user field (``"100.50|USD"``)
+  is two columns: the amount and ``<column>_currency`` (unless a field of the portal already takes
+  that name). The standard amounts are typed ``double`` by the portal but are money by meaning:
+  `MONEY_FIELDS` names them with the field holding their currency (OPPORTUNITY/TAX_VALUE/REVENUE
+  in CURRENCY_ID, an activity's RESULT_SUM in RESULT_CURRENCY_ID); any other ``double`` stays DOUBLE.
+* **References to numeric objects are BIGINT** (`REFERENCE_TYPES`: ``user``, ``crm_contact``,
+  ``crm_lead``, ``crm_quote`` ...), like ``integer`` fields. Codes that look like ids but are
+  strings (STAGE_ID, STATUS_ID, SOURCE_ID, TYPE_ID, CURRENCY_ID: ``crm_status``, ``crm_currency``)
+  stay TEXT.
 """
 
 from __future__ import annotations
@@ -22,31 +35,66 @@ from connectors.tables import RESERVED_COLUMNS, ColumnSpec, ColumnType, InvalidI
 
 log = logging.getLogger(__name__)
 
+# Bitrix types of fields that hold one id of a numeric object (facts §4.5; the docs' field tables:
+# api-reference/crm/deals/crm-deal-fields.md, .../universal/object-fields.md for ``crm_entity``,
+# the parentId<entityTypeId> fields of crm.item). ``crm_enum_ownertype`` is an entity type id.
+REFERENCE_TYPES = frozenset({"user", "employee", "crm_category", "crm_company", "crm_contact", "crm_lead",
+                             "crm_deal", "crm_quote", "crm_entity", "crm_enum_ownertype"})
+
 _TYPES: dict[str, ColumnType] = {
     "integer": ColumnType.INTEGER,
     "double": ColumnType.DOUBLE,
     "money": ColumnType.DECIMAL,
     "boolean": ColumnType.BOOLEAN,
+    "char": ColumnType.BOOLEAN,  # the legacy Y/N flag (crm.item.fields calls the same field boolean)
     "date": ColumnType.DATE,
     "datetime": ColumnType.TIMESTAMP,
-    # Reference types that hold one numeric id in the documented deal fields (ASSIGNED_BY_ID,
-    # CATEGORY_ID, COMPANY_ID, CONTACT_ID).
-    "user": ColumnType.INTEGER,
-    "crm_category": ColumnType.INTEGER,
-    "crm_company": ColumnType.INTEGER,
-    "crm_contact": ColumnType.INTEGER,
+    **{reference: ColumnType.INTEGER for reference in REFERENCE_TYPES},
     # Structured values.
     "crm_multifield": ColumnType.JSON,
     "file": ColumnType.JSON,
     "address": ColumnType.JSON,
 }
-# Everything else (string, char, crm_status, enumeration, crm_currency, url, crm, ...) is text.
+# Everything else (string, crm_status, enumeration, crm_currency, url, crm, ...) is text.
+
+# Standard amounts, by column name (legacy and crm.item spellings meet in snake_case), and the
+# column holding their currency: the docs type them ``double``, the portal shows them as money in
+# the record's currency (crm-deal-fields.md: OPPORTUNITY "Amount", TAX_VALUE; crm-company-fields.md:
+# REVENUE; crm-activity-fields.md: RESULT_SUM with RESULT_CURRENCY_ID).
+MONEY_FIELDS: dict[str, str] = {
+    "opportunity": "currency_id",
+    "tax_value": "currency_id",
+    "revenue": "currency_id",
+    "result_sum": "result_currency_id",
+}
 
 
-def column_type(description: Mapping) -> ColumnType:
+def column_type(description: Mapping, name: str = "") -> ColumnType:
+    """The column type of one ``*.fields`` entry; ``name`` (snake_case) marks the standard amounts.
+
+    A multiple field is JSON (an array), whatever its type.
+    """
     if _truthy(description.get("isMultiple")):
         return ColumnType.JSON
-    return _TYPES.get(str(description.get("type") or "").lower(), ColumnType.TEXT)
+    bitrix_type = str(description.get("type") or "").lower()
+    if bitrix_type == "double" and name in MONEY_FIELDS and not _truthy(description.get("isDynamic")):
+        return ColumnType.DECIMAL
+    return _TYPES.get(bitrix_type, ColumnType.TEXT)
+
+
+def currency_of(schema: TableSchema, column: ColumnSpec) -> str | None:
+    """The column holding the currency of money column ``column`` of ``schema``, or None.
+
+    ``<name>_currency`` for a money user field, `MONEY_FIELDS`' currency field for a standard
+    amount, when that column is in the schema.
+    """
+    if column.type is not ColumnType.DECIMAL:
+        return None
+    names = {c.name for c in schema.columns}
+    for candidate in (currency_column(column.name), MONEY_FIELDS.get(column.name)):
+        if candidate in names:
+            return candidate
+    return None
 
 
 def snake_case(name: str) -> str:
@@ -73,7 +121,7 @@ def schema_from_fields(kind: EntityKind, fields: Mapping[str, Mapping]) -> Table
                         source_name, name)
             continue
         try:
-            column = ColumnSpec(name=name, type=column_type(description), source_name=source_name,
+            column = ColumnSpec(name=name, type=column_type(description, name), source_name=source_name,
                                 title=_title(description, source_name),
                                 is_user_field=_truthy(description.get("isDynamic")))
         except InvalidIdentifier:
@@ -82,7 +130,8 @@ def schema_from_fields(kind: EntityKind, fields: Mapping[str, Mapping]) -> Table
         taken.add(name)
         columns.append(column)
         currency = currency_column(name)
-        if column.type is ColumnType.DECIMAL and currency not in field_names | taken:
+        if column.type is ColumnType.DECIMAL and name not in MONEY_FIELDS \
+                and currency not in field_names | taken:
             try:
                 columns.append(ColumnSpec(name=currency, type=ColumnType.TEXT, source_name=source_name,
                                           title=f"{column.title} (currency)",

@@ -24,8 +24,10 @@ Shapes, per `ColumnType` (pandas dtypes of the entity frame, see `connectors.bit
 * TEXT ``string``: strings as sent, other JSON values as JSON text; JSON ``string``: JSON text.
 
 A one-element list where one value is expected is that value (a field switched between single and
-multiple keeps its old values in that shape). Conversion is vectorized; only a column holding a value
-the fast path cannot take is looked at cell by cell.
+multiple keeps its old values in that shape). Conversion is columnar: a column of strings (the legacy
+lists) or of one JSON type (crm.item) is converted by Arrow compute kernels (`_columnar`) with the
+same rules; a column the kernels cannot take whole (lists, mixed types, a value needing a closer
+look) goes through the pandas path, and cell by cell where that one cannot either.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import pyarrow.compute as pc
 from connectors.tables import ColumnSpec, ColumnType
 
 DECIMAL_TYPE = pa.decimal128(18, 2)
+_Column = np.ndarray | pd.api.extensions.ExtensionArray  # one converted column of the entity frame
 EXAMPLES = 3  # (id, value) examples kept per column
 EXCERPT = 60  # characters of a value shown in an example
 
@@ -83,14 +86,15 @@ class Coercions:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def record(self, column: str, ids: pd.Series, values: pd.Series, bad: pd.Series) -> None:
-        """Count the cells of ``values`` marked in ``bad`` (aligned boolean series) for ``column``."""
+    def record(self, column: str, ids: pd.Series, values: pd.Series, bad: pd.Series | np.ndarray) -> None:
+        """Count the cells of ``values`` marked in ``bad`` (aligned boolean mask) for ``column``."""
+        bad = np.asarray(bad, dtype=bool)
         count = int(bad.sum())
         if not count:
             return
         self.counts[column] = self.counts.get(column, 0) + count
         kept = self.examples.setdefault(column, [])
-        for position in bad.to_numpy().nonzero()[0][:EXAMPLES - len(kept)]:
+        for position in bad.nonzero()[0][:EXAMPLES - len(kept)]:
             kept.append((int(ids.iloc[position]), excerpt(values.iloc[position])))
 
     def merge(self, other: Coercions) -> None:
@@ -122,20 +126,190 @@ def currency_column(name: str) -> str:
 
 
 def convert(spec: ColumnSpec, values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """`convert_values` as two series on ``values``' index: the column and the nulled mask."""
+    column, bad = convert_values(spec, values)
+    if isinstance(column, pd.Series):
+        return column, pd.Series(bad, index=values.index, dtype=bool)
+    return pd.Series(column, index=values.index, copy=False), pd.Series(bad, index=values.index, dtype=bool)
+
+
+def convert_values(spec: ColumnSpec, values: pd.Series
+                   ) -> tuple[pd.Series | _Column, np.ndarray]:
     """``values`` (one object cell per record; NaN where the record lacks the field) as ``spec``'s column.
 
     Returns the converted column (same index) and a boolean mask of the cells the policy nulled: not
     empty in the portal's sense, yet not convertible. TEXT and JSON columns take every value.
     """
+    columnar = _columnar(spec, values)
+    if columnar is not None:
+        return columnar
     if spec.source_part == CURRENCY:
-        return _currencies(values), _none(values)
+        return _currencies(values), _no_bad(len(values))
     if spec.type in (ColumnType.TEXT, ColumnType.JSON):
-        return _TEXTUAL[spec.type](values), _none(values)
-    return _typed(spec.type, values)
+        return _TEXTUAL[spec.type](values), _no_bad(len(values))
+    converted, bad = _typed(spec.type, values)
+    return converted, bad.to_numpy(dtype=bool)
 
 
-def _none(values: pd.Series) -> pd.Series:
-    return pd.Series(False, index=values.index)
+# --- columnar fast path ------------------------------------------------------------------------------
+
+_TRUE_WORDS = pa.array([word for word, flag in _WORDS.items() if flag])
+_FALSE_WORDS = pa.array([word for word, flag in _WORDS.items() if not flag])
+_NUMBER_TEXT = "^" + _NUMBER.pattern + "$"
+_KERNEL_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError,
+                  ValueError)
+
+
+def _columnar(spec: ColumnSpec, values: pd.Series
+              ) -> tuple[_Column, np.ndarray] | None:
+    """`convert` in Arrow kernels for a column of strings or of one native JSON type; None when the
+    column needs the cell-aware path (lists, mixed types, a value the kernels reject)."""
+    try:
+        array = pa.array(values.to_numpy(dtype=object), from_pandas=True)  # NaN (key missing) -> null
+    except _KERNEL_ERRORS:
+        return None  # mixed types, or an integer beyond int64
+    kind = array.type
+    if pa.types.is_null(kind):
+        array = array.cast(pa.string())
+    elif not pa.types.is_string(kind):
+        return _native(spec, array)
+    if spec.source_part == CURRENCY:
+        codes = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(
+            pc.if_else(pc.match_substring(array, "|"), array, None), "|", max_splits=1), 1))
+        return _strings(pc.if_else(pc.equal(codes, ""), None, codes)), _no_bad(len(array))
+    if spec.type is ColumnType.TEXT:
+        return _strings(array), _no_bad(len(array))
+    if spec.type is ColumnType.JSON:
+        return None
+    direct = _direct(spec.type, array)
+    if direct is not None:
+        return _to_pandas(spec.type, direct), _no_bad(len(array))
+    trimmed = pc.utf8_trim_whitespace(array)
+    empty = pc.fill_null(pc.equal(trimmed, ""), True)
+    if spec.type in (ColumnType.DATE, ColumnType.TIMESTAMP):
+        empty = pc.or_kleene(empty, pc.starts_with(trimmed, _ZERO_DATE))
+    elif spec.type is ColumnType.DECIMAL:
+        empty = pc.or_kleene(empty, pc.starts_with(trimmed, "|"))
+    present = pc.if_else(empty, None, array)
+    try:
+        converted = _FROM_TEXT[spec.type](present, trimmed)
+    except _KERNEL_ERRORS:
+        return None
+    if converted is None:
+        return None
+    bad = pc.and_(pc.is_null(converted), pc.invert(empty)).to_numpy(zero_copy_only=False)
+    return _to_pandas(spec.type, converted), np.asarray(bad, dtype=bool)
+
+
+_FLAG_WORDS = pa.array(["Y", "N", "1", "0"])  # what the portal itself writes (facts §4.3, §4.4)
+_TRUE_FLAGS = pa.array(["Y", "1"])
+
+
+def _direct(kind: ColumnType, array: pa.Array) -> pa.Array | None:
+    """The column converted in one step when every value is the portal's own clean form (null for
+    empty, ``"Y"``/``"N"``, plain numbers, ISO 8601): nothing to trim, empty or count; None otherwise."""
+    try:
+        if kind is ColumnType.INTEGER:
+            return pc.cast(array, pa.int64())
+        if kind is ColumnType.DECIMAL:
+            wide = pc.cast(array, pa.decimal128(38, 10))
+            return pc.cast(pc.round(wide, ndigits=2, round_mode="half_towards_infinity"), DECIMAL_TYPE)
+        if kind is ColumnType.TIMESTAMP:
+            return pc.cast(array, pa.timestamp("ns", tz="UTC"))
+        if kind is ColumnType.DATE:
+            return pc.cast(pc.utf8_slice_codeunits(array, 0, 10), pa.date32())
+        if kind is ColumnType.BOOLEAN:
+            known = pc.is_in(array, _FLAG_WORDS)
+            if (pc.sum(known).as_py() or 0) != len(array) - array.null_count:
+                return None
+            return pc.if_else(pc.is_null(array), None, pc.is_in(array, _TRUE_FLAGS))
+    except _KERNEL_ERRORS:
+        return None
+    return None
+
+
+def _integers_from_text(present: pa.Array, trimmed: pa.Array) -> pa.Array:
+    return pc.cast(present, pa.int64())  # raises on anything but an integral number in range
+
+
+def _doubles_from_text(present: pa.Array, trimmed: pa.Array) -> pa.Array | None:
+    # Only what `_number` reads ("NaN", "inf", " 1_0" are the policy's to judge, cell by cell).
+    if pc.all(pc.match_substring_regex(present, _NUMBER_TEXT)).as_py() not in (True, None):
+        return None
+    numbers = pc.cast(present, pa.float64())
+    return None if pc.all(pc.is_finite(numbers)).as_py() not in (True, None) else numbers
+
+
+def _decimals_from_text(present: pa.Array, trimmed: pa.Array) -> pa.Array:
+    amounts = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(present, "|", max_splits=1), 0))
+    wide = pc.cast(amounts, pa.decimal128(38, 10))  # raises for anything but a plain number
+    return pc.cast(pc.round(wide, ndigits=2, round_mode="half_towards_infinity"), DECIMAL_TYPE)
+
+
+def _booleans_from_text(present: pa.Array, trimmed: pa.Array) -> pa.Array:
+    words = pc.utf8_upper(trimmed)
+    flags = pc.if_else(pc.is_in(words, _TRUE_WORDS), True, pc.if_else(pc.is_in(words, _FALSE_WORDS), False, None))
+    return pc.if_else(pc.is_null(present), None, flags)
+
+
+def _timestamps_from_text(present: pa.Array, trimmed: pa.Array) -> pa.Array:
+    return pc.cast(present, pa.timestamp("ns", tz="UTC"))  # ISO 8601 with offset (facts §4.7)
+
+
+def _dates_from_text(present: pa.Array, trimmed: pa.Array) -> pa.Array:
+    return pc.cast(pc.utf8_slice_codeunits(present, 0, 10), pa.date32())  # the day as written
+
+
+_FROM_TEXT: dict[ColumnType, Callable[[pa.Array, pa.Array], pa.Array | None]] = {
+    ColumnType.INTEGER: _integers_from_text,
+    ColumnType.DOUBLE: _doubles_from_text,
+    ColumnType.DECIMAL: _decimals_from_text,
+    ColumnType.BOOLEAN: _booleans_from_text,
+    ColumnType.TIMESTAMP: _timestamps_from_text,
+    ColumnType.DATE: _dates_from_text,
+}
+
+
+def _native(spec: ColumnSpec, array: pa.Array) -> tuple[_Column, np.ndarray] | None:
+    """crm.item's JSON numbers and booleans where the column takes them as they are."""
+    kind, target = array.type, spec.type
+    if spec.source_part:
+        return None
+    if (target is ColumnType.INTEGER and pa.types.is_int64(kind)) or (
+            target is ColumnType.BOOLEAN and pa.types.is_boolean(kind)):
+        return _to_pandas(target, array), _no_bad(len(array))
+    if target is ColumnType.DOUBLE and (pa.types.is_int64(kind) or pa.types.is_float64(kind)):
+        numbers = pc.cast(array, pa.float64())
+        finite = pc.fill_null(pc.is_finite(numbers), True)
+        converted = pc.if_else(finite, numbers, None)
+        return _to_pandas(target, converted), pc.invert(finite).to_numpy(zero_copy_only=False)
+    return None
+
+
+def _no_bad(length: int) -> np.ndarray:
+    return np.zeros(length, dtype=bool)
+
+
+def _strings(array: pa.Array) -> pd.api.extensions.ExtensionArray:
+    return pd.arrays.ArrowStringArray(array.cast(pa.string()))
+
+
+def _to_pandas(kind: ColumnType, array: pa.Array) -> _Column:
+    """An Arrow array as the entity frame's dtype for ``kind`` (see `connectors.bitrix24.frame`)."""
+    if kind is ColumnType.DOUBLE:
+        return array.to_numpy(zero_copy_only=False).astype("float64", copy=False)
+    if kind in (ColumnType.DECIMAL, ColumnType.DATE):
+        return pd.arrays.ArrowExtensionArray(array)
+    if kind is ColumnType.TIMESTAMP:
+        nanoseconds = pc.cast(array, pa.int64())
+        moments = pc.fill_null(nanoseconds, 0).to_numpy(zero_copy_only=False).view("datetime64[ns]")
+        if array.null_count:
+            moments = np.where(pc.is_null(array).to_numpy(zero_copy_only=False), np.datetime64("NaT"), moments)
+        return pd.DatetimeIndex(moments, tz="UTC").array
+    mask = pc.is_null(array).to_numpy(zero_copy_only=False)
+    if kind is ColumnType.INTEGER:
+        return pd.arrays.IntegerArray(pc.fill_null(array, 0).to_numpy(zero_copy_only=False), mask)
+    return pd.arrays.BooleanArray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), mask)
 
 
 # --- scalar columns --------------------------------------------------------------------------------
@@ -262,7 +436,12 @@ def _build_doubles(cells: list, index: pd.Index) -> pd.Series:
 
 def _fast_decimals(values: pd.Series) -> pd.Series | None:
     cells = values.to_numpy(dtype=object, na_value=None)
-    if not {type(cell) for cell in cells if cell is not None} <= {str}:
+    kinds = {type(cell) for cell in cells if cell is not None}
+    if kinds <= {int, float}:
+        # crm.item sends amounts as JSON numbers (facts §4.4): the shortest repr of a float is the
+        # number as written ("19999.99"), which the cell-by-cell rule rounds too.
+        cells = np.array([None if cell is None else repr(cell) for cell in cells], dtype=object)
+    elif not kinds <= {str}:
         return None
     amounts = pc.utf8_trim_whitespace(pc.list_element(pc.split_pattern(pa.array(cells, pa.string()), "|",
                                                                        max_splits=1), 0))

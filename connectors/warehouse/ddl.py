@@ -55,6 +55,21 @@ def add_column_statements(d: Dialect, table: str, column: ColumnSpec) -> list[st
             for name in (names.table, names.history)]
 
 
+def alter_type_statements(d: Dialect, table: str, column: str, target: ColumnType, using: str) -> list[str]:
+    """Convert ``column`` of the table and its history to ``target``; ``using`` gives the new values.
+
+    PostgreSQL refuses to retype a column a view reads: drop ``<table>_current`` first
+    (`drop_current_view_statement`) and create it again after.
+    """
+    names = TableNames.of(table)
+    return [f"ALTER TABLE {d.qualified(name)} ALTER COLUMN {quote(column)} SET DATA TYPE {d.types[target]} "
+            f"USING ({using})" for name in (names.table, names.history)]
+
+
+def drop_current_view_statement(d: Dialect, table: str) -> str:
+    return f"DROP VIEW IF EXISTS {d.qualified(TableNames.of(table).current)}"
+
+
 def current_view_statement(d: Dialect, table: str, stored_columns: Sequence[str]) -> str:
     names = TableNames.of(table)
     visible = ", ".join(quote(c) for c in stored_columns if c not in HIDDEN_FROM_CURRENT)

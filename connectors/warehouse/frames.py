@@ -98,6 +98,8 @@ def _conform(table: str, name: str, column: pa.ChunkedArray, kind: ColumnType) -
     target = ARROW_TYPES[kind]
     if array.type == target:
         return array
+    if target == pa.string() and pa.types.is_large_string(array.type):
+        return array  # pandas' Arrow-backed strings: the same text, both engines read it as is
     source = array.type
     try:
         if kind is ColumnType.TIMESTAMP and pa.types.is_timestamp(source):
@@ -145,7 +147,7 @@ def without_nul(table: pa.Table, json_columns: Collection[str]) -> pa.Table:
     """
     for position, name in enumerate(table.column_names):
         array = table.column(position).combine_chunks()
-        if not pa.types.is_string(array.type):
+        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
             continue
         cleaned = _json_without_nul(array) if name in json_columns else _text_without_nul(array)
         if cleaned is not None:
@@ -166,7 +168,7 @@ def _json_without_nul(array: pa.Array) -> pa.Array | None:
     values = array.to_pylist()
     for position in np.flatnonzero(suspects.to_numpy(zero_copy_only=False)):
         values[position] = orjson.dumps(_strip_nul(orjson.loads(values[position]))).decode()
-    return pa.array(values, pa.string())
+    return pa.array(values, array.type)
 
 
 def _strip_nul(value: object) -> object:

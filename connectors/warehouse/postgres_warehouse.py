@@ -10,6 +10,7 @@ guard, evaluated against the latest committed row, is what keeps an older state 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,9 @@ from connectors.warehouse.layout import TableNames, postgres_dialect, quote
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 
 DEFAULT_SCHEMA = "bitrix24"
+
+
+log = logging.getLogger(__name__)
 
 
 class PostgresWarehouse(SqlWarehouse):
@@ -95,6 +99,22 @@ class PostgresWarehouse(SqlWarehouse):
         # CREATE/ALTER ... IF NOT EXISTS still races in the catalog, so DDL takes a lock per schema.
         self._execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))",
                       {"key": f"connectors.warehouse ddl {self.schema}"})
+
+    def _drop_dependent_views(self, names: TableNames) -> list[str]:
+        # PostgreSQL refuses ALTER COLUMN ... TYPE on a column a view reads ("cannot alter type of a
+        # column used by a view or rule"). The analysts' views are rebuilt by their publisher; a
+        # retyped column is rare (a type change of the portal or of the mapping), so they go.
+        rows = self._query(
+            "SELECT DISTINCT v.oid::regclass::text FROM pg_depend AS d "
+            "JOIN pg_rewrite AS r ON r.oid = d.objid JOIN pg_class AS v ON v.oid = r.ev_class "
+            "WHERE d.refobjid IN (to_regclass(%(table)s), to_regclass(%(history)s), to_regclass(%(current)s)) "
+            "AND v.oid <> d.refobjid AND v.oid IS DISTINCT FROM to_regclass(%(current)s)",
+            {"table": self.dialect.qualified(names.table), "history": self.dialect.qualified(names.history),
+             "current": self.dialect.qualified(names.current)})
+        if rows:
+            log.warning("%s: dropping views that read columns being retyped: %s; publish them again",
+                        names.table, [row[0] for row in rows])
+        return [f"DROP VIEW IF EXISTS {row[0]} CASCADE" for row in rows]
 
     def _create_extras(self, table: str) -> list[str]:
         names = TableNames.of(table)

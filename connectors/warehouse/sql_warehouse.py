@@ -92,6 +92,11 @@ class SqlWarehouse(Warehouse):
     def _lock_ddl(self) -> None:
         """Serialize DDL between processes where several may write (PostgreSQL)."""
 
+    def _drop_dependent_views(self, names: TableNames) -> list[str]:
+        """DDL dropping views (outside the table's own ``_current``) that would block retyping a
+        column of ``names``' table or history; their owners create them again (PostgreSQL)."""
+        return []
+
     def _create_extras(self, table: str) -> list[str]:
         """Engine-specific DDL run once when an entity table is created (indexes)."""
         return []
@@ -134,6 +139,12 @@ class SqlWarehouse(Warehouse):
             statements += ddl.create_statements(self.dialect, schema) + self._create_extras(schema.name)
         for column in changes.added:
             statements += ddl.add_column_statements(self.dialect, schema.name, column)
+        if changes.migrated:
+            statements += self._drop_dependent_views(names)
+            statements.append(ddl.drop_current_view_statement(self.dialect, schema.name))
+        for migration in changes.migrated:
+            statements += ddl.alter_type_statements(self.dialect, schema.name, migration.column,
+                                                    migration.schema_type, migration.using)
         if changes.changed:
             for statement in statements:
                 self._execute(statement)
@@ -142,7 +153,8 @@ class SqlWarehouse(Warehouse):
             for statement in ddl.comment_statements(self.dialect, schema):
                 self._execute(statement)
             log.info("%s: %s", schema.name, "created" if changes.created
-                     else f"added columns {[c.name for c in changes.added]}")
+                     else f"added columns {[c.name for c in changes.added]}, migrated "
+                          f"{[(m.column, m.stored_type, m.schema_type.value) for m in changes.migrated]}")
         self._known[schema.name] = _KnownTable(schema, changes.conflicts)
         if self._in_transaction:
             self._touched_in_transaction.add(schema.name)

@@ -99,7 +99,7 @@ def test_every_kind_maps_to_a_schema_and_its_real_records_to_a_frame(crm_emu, oa
         if kind.value_style == "legacy" and kind.key != "activity":
             assert any(column.is_user_field for column in schema.columns), kind.key
     deal_schema = table_schema(client, EntityRegistry.standard()["deal"])
-    assert deal_schema.column("opportunity").type is ColumnType.DOUBLE
+    assert deal_schema.column("opportunity").type is ColumnType.DECIMAL  # an amount (issue 10)
     assert deal_schema.column("date_modify").type is ColumnType.TIMESTAMP
     contact_schema = table_schema(client, EntityRegistry.standard()["contact"])
     assert contact_schema.column("phone").type is ColumnType.JSON

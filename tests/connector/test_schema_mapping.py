@@ -11,7 +11,7 @@ import logging
 import pytest
 
 from connectors.bitrix24.entities import ACTIVITY, CONTACT, DEAL, smart_process_kind
-from connectors.bitrix24.schema import column_type, schema_from_fields, snake_case
+from connectors.bitrix24.schema import column_type, currency_of, schema_from_fields, snake_case
 from connectors.tables import ColumnType
 
 
@@ -22,10 +22,12 @@ def field(type_: str, **extra: object) -> dict:
 
 @pytest.mark.parametrize(("bitrix_type", "expected"), [
     ("integer", ColumnType.INTEGER), ("double", ColumnType.DOUBLE), ("money", ColumnType.DECIMAL),
-    ("string", ColumnType.TEXT), ("char", ColumnType.TEXT), ("crm_status", ColumnType.TEXT),
+    ("string", ColumnType.TEXT), ("char", ColumnType.BOOLEAN), ("crm_status", ColumnType.TEXT),
     ("enumeration", ColumnType.TEXT), ("boolean", ColumnType.BOOLEAN), ("date", ColumnType.DATE),
     ("datetime", ColumnType.TIMESTAMP), ("crm_multifield", ColumnType.JSON), ("file", ColumnType.JSON),
     ("address", ColumnType.JSON), ("user", ColumnType.INTEGER), ("crm_currency", ColumnType.TEXT),
+    ("crm_lead", ColumnType.INTEGER), ("crm_quote", ColumnType.INTEGER), ("crm_deal", ColumnType.INTEGER),
+    ("crm_entity", ColumnType.INTEGER), ("crm_enum_ownertype", ColumnType.INTEGER),
     ("something_new", ColumnType.TEXT),
 ])
 def test_bitrix_types_map_to_column_types(bitrix_type: str, expected: ColumnType) -> None:
@@ -56,7 +58,7 @@ def test_legacy_schema_keeps_what_the_list_returns() -> None:
     schema = schema_from_fields(DEAL, fields)
     assert schema.name == "deals"
     assert [(c.name, c.type) for c in schema.columns] == [
-        ("title", ColumnType.TEXT), ("opportunity", ColumnType.DOUBLE), ("closed", ColumnType.TEXT),
+        ("title", ColumnType.TEXT), ("opportunity", ColumnType.DECIMAL), ("closed", ColumnType.BOOLEAN),
         ("date_modify", ColumnType.TIMESTAMP), ("uf_crm_5", ColumnType.DECIMAL),
         ("uf_crm_5_currency", ColumnType.TEXT), ("uf_crm_tags", ColumnType.JSON)]
     budget = schema.column("uf_crm_5")
@@ -103,3 +105,23 @@ def test_reserved_and_unsafe_names_are_skipped_with_a_warning(caplog: pytest.Log
         schema = schema_from_fields(DEAL, fields)
     assert [c.name for c in schema.columns] == ["synced_at", "title"]
     assert "PORTAL" in caplog.text and "no safe column name" in caplog.text
+
+
+def test_standard_amounts_are_money_with_the_records_currency_beside_them() -> None:
+    fields = {"OPPORTUNITY": field("double"), "TAX_VALUE": field("double"), "CURRENCY_ID": field("crm_currency"),
+              "PROBABILITY": field("double"), "UF_CRM_7": field("double", isDynamic=True)}
+    schema = schema_from_fields(DEAL, fields)
+    assert [(c.name, c.type) for c in schema.columns] == [
+        ("opportunity", ColumnType.DECIMAL), ("tax_value", ColumnType.DECIMAL),
+        ("currency_id", ColumnType.TEXT), ("probability", ColumnType.DOUBLE), ("uf_crm_7", ColumnType.DOUBLE)]
+    assert currency_of(schema, schema.column("opportunity")) == "currency_id"
+    assert currency_of(schema, schema.column("probability")) is None
+
+
+def test_codes_that_look_like_ids_stay_text_and_references_are_integers() -> None:
+    fields = {"STAGE_ID": field("crm_status"), "CURRENCY_ID": field("crm_currency"),
+              "LEAD_ID": field("crm_lead"), "QUOTE_ID": field("crm_quote"), "ASSIGNED_BY_ID": field("user")}
+    schema = schema_from_fields(DEAL, fields)
+    assert {c.name: c.type for c in schema.columns} == {
+        "stage_id": ColumnType.TEXT, "currency_id": ColumnType.TEXT, "lead_id": ColumnType.INTEGER,
+        "quote_id": ColumnType.INTEGER, "assigned_by_id": ColumnType.INTEGER}
