@@ -152,6 +152,14 @@ class Warehouse(ABC):
         """``id, _source_modified_at, _deleted_at`` of every stored row, for reconciliation."""
 
     @abstractmethod
+    def purge_portal(self, portal: str) -> dict[str, int]:
+        """Delete every row the warehouse holds for ``portal`` (entity tables, histories, dimensions,
+        journal, ledgers), in one transaction; ``{table: rows deleted}`` for the tables that had any.
+
+        Never called by the sync: an uninstalled portal keeps its data until an operator purges it
+        (``python -m connectors.sync.purge``)."""
+
+    @abstractmethod
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
         """Run a read query (asset checks, tests); parameters are written ``%(name)s``."""
 

@@ -273,6 +273,24 @@ class SqlWarehouse(Warehouse):
         rows = self._query(journal.runs(self.dialect), {"portal": portal, "limit": int(limit)})
         return [SyncRun(*row) for row in rows]
 
+    def purge_portal(self, portal: str) -> dict[str, int]:
+        tables = sorted(name for name in self._table_names() if "portal" in (self._stored_columns(name) or {}))
+        deleted: dict[str, int] = {}
+        if self._in_transaction:
+            raise TransactionStateError("a transaction is already open on this warehouse")
+        self._in_transaction = True
+        try:
+            with self._atomic():
+                for table in tables:
+                    count = self._execute(f"DELETE FROM {self.dialect.qualified(table)} WHERE portal = %(portal)s",
+                                          {"portal": portal})
+                    if count:
+                        deleted[table] = count
+        finally:
+            self._in_transaction = False
+        self._after_commit()
+        return deleted
+
     def query(self, sql: str, params: Mapping[str, object] | None = None) -> list[tuple]:
         # Always with parameters, so '%%' means a literal '%' on both engines.
         return self._query(sql, params or {})
