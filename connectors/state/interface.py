@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -78,6 +79,23 @@ class StateStore(ABC):
         Each signal moves its portal to the head of one sequence, so a reader holding a cursor
         reads only portals signalled since, however many portals exist."""
 
+
+    # -- portal cache ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def cached(self, portal: str, key: str) -> tuple[object, datetime] | None:
+        """The JSON value cached for ``(portal, key)`` and when it was fetched (UTC), or None.
+
+        Holds what the portal answers slowly changing look-ups with (field descriptions, smart-process
+        types, plan features), so runs in separate processes do not each ask again."""
+
+    @abstractmethod
+    def cache(self, portal: str, key: str, value: object, fetched_at: datetime | None = None) -> None:
+        """Store a JSON-serialisable ``value`` for ``(portal, key)``, replacing any older one."""
+
+    @abstractmethod
+    def forget_cached(self, portal: str, keys: Iterable[str] | None = None) -> None:
+        """Drop cached values of ``portal`` (those named in ``keys``, or all): they are asked again."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -1,17 +1,54 @@
-"""Everything one portal's sync needs, in one place: its client, queue, entity registry, warehouse."""
+"""Everything one portal's sync needs, in one place: its client, queue, entity registry, warehouse,
+and the portal's look-ups (types, fields, features) cached between runs."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from connectors.bitrix24 import Bitrix24Client, EntityRegistry, OfflineQueue
+from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OfflineQueue
+from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
+from connectors.bitrix24.lookups import (
+    FEATURES,
+    TYPES,
+    LookupCache,
+    MemoryCache,
+    fields_command,
+    fields_key,
+    fields_of,
+    fresh,
+    types_command,
+    types_of,
+)
+from connectors.bitrix24.offline import feature_commands, features_from
+from connectors.state import StateStore
 from connectors.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
 
 # Our own key for auth_connector: a separate queue for us, and our write-backs never come back
 # as events (facts §2.12).
 DEFAULT_CONNECTOR = "b24wh"
+
+
+class StoreCache:
+    """The state store's portal cache as a `LookupCache` (shared by every process of the portal)."""
+
+    def __init__(self, store: StateStore, portal: str) -> None:
+        self.store, self.portal = store, portal
+
+    def get(self, key: str) -> tuple[Any, datetime] | None:
+        return self.store.cached(self.portal, key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.store.cache(self.portal, key, value)
+
+    def forget(self, keys: Iterable[str] | None = None) -> None:
+        self.store.forget_cached(self.portal, keys)
 
 
 @dataclass
@@ -24,13 +61,102 @@ class PortalSync:
     max_events: int = 25_000  # per run; a bigger backlog is worked off by the following runs
     # Sibling run directories still needed (a run retried from failure reads its parent's files).
     keep_staging: tuple[str, ...] = ()
+    # Where look-ups are cached between runs; without one they are kept in this process only.
+    state: StateStore | None = None
     queue: OfflineQueue = field(init=False)
+    cache: LookupCache = field(init=False)
+    _registry: EntityRegistry | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.queue = OfflineQueue(self.client, self.connector)
+        self.cache = (StoreCache(self.state, self.portal) if self.state is not None
+                      else MemoryCache(self.client.credentials.grant().endpoint))
+        self.queue = OfflineQueue(self.client, self.connector, self.cache)
         self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    @cached_property
+    @property
+    def run_id(self) -> str:
+        """The run's id: the name of its staging directory (the Dagster run id in a Dagster run)."""
+        return self.staging_dir.name
+
+    @property
     def registry(self) -> EntityRegistry:
-        """The standard kinds plus this portal's smart-process types (one crm.type.list call)."""
-        return EntityRegistry.discover(self.client)
+        """The standard kinds plus this portal's smart-process types (cached crm.type.list)."""
+        if self._registry is None:
+            types = fresh(self.cache, TYPES)
+            if types is None:
+                self.refresh()
+                types = fresh(self.cache, TYPES) or []
+            self._registry = EntityRegistry.standard(smart_process_kind(int(type_id), str(title))
+                                                     for type_id, title in types)
+        return self._registry
+
+    def fields(self, kind: EntityKind) -> dict[str, dict]:
+        """``kind``'s field descriptions (cached ``*.fields``), asked with everything else missing."""
+        found = fresh(self.cache, fields_key(kind))
+        if found is None:
+            self.refresh([kind])
+            found = fresh(self.cache, fields_key(kind))
+        if found is None:
+            raise LookupError(f"{kind.fields_method} answered nothing for {kind.key}")
+        return found
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop cached look-ups (``"fields:*"`` means every kind's fields) so they are asked again."""
+        wanted = set(keys)
+        if "fields:*" in wanted:
+            wanted.discard("fields:*")
+            wanted.update(fields_key(kind) for kind in self._known_kinds())
+        self.cache.forget(wanted)
+        if "types" in wanted:
+            self._registry = None
+
+    def refresh(self, kinds: Iterable[EntityKind] = ()) -> None:
+        """Ask, in one ``batch``, for every look-up that is missing or older than its age limit.
+
+        The features, the smart-process types and the fields of every known kind (and of ``kinds``)
+        travel together, so a cold start costs one request (two when new smart-process types need
+        their fields too). Raises the portal's error for a look-up that failed.
+        """
+        wanted = {kind.key: kind for kind in (*self._known_kinds(), *kinds)}
+        commands = {} if fresh(self.cache, FEATURES) is not None else dict(feature_commands())
+        types_stale = fresh(self.cache, TYPES) is None
+        if types_stale:
+            commands["types"] = types_command()
+        asked: dict[str, EntityKind] = {}  # command key -> the kind whose fields it asks
+        for kind in wanted.values():
+            if fresh(self.cache, fields_key(kind)) is None:
+                asked[f"fields_{len(asked)}"] = kind
+                commands[f"fields_{len(asked) - 1}"] = fields_command(kind)
+        if not commands:
+            return
+        outcome = self.client.batch_all(commands)
+        if "feature.get" in {command.method for command in commands.values()}:
+            features = features_from(outcome)
+            self.cache.put(FEATURES, {"offline_extended": features.offline_extended,
+                                      "auth_connector": features.auth_connector})
+            self.queue.remember(features)
+        for key, kind in asked.items():
+            if key in outcome.errors and kind.value_style == "item":
+                # Likely a smart-process type deleted since the last look-up: ask for the types again.
+                log.warning("portal %s: %s fields: %s", self.portal, kind.key, outcome.errors[key])
+                if not types_stale:
+                    self.cache.forget([TYPES])
+                continue
+            self.cache.put(fields_key(kind), fields_of(kind, outcome.result(key)))
+        if types_stale:
+            types = types_of(outcome.result("types"))
+            start = outcome.nexts.get("types")
+            while start is not None:  # more than 50 smart-process types: page on (rare)
+                page = self.client.call("crm.type.list", {"start": start})
+                types.extend(types_of(page.result))
+                start = page.next
+            self.cache.put(TYPES, types)
+            self._registry = None
+            new = [smart_process_kind(int(type_id), str(title)) for type_id, title in types
+                   if f"item:{type_id}" not in wanted]
+            if new:
+                self.refresh(new)
+
+    def _known_kinds(self) -> list[EntityKind]:
+        types = (self.cache.get(TYPES) or ([], None))[0]
+        return [*STANDARD_KINDS, *(smart_process_kind(int(type_id), str(title)) for type_id, title in types)]
