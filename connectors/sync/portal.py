@@ -4,13 +4,14 @@ and the portal's look-ups (types, fields, features) cached between runs."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OfflineQueue
+from connectors.bitrix24.batch import BatchResult, Command
 from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
 from connectors.bitrix24.lookups import (
     FEATURES,
@@ -114,48 +115,65 @@ class PortalSync:
         """Ask, in one ``batch``, for every look-up that is missing or older than its age limit.
 
         The features, the smart-process types and the fields of every known kind (and of ``kinds``)
-        travel together, so a cold start costs one request (two when new smart-process types need
-        their fields too). Raises the portal's error for a look-up that failed.
+        travel together, so a cold start costs one request. The fields of smart-process types seen
+        for the first time are asked when needed (`lookup_commands` packs them into a request that
+        goes out anyway). Raises the portal's error for a look-up that failed.
         """
-        wanted = {kind.key: kind for kind in (*self._known_kinds(), *kinds)}
-        commands = {} if fresh(self.cache, FEATURES) is not None else dict(feature_commands())
-        types_stale = fresh(self.cache, TYPES) is None
-        if types_stale:
-            commands["types"] = types_command()
-        asked: dict[str, EntityKind] = {}  # command key -> the kind whose fields it asks
-        for kind in wanted.values():
+        commands = self.lookup_commands((*self._known_kinds(), *kinds), everything=True)
+        if commands:
+            self.take_lookups(commands, self.client.batch_all(commands))
+
+    def lookup_commands(self, kinds: Iterable[EntityKind], *, everything: bool = False) -> dict[str, Command]:
+        """Commands for the fields of ``kinds`` that are missing or stale (with ``everything``, also
+        the features and the types), keyed ``lookup_*``; give their outcome to `take_lookups`."""
+        commands: dict[str, Command] = {}
+        if everything and fresh(self.cache, FEATURES) is None:
+            commands.update({f"lookup_feature_{code}": command for code, command in feature_commands().items()})
+        if everything and fresh(self.cache, TYPES) is None:
+            commands["lookup_types"] = types_command()
+        for kind in {kind.key: kind for kind in kinds}.values():
             if fresh(self.cache, fields_key(kind)) is None:
-                asked[f"fields_{len(asked)}"] = kind
-                commands[f"fields_{len(asked) - 1}"] = fields_command(kind)
-        if not commands:
-            return
-        outcome = self.client.batch_all(commands)
-        if "feature.get" in {command.method for command in commands.values()}:
-            features = features_from(outcome)
-            self.cache.put(FEATURES, {"offline_extended": features.offline_extended,
-                                      "auth_connector": features.auth_connector})
-            self.queue.remember(features)
-        for key, kind in asked.items():
+                commands[f"lookup_fields_{kind.key.replace(':', '_')}"] = fields_command(kind)
+        return commands
+
+    def take_lookups(self, commands: Mapping[str, Command], outcome: BatchResult) -> None:
+        """Cache what the `lookup_commands` in ``outcome`` answered."""
+        kinds = {f"lookup_fields_{kind.key.replace(':', '_')}": kind
+                 for kind in self._known_kinds() + self._new_kinds(commands)}
+        features = {key.removeprefix("lookup_feature_"): key for key in commands if key.startswith("lookup_feature_")}
+        if features:
+            renamed = BatchResult({code: outcome.results.get(key) for code, key in features.items()},
+                                  {code: outcome.errors[key] for code, key in features.items()
+                                   if key in outcome.errors}, {}, {}, {})
+            found = features_from(renamed)
+            self.cache.put(FEATURES, {"offline_extended": found.offline_extended,
+                                      "auth_connector": found.auth_connector})
+            self.queue.remember(found)
+        for key in commands:
+            kind = kinds.get(key)
+            if kind is None:
+                continue
             if key in outcome.errors and kind.value_style == "item":
                 # Likely a smart-process type deleted since the last look-up: ask for the types again.
                 log.warning("portal %s: %s fields: %s", self.portal, kind.key, outcome.errors[key])
-                if not types_stale:
+                if "lookup_types" not in commands:
                     self.cache.forget([TYPES])
                 continue
             self.cache.put(fields_key(kind), fields_of(kind, outcome.result(key)))
-        if types_stale:
-            types = types_of(outcome.result("types"))
-            start = outcome.nexts.get("types")
+        if "lookup_types" in commands:
+            types = types_of(outcome.result("lookup_types"))
+            start = outcome.nexts.get("lookup_types")
             while start is not None:  # more than 50 smart-process types: page on (rare)
                 page = self.client.call("crm.type.list", {"start": start})
                 types.extend(types_of(page.result))
                 start = page.next
             self.cache.put(TYPES, types)
             self._registry = None
-            new = [smart_process_kind(int(type_id), str(title)) for type_id, title in types
-                   if f"item:{type_id}" not in wanted]
-            if new:
-                self.refresh(new)
+
+    @staticmethod
+    def _new_kinds(commands: Mapping[str, Command]) -> list[EntityKind]:
+        return [smart_process_kind(int(command.params["entityTypeId"])) for command in commands.values()
+                if command.method == "crm.item.fields"]
 
     def _known_kinds(self) -> list[EntityKind]:
         types = (self.cache.get(TYPES) or ([], None))[0]

@@ -486,15 +486,19 @@ def _fetch_isolating(client: Bitrix24Client, kind: EntityKind,
 def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     """Bind, then scan every kind, the kinds sharing requests (`scan_kinds`)."""
     kinds = list(sync.registry)
-    parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
     seen: dict[str, list[np.ndarray]] = {kind.key: [] for kind in kinds}
     numbers: dict[str, int] = defaultdict(int)
     binds = sync.queue.bind_commands(kinds)
-    for key, rows in scan_kinds(sync.client, kinds, lead=binds):
+    # Fields not cached yet (a smart-process type seen for the first time) ride in the same request.
+    lookups = sync.lookup_commands(kinds)
+    parts: dict[str, TablePart] = {}
+    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **lookups}):
         if key is None:
             bound = sync.queue.bound_from(binds, rows)
             log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
                      len(bound.bound), len(bound.already_bound))
+            sync.take_lookups(lookups, rows)
+            parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
             continue
         kind, part = sync.registry[key], parts[key]
         frame, bad_ids = typed_frame(sync, kind, part, rows)
@@ -506,7 +510,7 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
         numbers[key] += 1
         failpoint("during_fetch")
     for kind in kinds:
-        part = parts[kind.key]
+        part = parts[kind.key] if parts else new_table_part(sync, kind)
         ids = np.concatenate(seen[kind.key]) if seen[kind.key] else np.empty(0, dtype="int64")
         ids_file = sync.staging_dir / f"{kind.table}.scanned.parquet"
         write_frame(ids_file, pd.DataFrame({"id": ids}))
