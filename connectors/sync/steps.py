@@ -556,14 +556,19 @@ def typed_frame(sync: PortalSync, kind: EntityKind, part: TablePart,
 
 
 def _check_fields(sync: PortalSync, kind: EntityKind, part: TablePart, records: list[dict]) -> None:
+    """Ask for ``kind``'s fields again if the records carry a user field the cache does not know.
+
+    Only user fields (``UF_*`` / ``ufCrm*``, facts §4.3-§4.4) appear at run time; other keys a list
+    answers without describing them (crm.item.list's ``entityTypeId``) are no reason to ask, and a
+    standard field new with a Bitrix24 update is picked up by the hourly refresh."""
     if not records:
         return
     known = sync.fields(kind)
     present = set().union(*(record.keys() for record in records))
-    new = present - known.keys() - {kind.id_field}
+    new = {name for name in present - known.keys() if name.upper().startswith("UF")}
     if not new:
         return
-    log.info("portal %s: %s answered fields the cache does not know (%s); asking for its fields again",
+    log.info("portal %s: %s answered user fields the cache does not know (%s); asking for its fields again",
              sync.portal, kind.key, sorted(new)[:5])
     sync.forget([f"fields:{kind.key}"])
     fields = sync.fields(kind)
