@@ -18,6 +18,7 @@ POINTS = (
     "after_reserve_response",  # event.offline.get answered, the journal does not know the process ids yet
     "after_reserve",  # reservations journalled, nothing fetched
     "during_fetch",  # some entities fetched and staged, not all
+    "during_commit",  # the first chunk committed, the journal still at reserved
     "after_commit",  # data and journal committed, event.offline.clear not sent
 )
 

@@ -12,7 +12,9 @@ as separate ops (or in one process) and a crash between any two leaves a state t
            entities per request, into Parquet chunks; ids that do not come back become tombstones;
            objects that fail for another reason are moved to the error lane right here, so a later
            ack of their reservation cannot drop them;
-* commit   one warehouse transaction: upserts, tombstones, journal -> *loaded*;
+* commit   upserts a chunk per transaction, then one transaction: the last chunk, tombstones,
+           error lane, journal -> *loaded* (upserts are idempotent, so a crash in between is
+           repaired by the next run re-applying the same reservations);
 * ack      ``event.offline.clear`` for the committed reservations, journal -> *acked*, and the
            run's row of the sync log closed with its numbers.
 
@@ -77,7 +79,8 @@ from connectors.sync.staging import (
     write_frame,
     write_json,
 )
-from connectors.warehouse import FailedMessage, JournalStatus, ParkedStatus, SyncRun
+from connectors.tables import TableSchema
+from connectors.warehouse import FailedMessage, JournalStatus, ParkedStatus, SyncRun, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -600,7 +603,8 @@ def _park(fetched: Fetched, index: EventIndex, key: str, errors: Mapping[int, st
 
 
 def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
-    """One transaction: upserts, tombstones and the journal's *loaded* mark (DESIGN §3 step 5)."""
+    """Upserts chunk by chunk, then tombstones, error lane and the journal's *loaded* mark in one
+    transaction (DESIGN §3 step 5); memory holds one chunk at a time."""
     fetched = Fetched.read(fetched_path)
     committed = Committed(fetched_file=str(fetched_path))
     schemas = {part.table: schema_from_json(read_json(part.schema_file)) for part in fetched.tables}
@@ -608,14 +612,25 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
         sync.warehouse.ensure_table(schema)
     absent = {part.table: _absent_ids(sync, part) for part in fetched.tables if part.scanned_ids_file}
     now = datetime.now(UTC)
+    for part in fetched.tables:
+        outcome = committed.tables.setdefault(part.table, TableOutcome(table=part.table, events=part.events))
+        outcome.add_coercions(part.coerced)
+    # Upserts go in one transaction per chunk: a transaction's new versions stay in the engine's
+    # memory until it commits, so one transaction for a million rows would hold them all. Upserts
+    # are idempotent (an equal or older version changes nothing), so a crash between two leaves
+    # the journal at *reserved* and the next run applies the same rows again without effect.
+    # The journal's *loaded* mark, tombstones and the error lane go in the last transaction.
+    chunks = [(part, Path(chunk)) for part in fetched.tables for chunk in part.chunks]
+    for number, (part, chunk) in enumerate(chunks[:-1]):
+        with sync.warehouse.transaction(publish=False) as tx:
+            _upsert(sync, tx, committed.tables[part.table], schemas[part.table], chunk)
+        if number == 0:
+            failpoint("during_commit")
     with sync.warehouse.transaction() as tx:
+        for part, chunk in chunks[-1:]:
+            _upsert(sync, tx, committed.tables[part.table], schemas[part.table], chunk)
         for part in fetched.tables:
-            outcome = committed.tables.setdefault(part.table, TableOutcome(table=part.table, events=part.events))
-            outcome.add_coercions(part.coerced)
-            for chunk in part.chunks:
-                counts = tx.upsert(sync.portal, schemas[part.table], Path(chunk))
-                outcome.rows_upserted += counts.written
-                outcome.rows_ignored_older += counts.stale
+            outcome = committed.tables[part.table]
             tombstones: dict[tuple[str, datetime], list[int]] = defaultdict(list)
             for entity_id, reason, at in part.tombstones:
                 tombstones[(reason, datetime.fromisoformat(at))].append(entity_id)
@@ -633,6 +648,12 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
     failpoint("after_commit")
     return committed.write(sync.staging_dir / "committed.json")
+
+
+def _upsert(sync: PortalSync, tx: Transaction, outcome: TableOutcome, schema: TableSchema, chunk: Path) -> None:
+    counts = tx.upsert(sync.portal, schema, chunk)
+    outcome.rows_upserted += counts.written
+    outcome.rows_ignored_older += counts.stale
 
 
 def _absent_ids(sync: PortalSync, part: TablePart) -> list[int]:
