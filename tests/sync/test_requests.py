@@ -7,6 +7,9 @@ state store holding the portal cache, one client per step as the Dagster ops hav
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +19,12 @@ import pytest
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore
 from connectors.state import StateStore, open_state_store
+from connectors.sync import failpoints
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import Committed, SyncMode
 from connectors.sync.steps import ack, commit, fetch, reserve
 from connectors.warehouse import open_warehouse
+from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.ground_truth import compare, duckdb_rows
 from tests.sync.conftest import PORTAL, app_keys
@@ -103,3 +108,34 @@ def test_a_run_after_one_that_never_finished_looks_for_orphans_and_others_do_not
     assert [r.status for r in runs[:2]] == ["succeeded", "failed"]
     assert runs[0].mode == "changes" and runs[0].events == 1
     assert [row for row in emu.queue() if row["CONNECTOR_ID"] == DEFAULT_CONNECTOR] == []
+
+
+def test_a_crash_between_two_chunk_commits_is_repaired_by_the_next_run(
+        emu: ThreadEmulator, tokens: FileTokenStore, tmp_path: Path) -> None:
+    from tests.sync.test_cdc_loop import our_queue
+
+    warehouse = tmp_path / "wh.duckdb"
+    assert sync_cli(emu, tokens, warehouse, "full_resync") == 0
+    for entity_id in range(1, 3001):  # 3,000 changed deals: two chunks, two transactions
+        emu.world.portals[PORTAL].crm.write("deal", "update", entity_id, {"COMMENTS": "chunked"}, Origin(user_id=2))
+    assert sync_cli(emu, tokens, warehouse, "changes", failpoint="during_commit") == -9
+    assert len(our_queue(emu)) == 3000  # the first chunk is in the warehouse, nothing acknowledged
+    assert sync_cli(emu, tokens, warehouse, "changes") == 0
+    assert our_queue(emu) == []
+    assert compare(emu, duckdb_rows(str(warehouse))) == []
+
+
+def sync_cli(emu: ThreadEmulator, tokens: FileTokenStore, warehouse: Path, mode: str,
+             failpoint: str | None = None) -> int:
+    env = {**os.environ, "B24_CLIENT_ID": emu.client_id, "B24_CLIENT_SECRET": emu.client_secret,
+           "B24_OAUTH_TOKEN_URL": f"{emu.url}/oauth/token/", "B24_STAGING_DIR": str(warehouse.parent / "staging")}
+    env.pop(failpoints.ENV, None)
+    if failpoint:
+        env[failpoints.ENV] = failpoint
+    done = subprocess.run(
+        [sys.executable, "-m", "connectors.sync", "--portal", PORTAL, "--warehouse", str(warehouse),
+         "--tokens-dir", str(tokens.directory), "--mode", mode, "--max-events", "5000"],
+        env=env, capture_output=True, text=True, timeout=300)
+    if failpoint is None and done.returncode != 0:
+        raise AssertionError(done.stderr[-3000:])
+    return done.returncode
