@@ -161,8 +161,12 @@ class Manifest(BaseModel):
 
 
 class Reserved(Manifest):
-    """What the reserve step hands to fetch: which reservations, where their events are."""
+    """What the reserve step hands to fetch: which reservations, where their events are.
 
+    ``mode`` is validated as a `SyncMode` and kept as its plain string value (a `SyncMode` compares
+    equal to it), so it can go into Dagster metadata as text."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
     portal: str
     mode: SyncMode
     run_id: str = ""  # the run that reserved (its `_sync_runs` row is closed by ack)

@@ -115,7 +115,7 @@ class _Staged:
         self.path = sync.staging_dir / "events.jsonl"
         self.path.write_text("")
         reserved.events_file = str(self.path)
-        self.discarded_at = (_discarded_times(sync) if reserved.mode is SyncMode.ERROR_LANE else {})
+        self.discarded_at = (_discarded_times(sync) if reserved.mode == SyncMode.ERROR_LANE else {})
         self.discarded: set[str] = set()
 
     def add(self, events: Sequence[QueueEvent]) -> None:
@@ -201,7 +201,7 @@ def _open_run(sync: PortalSync, reserved: Reserved) -> bool:
                                        error_summary="ended before its acknowledgement; recovered by "
                                                      f"run {sync.run_id}"))
     sync.warehouse.log_run(SyncRun(sync.run_id, sync.portal, datetime.fromisoformat(reserved.started_at or ""),
-                                   status=RUNNING, mode=reserved.mode.value))
+                                   status=RUNNING, mode=SyncMode(reserved.mode).value))
     return unfinished
 
 
@@ -295,13 +295,13 @@ def fetch(sync: PortalSync, reserved_path: str | Path) -> Path:
     reserved = Reserved.read(reserved_path)
     before = _requests(sync)
     fetched = Fetched(reserved=reserved)
-    if reserved.mode is SyncMode.FULL_RESYNC:
+    if reserved.mode == SyncMode.FULL_RESYNC:
         _scan_all(sync, fetched)
     else:
         _fetch_changes(sync, fetched, Path(reserved.events_file or ""), set(reserved.discarded))
     for process_id, message_ids in fetched.failed.items():
         # Moved out of the reservation now, before anything can acknowledge it (facts §2.10).
-        sync.queue.fail(process_id, message_ids, error_lane=reserved.mode is SyncMode.ERROR_LANE)
+        sync.queue.fail(process_id, message_ids, error_lane=reserved.mode == SyncMode.ERROR_LANE)
     fetched.requests = _requests(sync) - before
     return fetched.write(sync.staging_dir / "fetched.json")
 
@@ -640,7 +640,7 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
                 outcome.tombstones += tx.tombstone(sync.portal, schemas[part.table], ids, reason, deleted_at)
         if fetched.failures:
             tx.park(sync.portal, fetched.failures)
-        if fetched.reserved.mode is SyncMode.ERROR_LANE:
+        if fetched.reserved.mode == SyncMode.ERROR_LANE:
             failed = {failure.message_id for failure in fetched.failures}
             tx.resolve_parked(sync.portal, [event.message_id for event in _reserved_events(fetched)
                                             if event.message_id not in failed])
@@ -713,7 +713,7 @@ def _close_run(sync: PortalSync, fetched: Fetched, committed: Committed, ack_req
         rows_upserted=sum(outcome.rows_upserted for outcome in outcomes),
         rows_tombstoned=sum(outcome.tombstones for outcome in outcomes),
         requests=reserved.requests + fetched.requests + ack_requests,
-        errors=len(fetched.failures), mode=reserved.mode.value))
+        errors=len(fetched.failures), mode=SyncMode(reserved.mode).value))
 
 
 def _reserved_events(fetched: Fetched) -> Iterator[QueueEvent]:
