@@ -76,8 +76,9 @@ class PortalSync:
 
     @property
     def run_id(self) -> str:
-        """The run's id: the name of its staging directory (the Dagster run id in a Dagster run)."""
-        return self.staging_dir.name
+        """This portal's part of the run, ``<run>:<portal>`` (``<run>``: the staging directory's name,
+        the Dagster run id in a Dagster run): unique per portal also when one run drains several."""
+        return f"{self.staging_dir.name}:{self.portal}"
 
     @property
     def registry(self) -> EntityRegistry:
