@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
@@ -59,8 +59,14 @@ class MemoryCache:
     _values: ClassVar[dict[tuple[str, str], tuple[Any, datetime]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
+    def __init__(self, scope: str | Callable[[], str]) -> None:
+        self._scope = scope  # a callable is asked at first use (e.g. the endpoint of a token)
+
+    @property
+    def scope(self) -> str:
+        if callable(self._scope):
+            self._scope = self._scope()
+        return self._scope
 
     def get(self, key: str) -> tuple[Any, datetime] | None:
         with self._lock:
@@ -71,9 +77,10 @@ class MemoryCache:
             self._values[(self.scope, key)] = (value, datetime.now(UTC))
 
     def forget(self, keys: Iterable[str] | None = None) -> None:
+        dropped = None if keys is None else set(keys)
         with self._lock:
             for scope, key in list(self._values):
-                if scope == self.scope and (keys is None or key in set(keys)):
+                if scope == self.scope and (dropped is None or key in dropped):
                     del self._values[(scope, key)]
 
 

@@ -70,7 +70,7 @@ class PortalSync:
 
     def __post_init__(self) -> None:
         self.cache = (StoreCache(self.state, self.portal) if self.state is not None
-                      else MemoryCache(self.client.credentials.grant().endpoint))
+                      else MemoryCache(lambda: self.client.credentials.grant().endpoint))
         self.queue = OfflineQueue(self.client, self.connector, self.cache)
         self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
