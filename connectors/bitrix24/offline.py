@@ -206,14 +206,16 @@ class OfflineQueue:
         depth = response.total if response.total is not None else len(rows)
         return QueuePeek(depth, head)
 
-    def reserve(self, max_rows: int = ROWS_PER_BATCH) -> ReserveResult:
-        """Reserve up to ``max_rows``: 2,500 per request (50 sub-calls of 50 rows); more rows take
-        more requests, stopping early once the queue runs dry."""
-        return self._take(max_rows, error_lane=False)
+    def reserve(self, max_rows: int = ROWS_PER_BATCH, *, probe: bool = True) -> ReserveResult:
+        """Reserve up to ``max_rows`` (one more with ``probe``): 2,500 per request (50 sub-calls of
+        50 rows); more rows take more requests, stopping early once the queue runs dry. The probe
+        row tells a full queue from a dry one (`ReserveResult.exhausted`); a caller that stops at
+        ``max_rows`` anyway leaves it out and gets at most ``max_rows``."""
+        return self._take(max_rows, error_lane=False, probe=probe)
 
-    def reserve_errors(self, max_rows: int = ROWS_PER_BATCH) -> ReserveResult:
-        """Reserve rows of the error lane (``error=1``) for another attempt."""
-        return self._take(max_rows, error_lane=True)
+    def reserve_errors(self, max_rows: int = ROWS_PER_BATCH, *, probe: bool = True) -> ReserveResult:
+        """Reserve rows of the error lane (``error=1``) for another attempt (``probe`` as in `reserve`)."""
+        return self._take(max_rows, error_lane=True, probe=probe)
 
     def reread(self, process_id: str) -> Reservation:
         """The rows still reserved under ``process_id`` (after a crash), without clearing them."""
@@ -346,7 +348,7 @@ class OfflineQueue:
                 still = {event.message_id for event in self.reread(process_id).events}
                 messages = [message for message in messages if message in still]
 
-    def _take(self, max_rows: int, *, error_lane: bool) -> ReserveResult:
+    def _take(self, max_rows: int, *, error_lane: bool, probe: bool = True) -> ReserveResult:
         if max_rows <= 0:
             raise ValueError("max_rows must be positive")
         extended = self.extended_mode()
@@ -364,9 +366,11 @@ class OfflineQueue:
         requested = 0
         while requested < max_rows:
             calls = min(MAX_COMMANDS, math.ceil((max_rows - requested) / ROWS_PER_CALL))
-            asked = calls * ROWS_PER_CALL + PROBE_ROWS
+            # The last sub-call asks what is left of max_rows (plus the probe row).
+            last = min(ROWS_PER_CALL, max_rows - requested - (calls - 1) * ROWS_PER_CALL) + (PROBE_ROWS if probe else 0)
+            asked = (calls - 1) * ROWS_PER_CALL + last
             requested += asked
-            taken = self._take_batch(calls, params, connector, extended, failures)
+            taken = self._take_batch(calls, last, params, connector, extended, failures)
             reservations.extend(taken)
             if sum(len(r.events) for r in taken) < asked or failures:
                 break  # the queue ran dry (or a sub-call failed): no point asking again now
@@ -376,14 +380,15 @@ class OfflineQueue:
             log.warning("portal %s: a reserve sub-call failed: %s", self.client.portal, failure)
         return ReserveResult(tuple(reservations), not extended, requested, tuple(failures))
 
-    def _take_batch(self, calls: int, params: dict[str, Any], connector: str, extended: bool,
+    def _take_batch(self, calls: int, last: int, params: dict[str, Any], connector: str, extended: bool,
                     failures: list[ApiError]) -> list[Reservation]:
         command = Command("event.offline.get", self._with_connector(dict(params), connector))
         commands = {f"take{index}": command for index in range(calls)}
-        # The last sub-call asks one row more: a batch that fills it proves the queue holds more,
-        # one that does not proves it ran dry, so no empty reserve is sent to find out.
+        # The last sub-call asks ``last`` rows (one more than 50 with the probe): a batch that fills
+        # it proves the queue holds more, one that does not proves it ran dry, so no empty reserve
+        # is sent to find out.
         commands[f"take{calls - 1}"] = Command("event.offline.get", self._with_connector(
-            {**params, "limit": ROWS_PER_CALL + PROBE_ROWS}, connector))
+            {**params, "limit": last}, connector))
         outcome = self.client.batch(commands)
         failures.extend(outcome.errors.values())
         reservations = []

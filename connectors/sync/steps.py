@@ -156,8 +156,12 @@ def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
     _recover(sync, reserved, staged, parked_too=mode is SyncMode.ERROR_LANE, orphans=unfinished_run)
     while reserved.event_count < sync.max_events:
         want = min(CHUNK, sync.max_events - reserved.event_count)
+        # The probe row only helps a batch after which the run would ask again; the batch that
+        # reaches max_events stops the run anyway, and without it the run's ids fill whole fetches.
+        probe = reserved.event_count + want < sync.max_events
         try:
-            result = sync.queue.reserve_errors(want) if mode is SyncMode.ERROR_LANE else sync.queue.reserve(want)
+            take = sync.queue.reserve_errors if mode is SyncMode.ERROR_LANE else sync.queue.reserve
+            result = take(want, probe=probe)
         except (TransportError, MalformedResponse) as error:
             # A reserve is not repeated blindly: the lost answer may have reserved rows under a
             # process_id we never saw. Find those reservations (read-only) and take them instead.
