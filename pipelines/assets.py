@@ -31,8 +31,7 @@ from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
     Committed,
     Fetched,
-    committed_from_json,
-    fetched_from_json,
+    Reserved,
     read_json,
     run_staging_dir,
     write_json,
@@ -116,8 +115,9 @@ def portal_sync(context: RunContext, bitrix24: Bitrix24Resource, warehouse: Ware
             raise dg.RetryRequested(max_retries=10, seconds_to_wait=15)
         client = bitrix24.client(portal, state)
         wh = warehouse.open()
+        # The state store also caches the portal's look-ups (types, fields, plan) between runs.
         sync = PortalSync(portal, client, wh, staging_dir(context, portal), connector=bitrix24.connector,
-                          max_events=max_events, keep_staging=_related_runs(context))
+                          max_events=max_events, keep_staging=_related_runs(context), state=state)
         try:
             yield sync
         finally:
@@ -144,10 +144,10 @@ def reserve_changes(context: dg.OpExecutionContext, config: SyncConfig, bitrix24
     """Recover unfinished reservations, then reserve new queue rows (journalled before use)."""
     with portal_sync(context, bitrix24, warehouse, config.max_events) as sync:
         manifest = steps.reserve(sync, config.mode)
-    reserved = read_json(manifest)
-    context.log.info(f"{reserved['event_count']} queue rows in {len(reserved['process_ids'])} reservations "
-                     f"({reserved['recovered']} recovered, mode {reserved['mode']})")
-    if reserved["at_most_once"]:
+    reserved = Reserved.read(manifest)
+    context.log.info(f"{reserved.event_count} queue rows in {len(reserved.process_ids)} reservations "
+                     f"({reserved.recovered} recovered, mode {reserved.mode})")
+    if reserved.at_most_once:
         context.log.warning("DEGRADED: this portal's plan lacks rest_offline_extended; rows were deleted "
                             "when read (clear=1). Run reconcile to repair anything a crash lost.")
     return str(manifest)
@@ -208,8 +208,8 @@ class SyncReport:
     @classmethod
     def of(cls, committed: str | Path) -> "SyncReport":
         """Raises KeyError when a staged kind names an asset the graph lacks (see `numbers_per_asset`)."""
-        outcome = committed_from_json(read_json(committed))
-        fetched = fetched_from_json(read_json(outcome.fetched_file))
+        outcome = Committed.read(committed)
+        fetched = Fetched.read(outcome.fetched_file)
         return cls(fetched, numbers_per_asset(outcome, fetched))
 
     @property

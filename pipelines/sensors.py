@@ -29,6 +29,7 @@ from pipelines.resources import Bitrix24Resource
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
 RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
+SYNC_PRIORITY = "10"  # dagster/priority of sync_portals runs; other runs have 0
 RESYNCS_SEEN = 100  # ended full-resync runs remembered in the cursor (run update times are to the second)
 
 
@@ -47,7 +48,9 @@ class SensorCursor(BaseModel):
 
 @dg.sensor(
     jobs=[FULL_RESYNC_JOB, sync_portals_job, REFERENCE_JOB],
-    minimum_interval_seconds=5,
+    # Every second counts toward change -> row (benchmarks/freshness.py); a tick reads the state store
+    # and peeks a bounded number of portals, so ticking often stays cheap.
+    minimum_interval_seconds=2,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Starts sync_portals runs for the portals whose offline-event queues have rows, and a full "
                 "resync for every new portal.",
@@ -138,7 +141,9 @@ def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunReq
         requests.append(dg.RunRequest(
             job_name=sync_portals_job.name, run_key=f"sync_portals:{digest}",
             run_config=dg.RunConfig(ops={"drain_portals": FleetSyncConfig(portals=keys)}),
-            tags={PORTALS_TAG: ",".join(keys)}))
+            # Ahead of maintenance (drains, reconciliation, reference refreshes) in the run queue: those
+            # are per portal and come in bursts; a sync waiting behind them is what users notice.
+            tags={PORTALS_TAG: ",".join(keys), "dagster/priority": SYNC_PRIORITY}))
     return requests
 
 

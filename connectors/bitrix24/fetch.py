@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.bitrix24.batch import MAX_COMMANDS, Command, chunked, in_groups, result_ref
+from connectors.bitrix24.batch import MAX_COMMANDS, BatchResult, Command, chunked, in_groups, result_ref
 from connectors.bitrix24.client import Bitrix24Client
 from connectors.bitrix24.entities import EntityKind
 from connectors.bitrix24.errors import MalformedResponse
@@ -124,3 +124,97 @@ def _list_params(kind: EntityKind, filter_: dict, select: Sequence[str] | None =
     if kind.entity_type_id is not None and kind.value_style == "item":
         params["entityTypeId"] = kind.entity_type_id
     return params
+
+
+@dataclass
+class _Chain:
+    """One kind's keyset scan inside `scan_kinds`."""
+
+    kind: EntityKind
+    last_id: int = 0
+    pages_left: int | None = None  # planned from the first page's ``total``; None = until a short page
+    done: bool = False
+
+
+def scan_kinds(client: Bitrix24Client, kinds: Sequence[EntityKind], *,
+               lead: Mapping[str, Command] | None = None) -> Iterator[tuple[str | None, Any]]:
+    """Every entity of every kind in ``kinds``, the kinds packed into shared requests.
+
+    The first request(s) carry the ``lead`` commands (e.g. ``event.bind``: a batch runs its commands
+    in order, so they take effect before any page is read) and the first page of each kind with
+    ``start=0``, whose ``total`` plans the rest. Then each request holds 50 pages of whichever kinds
+    still have some: a kind's pages chain through ``$result[...]`` (keyset ``>ID``, facts §4.1, §5),
+    so a full load of N entities takes about ceil(N / 2,500) requests however they spread over kinds.
+    A kind whose planned pages are all full is finished: rows created after its count come in through
+    the offline queue, bound before the count (DESIGN §3). A short page ends a kind early.
+
+    Yields ``(None, BatchResult)`` once (the lead commands' outcome, if any), then
+    ``(kind.key, rows)`` per kind and request, rows in ascending id order (at most 2,500).
+    Raises `MalformedResponse` if a scan does not advance.
+    """
+    chains = [_Chain(kind) for kind in kinds]
+    commands: dict[str, Command] = dict(lead or {})
+    for index, chain in enumerate(chains):
+        params = _list_params(chain.kind, {f">{chain.kind.id_field}": 0})
+        params["order"] = {chain.kind.id_field: "ASC"}
+        params["start"] = 0  # counted: the answer's total plans the pages
+        commands[f"first{index}"] = Command(chain.kind.list_method, params)
+    outcome = BatchResult({}, {}, {}, {}, {})
+    for part in chunked(commands):
+        outcome.absorb(client.batch(part))
+    if lead:
+        yield None, outcome
+    for index, chain in enumerate(chains):
+        rows = _advance(chain, outcome.result(f"first{index}"))
+        total = outcome.totals.get(f"first{index}")
+        if not chain.done and total is not None:
+            chain.pages_left = max(0, -(-(total - PAGE_SIZE) // PAGE_SIZE))
+            chain.done = chain.pages_left == 0
+        if rows:
+            yield chain.kind.key, rows
+    while active := [chain for chain in chains if not chain.done]:
+        planned: dict[str, tuple[_Chain, int]] = {}  # command key -> (chain, position in its run)
+        batch_commands: dict[str, Command] = {}
+        room = MAX_COMMANDS
+        for number, chain in enumerate(active):
+            if room == 0:
+                break
+            pages = room if chain.pages_left is None else min(room, chain.pages_left)
+            id_path = ("items",) if chain.kind.value_style == "item" else ()
+            for position in range(pages):
+                key = f"c{number}p{position}"
+                lower = chain.last_id if position == 0 else result_ref(
+                    f"c{number}p{position - 1}", *id_path, PAGE_SIZE - 1, chain.kind.id_field)
+                params = _list_params(chain.kind, {f">{chain.kind.id_field}": lower})
+                params["order"] = {chain.kind.id_field: "ASC"}
+                batch_commands[key] = Command(chain.kind.list_method, params)
+                planned[key] = (chain, position)
+            room -= pages
+        outcome = client.batch(batch_commands)
+        chunks: dict[str, list[dict]] = {}
+        for key, (chain, _position) in planned.items():
+            if chain.done:
+                continue  # after a short page the chain's references did not resolve
+            rows = _advance(chain, outcome.result(key))
+            if chain.pages_left is not None:
+                chain.pages_left -= 1
+                chain.done = chain.done or chain.pages_left == 0
+            chunks.setdefault(chain.kind.key, []).extend(rows)
+        for key, rows in chunks.items():
+            if rows:
+                yield key, rows
+
+
+def _advance(chain: _Chain, result: Any) -> list[dict]:
+    """The page's rows; moves the chain's lower bound, and ends it on a short page."""
+    kind = chain.kind
+    rows = rows_of(kind, result, kind.list_method)
+    for row in rows:
+        entity_id = int(row[kind.id_field])
+        if entity_id <= chain.last_id:
+            # A reference that did not resolve would otherwise loop over the same rows.
+            raise MalformedResponse(kind.list_method, 200, f"keyset scan did not advance past id {chain.last_id}")
+        chain.last_id = entity_id
+    if len(rows) < PAGE_SIZE:
+        chain.done = True
+    return rows

@@ -20,19 +20,24 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from connectors.bitrix24.batch import MAX_COMMANDS, Command, in_groups, result_ref
+from connectors.bitrix24.batch import MAX_COMMANDS, BatchResult, Command, in_groups, result_ref
 from connectors.bitrix24.client import Bitrix24Client
 from connectors.bitrix24.entities import EntityKind, EntityRegistry
 from connectors.bitrix24.errors import ApiError, MalformedResponse, TransportError
+from connectors.bitrix24.lookups import FEATURES, LookupCache, fresh
 from connectors.bitrix24.queue_rows import QueueEvent
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_CALL = 50  # event.offline.get limit per sub-call; 50 sub-calls -> 2,500 rows per request
 ROWS_PER_BATCH = ROWS_PER_CALL * MAX_COMMANDS
+# One row over 50 in a reserve batch's last sub-call tells a full queue from one that ran dry
+# (`ReserveResult.exhausted`). ``limit`` has no upper bound in the source (facts §2.7); a portal
+# that capped it at 50 would only make a full batch look dry, and the next run takes the rest.
+PROBE_ROWS = 1
 MESSAGE_ID_LENGTH = 32  # event.offline.clear refuses other lengths (facts §2.9)
 FAIL_ATTEMPTS = 3
 FEATURE_OFFLINE_EXTENDED = "rest_offline_extended"
@@ -96,30 +101,41 @@ _features_lock = threading.Lock()
 class OfflineQueue:
     """Reserve, re-read, acknowledge and fail rows of the queue selected by ``connector``."""
 
-    def __init__(self, client: Bitrix24Client, connector: str = "") -> None:
+    def __init__(self, client: Bitrix24Client, connector: str = "", cache: LookupCache | None = None) -> None:
         self.client = client
         self.requested_connector = connector
+        self.cache = cache
         self._warned_connector = False
 
     def __repr__(self) -> str:
         return f"OfflineQueue(portal={self.client.portal!r}, connector={self.requested_connector!r})"
 
     def features(self, *, refresh: bool = False) -> Features:
-        """The plan features that shape the protocol, asked once per portal per hour (feature.get)."""
+        """The plan features that shape the protocol (feature.get), asked at most once an hour.
+
+        Kept in this process per endpoint and, when the queue has a ``cache``, in that cache for the
+        other processes of the portal (`connectors.bitrix24.lookups`)."""
         # Keyed by where the calls go: two portals may share a name in different installations.
         key = self.client.credentials.grant().endpoint
         with _features_lock:
             cached = _features_cache.get(key)
         if cached and not refresh and time.monotonic() - cached[0] < FEATURES_TTL_S:
             return cached[1]
-        outcome = self.client.batch({code: Command("feature.get", {"CODE": code})
-                                     for code in (FEATURE_OFFLINE_EXTENDED, FEATURE_AUTH_CONNECTOR)})
-        found = {code: _feature_enabled(code, outcome.results.get(code), outcome.errors.get(code))
-                 for code in (FEATURE_OFFLINE_EXTENDED, FEATURE_AUTH_CONNECTOR)}
-        features = Features(found[FEATURE_OFFLINE_EXTENDED], found[FEATURE_AUTH_CONNECTOR])
-        with _features_lock:
-            _features_cache[key] = (time.monotonic(), features)
+        stored = None if refresh or self.cache is None else fresh(self.cache, FEATURES)
+        if stored is not None:
+            features = Features(**stored)
+        else:
+            outcome = self.client.batch(feature_commands())
+            features = features_from(outcome)
+            if self.cache is not None:
+                self.cache.put(FEATURES, asdict(features))
+        self.remember(features)
         return features
+
+    def remember(self, features: Features) -> None:
+        """Take ``features`` asked elsewhere (a look-up batch) as fresh for this process."""
+        with _features_lock:
+            _features_cache[self.client.credentials.grant().endpoint] = (time.monotonic(), features)
 
     def extended_mode(self) -> bool:
         return self.features().offline_extended
@@ -136,29 +152,49 @@ class OfflineQueue:
         return self.requested_connector
 
     def bind(self, kinds: Iterable[EntityKind]) -> BindResult:
-        """Bind every event of ``kinds`` offline with our connector key; bound ones are left alone."""
+        """Bind every event of ``kinds`` offline with our connector key; bound ones are left alone.
+
+        Reads ``event.get`` first, then binds what is missing (two requests). `bind_commands` sends
+        the binds blind instead, to ride in a batch that goes out anyway."""
         connector = self.connector
-        wanted = list(dict.fromkeys(name.upper() for kind in kinds for name in kind.bind_events))
         handlers = self.client.call("event.get").result or []
         present = {
             str(row.get("event", "")).upper() for row in handlers
             if isinstance(row, Mapping) and str(row.get("offline", "0")) in ("1", "True", "true")
             and str(row.get("connector_id") or "") == connector
         }
-        missing = [name for name in wanted if name not in present]
-        commands = {f"bind{index}": Command("event.bind", self._with_connector(
-            {"event": name, "event_type": "offline"}, connector)) for index, name in enumerate(missing)}
-        outcome = self.client.batch_all(commands)
-        bound, raced = [], []
-        for (key, _command), name in zip(commands.items(), missing, strict=True):
+        commands = self.bind_commands(kinds, skip=present)
+        result = self.bound_from(commands, self.client.batch_all(commands))
+        wanted = {name.upper() for kind in kinds for name in kind.bind_events}
+        return BindResult(result.bound, tuple(sorted(present & wanted)) + result.already_bound)
+
+    def bind_commands(self, kinds: Iterable[EntityKind], *, skip: Iterable[str] = ()) -> dict[str, Command]:
+        """``event.bind`` (offline, our connector key) for every event of ``kinds`` not in ``skip``.
+
+        Binding an event that is bound already is refused with "Handler already binded" and changes
+        nothing (facts §2.3), so these may be sent without reading ``event.get`` first."""
+        connector = self.connector
+        skipped = {name.upper() for name in skip}
+        wanted = [name for name in dict.fromkeys(name.upper() for kind in kinds for name in kind.bind_events)
+                  if name not in skipped]
+        return {f"bind_{name}": Command("event.bind", self._with_connector(
+            {"event": name, "event_type": "offline"}, connector)) for name in wanted}
+
+    @staticmethod
+    def bound_from(commands: Mapping[str, Command], outcome: BatchResult) -> BindResult:
+        """What the `bind_commands` in ``outcome`` did; raises any refusal other than "already bound"."""
+        bound, already = [], []
+        for key in commands:
+            name = key.removeprefix("bind_")
             error = outcome.errors.get(key)
             if error is None:
+                outcome.result(key)  # a command the batch did not answer raises here
                 bound.append(name)
             elif "already" in error.description.lower():
-                raced.append(name)  # "Handler already binded" (facts §2.3): someone bound it meanwhile
+                already.append(name)  # "Handler already binded" (facts §2.3)
             else:
                 raise error
-        return BindResult(tuple(bound), tuple(sorted(present & set(wanted)) + raced))
+        return BindResult(tuple(bound), tuple(already))
 
     def peek(self, *, error_lane: bool = False) -> QueuePeek:
         """Depth and head in one read-only call (event.offline.list: ``total`` is the depth)."""
@@ -170,14 +206,16 @@ class OfflineQueue:
         depth = response.total if response.total is not None else len(rows)
         return QueuePeek(depth, head)
 
-    def reserve(self, max_rows: int = ROWS_PER_BATCH) -> ReserveResult:
-        """Reserve up to ``max_rows``: 2,500 per request (50 sub-calls of 50 rows); more rows take
-        more requests, stopping early once the queue runs dry."""
-        return self._take(max_rows, error_lane=False)
+    def reserve(self, max_rows: int = ROWS_PER_BATCH, *, probe: bool = True) -> ReserveResult:
+        """Reserve up to ``max_rows`` (one more with ``probe``): 2,500 per request (50 sub-calls of
+        50 rows); more rows take more requests, stopping early once the queue runs dry. The probe
+        row tells a full queue from a dry one (`ReserveResult.exhausted`); a caller that stops at
+        ``max_rows`` anyway leaves it out and gets at most ``max_rows``."""
+        return self._take(max_rows, error_lane=False, probe=probe)
 
-    def reserve_errors(self, max_rows: int = ROWS_PER_BATCH) -> ReserveResult:
-        """Reserve rows of the error lane (``error=1``) for another attempt."""
-        return self._take(max_rows, error_lane=True)
+    def reserve_errors(self, max_rows: int = ROWS_PER_BATCH, *, probe: bool = True) -> ReserveResult:
+        """Reserve rows of the error lane (``error=1``) for another attempt (``probe`` as in `reserve`)."""
+        return self._take(max_rows, error_lane=True, probe=probe)
 
     def reread(self, process_id: str) -> Reservation:
         """The rows still reserved under ``process_id`` (after a crash), without clearing them."""
@@ -188,7 +226,9 @@ class OfflineQueue:
         only visible with ``error_lane`` (``get`` filters on ERROR, facts §2.7)."""
         ids = list(dict.fromkeys(process_ids))
         connector = self.connector
-        params: dict[str, Any] = {"clear": 0, "limit": ROWS_PER_CALL, **({"error": 1} if error_lane else {})}
+        # A reservation holds at most 51 rows (the probe sub-call's); older ones 50.
+        params: dict[str, Any] = {"clear": 0, "limit": ROWS_PER_CALL + PROBE_ROWS,
+                                  **({"error": 1} if error_lane else {})}
         reservations: list[Reservation] = []
         for group in in_groups(ids, MAX_COMMANDS):
             commands = {f"reread{index}": Command("event.offline.get", self._with_connector(
@@ -308,7 +348,7 @@ class OfflineQueue:
                 still = {event.message_id for event in self.reread(process_id).events}
                 messages = [message for message in messages if message in still]
 
-    def _take(self, max_rows: int, *, error_lane: bool) -> ReserveResult:
+    def _take(self, max_rows: int, *, error_lane: bool, probe: bool = True) -> ReserveResult:
         if max_rows <= 0:
             raise ValueError("max_rows must be positive")
         extended = self.extended_mode()
@@ -326,10 +366,13 @@ class OfflineQueue:
         requested = 0
         while requested < max_rows:
             calls = min(MAX_COMMANDS, math.ceil((max_rows - requested) / ROWS_PER_CALL))
-            requested += calls * ROWS_PER_CALL
-            taken = self._take_batch(calls, params, connector, extended, failures)
+            # The last sub-call asks what is left of max_rows (plus the probe row).
+            last = min(ROWS_PER_CALL, max_rows - requested - (calls - 1) * ROWS_PER_CALL) + (PROBE_ROWS if probe else 0)
+            asked = (calls - 1) * ROWS_PER_CALL + last
+            requested += asked
+            taken = self._take_batch(calls, last, params, connector, extended, failures)
             reservations.extend(taken)
-            if sum(len(r.events) for r in taken) < calls * ROWS_PER_CALL or failures:
+            if sum(len(r.events) for r in taken) < asked or failures:
                 break  # the queue ran dry (or a sub-call failed): no point asking again now
         if failures and not reservations:
             raise failures[0]
@@ -337,10 +380,15 @@ class OfflineQueue:
             log.warning("portal %s: a reserve sub-call failed: %s", self.client.portal, failure)
         return ReserveResult(tuple(reservations), not extended, requested, tuple(failures))
 
-    def _take_batch(self, calls: int, params: dict[str, Any], connector: str, extended: bool,
+    def _take_batch(self, calls: int, last: int, params: dict[str, Any], connector: str, extended: bool,
                     failures: list[ApiError]) -> list[Reservation]:
         command = Command("event.offline.get", self._with_connector(dict(params), connector))
         commands = {f"take{index}": command for index in range(calls)}
+        # The last sub-call asks ``last`` rows (one more than 50 with the probe): a batch that fills
+        # it proves the queue holds more, one that does not proves it ran dry, so no empty reserve
+        # is sent to find out.
+        commands[f"take{calls - 1}"] = Command("event.offline.get", self._with_connector(
+            {**params, "limit": last}, connector))
         outcome = self.client.batch(commands)
         failures.extend(outcome.errors.values())
         reservations = []
@@ -357,6 +405,18 @@ class OfflineQueue:
         if connector:
             params["auth_connector"] = connector
         return params
+
+
+def feature_commands() -> dict[str, Command]:
+    """The ``feature.get`` commands `features_from` reads (facts §2.15)."""
+    return {code: Command("feature.get", {"CODE": code}) for code in (FEATURE_OFFLINE_EXTENDED, FEATURE_AUTH_CONNECTOR)}
+
+
+def features_from(outcome: BatchResult) -> Features:
+    """`Features` from a batch holding `feature_commands` (a failed command reads as "missing")."""
+    found = {code: _feature_enabled(code, outcome.results.get(code), outcome.errors.get(code))
+             for code in (FEATURE_OFFLINE_EXTENDED, FEATURE_AUTH_CONNECTOR)}
+    return Features(found[FEATURE_OFFLINE_EXTENDED], found[FEATURE_AUTH_CONNECTOR])
 
 
 def _feature_enabled(code: str, result: Any, error: ApiError | None) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -129,6 +129,23 @@ class StateStore(ABC):
     def saturate_requests(self, portal: str, *, capacity: float, drain_per_s: float) -> None:
         """The portal answered 503: someone outside this store spends its bucket too, so count it
         as full (level ``capacity``, if lower) from now on."""
+
+    # -- portal cache ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def cached(self, portal: str, key: str) -> tuple[object, datetime] | None:
+        """The JSON value cached for ``(portal, key)`` and when it was fetched (UTC), or None.
+
+        Holds what the portal answers slowly changing look-ups with (field descriptions, smart-process
+        types, plan features), so runs in separate processes do not each ask again."""
+
+    @abstractmethod
+    def cache(self, portal: str, key: str, value: object, fetched_at: datetime | None = None) -> None:
+        """Store a JSON-serialisable ``value`` for ``(portal, key)``, replacing any older one."""
+
+    @abstractmethod
+    def forget_cached(self, portal: str, keys: Iterable[str] | None = None) -> None:
+        """Drop cached values of ``portal`` (those named in ``keys``, or all): they are asked again."""
 
     # -- lifecycle ------------------------------------------------------------------------------
 

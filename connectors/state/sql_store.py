@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -84,6 +84,12 @@ class SqlStateStore(StateStore):
                 owner TEXT NOT NULL,
                 claimed_at {time_type} NOT NULL)""",
             *self._request_bucket_statements(),
+            f"""CREATE TABLE IF NOT EXISTS {self._table("portal_cache")} (
+                portal TEXT NOT NULL,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                fetched_at {time_type} NOT NULL,
+                PRIMARY KEY (portal, key))""",
         ]
 
     def _request_bucket_statements(self) -> list[str]:
@@ -276,3 +282,30 @@ class SqlStateStore(StateStore):
                 "portal": check_portal_key(portal), "initial": max(take, floor), "take": take,
                 "floor": floor, "drain": float(drain_per_s), "now": time.time()})
         return float(rows[0][0])
+
+
+    # -- portal cache ---------------------------------------------------------------------------
+
+    def cached(self, portal: str, key: str) -> tuple[object, datetime] | None:
+        with self._session(write=False) as run:
+            rows = run(f"SELECT value, fetched_at FROM {self._table('portal_cache')} "
+                       f"WHERE portal = %(portal)s AND key = %(key)s", {"portal": check_portal_key(portal), "key": key})
+        return (orjson.loads(rows[0][0]), self._decode_time(rows[0][1])) if rows else None
+
+    def cache(self, portal: str, key: str, value: object, fetched_at: datetime | None = None) -> None:
+        with self._session(write=True) as run:
+            run(f"""INSERT INTO {self._table("portal_cache")} (portal, key, value, fetched_at)
+                VALUES (%(portal)s, %(key)s, %(value)s, %(at)s)
+                ON CONFLICT (portal, key) DO UPDATE SET value = excluded.value, fetched_at = excluded.fetched_at""",
+                {"portal": check_portal_key(portal), "key": key, "value": orjson.dumps(value).decode(),
+                 "at": self._encode_time(fetched_at or datetime.now(UTC))})
+
+    def forget_cached(self, portal: str, keys: Iterable[str] | None = None) -> None:
+        with self._session(write=True) as run:
+            if keys is None:
+                run(f"DELETE FROM {self._table('portal_cache')} WHERE portal = %(portal)s",
+                    {"portal": check_portal_key(portal)})
+                return
+            for key in dict.fromkeys(keys):
+                run(f"DELETE FROM {self._table('portal_cache')} WHERE portal = %(portal)s AND key = %(key)s",
+                    {"portal": check_portal_key(portal), "key": key})

@@ -18,7 +18,7 @@ from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLi
 from connectors.state import open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import default_staging_root, read_json, run_staging_dir
-from connectors.sync.steps import MODES, run_once
+from connectors.sync.steps import RUN_MODES, run_once
 from connectors.warehouse import open_warehouse
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--portal", required=True, help="portal key (as stored at install)")
     parser.add_argument("--warehouse", required=True, help="DuckDB file or postgresql:// DSN")
     parser.add_argument("--schema", default="bitrix24", help="PostgreSQL schema")
-    parser.add_argument("--mode", choices=MODES, default="changes")
+    parser.add_argument("--mode", choices=[mode.value for mode in RUN_MODES], default="changes")
     parser.add_argument("--state-store", help="SQLite file or postgresql:// DSN (default $B24_STATE_STORE)")
     parser.add_argument("--tokens-dir", help="keep tokens in files here instead of a state store")
     parser.add_argument("--connector", default=DEFAULT_CONNECTOR)

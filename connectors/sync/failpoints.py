@@ -18,6 +18,7 @@ POINTS = (
     "after_reserve_response",  # event.offline.get answered, the journal does not know the process ids yet
     "after_reserve",  # reservations journalled, nothing fetched
     "during_fetch",  # some entities fetched and staged, not all
+    "during_commit",  # the first chunk committed, the journal still at reserved
     "after_commit",  # data and journal committed, event.offline.clear not sent
     "writeback_after_intent",  # write-back: a batch's intents journalled, the batch not sent
     "writeback_after_batch",  # write-back: a batch applied by the portal, its outcome not journalled

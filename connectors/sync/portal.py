@@ -1,17 +1,55 @@
-"""Everything one portal's sync needs, in one place: its client, queue, entity registry, warehouse."""
+"""Everything one portal's sync needs, in one place: its client, queue, entity registry, warehouse,
+and the portal's look-ups (types, fields, features) cached between runs."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from connectors.bitrix24 import Bitrix24Client, EntityRegistry, OfflineQueue
+from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OfflineQueue
+from connectors.bitrix24.batch import BatchResult, Command
+from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
+from connectors.bitrix24.lookups import (
+    FEATURES,
+    TYPES,
+    LookupCache,
+    MemoryCache,
+    fields_command,
+    fields_key,
+    fields_of,
+    fresh,
+    types_command,
+    types_of,
+)
+from connectors.bitrix24.offline import feature_commands, features_from
+from connectors.state import StateStore
 from connectors.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
 
 # Our own key for auth_connector: a separate queue for us, and our write-backs never come back
 # as events (facts §2.12).
 DEFAULT_CONNECTOR = "b24wh"
+
+
+class StoreCache:
+    """The state store's portal cache as a `LookupCache` (shared by every process of the portal)."""
+
+    def __init__(self, store: StateStore, portal: str) -> None:
+        self.store, self.portal = store, portal
+
+    def get(self, key: str) -> tuple[Any, datetime] | None:
+        return self.store.cached(self.portal, key)
+
+    def put(self, key: str, value: Any) -> None:
+        self.store.cache(self.portal, key, value)
+
+    def forget(self, keys: Iterable[str] | None = None) -> None:
+        self.store.forget_cached(self.portal, keys)
 
 
 @dataclass
@@ -24,13 +62,120 @@ class PortalSync:
     max_events: int = 25_000  # per run; a bigger backlog is worked off by the following runs
     # Sibling run directories still needed (a run retried from failure reads its parent's files).
     keep_staging: tuple[str, ...] = ()
+    # Where look-ups are cached between runs; without one they are kept in this process only.
+    state: StateStore | None = None
     queue: OfflineQueue = field(init=False)
+    cache: LookupCache = field(init=False)
+    _registry: EntityRegistry | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        self.queue = OfflineQueue(self.client, self.connector)
+        self.cache = (StoreCache(self.state, self.portal) if self.state is not None
+                      else MemoryCache(lambda: self.client.credentials.grant().endpoint))
+        self.queue = OfflineQueue(self.client, self.connector, self.cache)
         self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    @cached_property
+    @property
+    def run_id(self) -> str:
+        """This portal's part of the run, ``<run>:<portal>`` (``<run>``: the staging directory's name,
+        the Dagster run id in a Dagster run): unique per portal also when one run drains several."""
+        return f"{self.staging_dir.name}:{self.portal}"
+
+    @property
     def registry(self) -> EntityRegistry:
-        """The standard kinds plus this portal's smart-process types (one crm.type.list call)."""
-        return EntityRegistry.discover(self.client)
+        """The standard kinds plus this portal's smart-process types (cached crm.type.list)."""
+        if self._registry is None:
+            types = fresh(self.cache, TYPES)
+            if types is None:
+                self.refresh()
+                types = fresh(self.cache, TYPES) or []
+            self._registry = EntityRegistry.standard(smart_process_kind(int(type_id), str(title))
+                                                     for type_id, title in types)
+        return self._registry
+
+    def fields(self, kind: EntityKind) -> dict[str, dict]:
+        """``kind``'s field descriptions (cached ``*.fields``), asked with everything else missing."""
+        found = fresh(self.cache, fields_key(kind))
+        if found is None:
+            self.refresh([kind])
+            found = fresh(self.cache, fields_key(kind))
+        if found is None:
+            raise LookupError(f"{kind.fields_method} answered nothing for {kind.key}")
+        return found
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop cached look-ups (``"fields:*"`` means every kind's fields) so they are asked again."""
+        wanted = set(keys)
+        if "fields:*" in wanted:
+            wanted.discard("fields:*")
+            wanted.update(fields_key(kind) for kind in self._known_kinds())
+        self.cache.forget(wanted)
+        if "types" in wanted:
+            self._registry = None
+
+    def refresh(self, kinds: Iterable[EntityKind] = ()) -> None:
+        """Ask, in one ``batch``, for every look-up that is missing or older than its age limit.
+
+        The features, the smart-process types and the fields of every known kind (and of ``kinds``)
+        travel together, so a cold start costs one request. The fields of smart-process types seen
+        for the first time are asked when needed (`lookup_commands` packs them into a request that
+        goes out anyway). Raises the portal's error for a look-up that failed.
+        """
+        commands = self.lookup_commands((*self._known_kinds(), *kinds), everything=True)
+        if commands:
+            self.take_lookups(commands, self.client.batch_all(commands))
+
+    def lookup_commands(self, kinds: Iterable[EntityKind], *, everything: bool = False) -> dict[str, Command]:
+        """Commands for the fields of ``kinds`` that are missing or stale (with ``everything``, also
+        the features and the types), keyed ``lookup_*``; give their outcome to `take_lookups`."""
+        commands: dict[str, Command] = {}
+        if everything and fresh(self.cache, FEATURES) is None:
+            commands.update({f"lookup_feature_{code}": command for code, command in feature_commands().items()})
+        if everything and fresh(self.cache, TYPES) is None:
+            commands["lookup_types"] = types_command()
+        for kind in {kind.key: kind for kind in kinds}.values():
+            if fresh(self.cache, fields_key(kind)) is None:
+                commands[f"lookup_fields_{kind.key.replace(':', '_')}"] = fields_command(kind)
+        return commands
+
+    def take_lookups(self, commands: Mapping[str, Command], outcome: BatchResult) -> None:
+        """Cache what the `lookup_commands` in ``outcome`` answered."""
+        kinds = {f"lookup_fields_{kind.key.replace(':', '_')}": kind
+                 for kind in self._known_kinds() + self._new_kinds(commands)}
+        features = {key.removeprefix("lookup_feature_"): key for key in commands if key.startswith("lookup_feature_")}
+        if features:
+            renamed = BatchResult({code: outcome.results.get(key) for code, key in features.items()},
+                                  {code: outcome.errors[key] for code, key in features.items()
+                                   if key in outcome.errors}, {}, {}, {})
+            found = features_from(renamed)
+            self.cache.put(FEATURES, {"offline_extended": found.offline_extended,
+                                      "auth_connector": found.auth_connector})
+            self.queue.remember(found)
+        for key in commands:
+            kind = kinds.get(key)
+            if kind is None:
+                continue
+            if key in outcome.errors and kind.value_style == "item":
+                # Likely a smart-process type deleted since the last look-up: ask for the types again.
+                log.warning("portal %s: %s fields: %s", self.portal, kind.key, outcome.errors[key])
+                if "lookup_types" not in commands:
+                    self.cache.forget([TYPES])
+                continue
+            self.cache.put(fields_key(kind), fields_of(kind, outcome.result(key)))
+        if "lookup_types" in commands:
+            types = types_of(outcome.result("lookup_types"))
+            start = outcome.nexts.get("lookup_types")
+            while start is not None:  # more than 50 smart-process types: page on (rare)
+                page = self.client.call("crm.type.list", {"start": start})
+                types.extend(types_of(page.result))
+                start = page.next
+            self.cache.put(TYPES, types)
+            self._registry = None
+
+    @staticmethod
+    def _new_kinds(commands: Mapping[str, Command]) -> list[EntityKind]:
+        return [smart_process_kind(int(command.params["entityTypeId"])) for command in commands.values()
+                if command.method == "crm.item.fields"]
+
+    def _known_kinds(self) -> list[EntityKind]:
+        types = (self.cache.get(TYPES) or ([], None))[0]
+        return [*STANDARD_KINDS, *(smart_process_kind(int(type_id), str(title)) for type_id, title in types)]

@@ -28,7 +28,7 @@ and written with ``overwrite`` (the portal is the source of truth).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -36,7 +36,7 @@ import pandas as pd
 from connectors.bitrix24 import EntityKind, fetch_by_ids, scan
 from connectors.bitrix24.queue_rows import parse_timestamp
 from connectors.sync.portal import PortalSync
-from connectors.sync.staging import Fetched, Reserved, read_json, schema_from_json, write_json
+from connectors.sync.staging import Fetched, Reserved, read_json, schema_from_json
 from connectors.sync.steps import CHUNK, commit, new_table_part, stage_frame, typed_frame
 from connectors.warehouse import TableNotFound
 
@@ -102,7 +102,7 @@ def reconcile(sync: PortalSync, *, repair: bool = False,
         if repair and verdict.to_overwrite:
             overwrites.append((kind, verdict.to_overwrite))
     if fetched.tables:
-        commit(sync, write_json(sync.staging_dir / "reconcile.json", asdict(fetched)))
+        commit(sync, fetched.write(sync.staging_dir / "reconcile.json"))
     for kind, ids in overwrites:
         _overwrite(sync, kind, ids)
     return reports

@@ -12,16 +12,18 @@ once its recovery has re-read the dead run's reservations from the portal (`swee
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.bitrix24 import Coercions, QueueEvent
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
@@ -95,19 +97,36 @@ def schema_from_json(payload: dict) -> TableSchema:
         ColumnSpec(**{**column, "type": ColumnType(column["type"])}) for column in payload["columns"]))
 
 
-def write_events(path: Path, events: list[QueueEvent]) -> None:
-    with path.open("w") as out:
+def write_events(path: Path, events: Iterable[QueueEvent]) -> int:
+    """Write ``events`` as JSON lines (the ``event.offline.get`` row shape); returns how many."""
+    path.write_text("")
+    return append_events(path, events)
+
+
+def append_events(path: Path, events: Iterable[QueueEvent]) -> int:
+    """Add ``events`` to the JSON-lines file at ``path``; returns how many were written."""
+    written = 0
+    with path.open("a") as out:
         for event in events:
             out.write(json.dumps({
                 "ID": event.row_id, "TIMESTAMP_X": event.timestamp.isoformat(),
                 "EVENT_NAME": event.event_name, "EVENT_DATA": event.event_data,
                 "MESSAGE_ID": event.message_id, "PROCESS_ID": event.process_id or "",
             }) + "\n")
+            written += 1
+    return written
 
 
 def read_events(path: Path) -> list[QueueEvent]:
+    return list(iter_events(path))
+
+
+def iter_events(path: Path) -> Iterator[QueueEvent]:
+    """The events of a JSON-lines file one at a time: memory stays flat however many there are."""
     with path.open() as lines:
-        return [QueueEvent.from_row(json.loads(line)) for line in lines if line.strip()]
+        for line in lines:
+            if line.strip():
+                yield QueueEvent.from_row(json.loads(line))
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> Path:
@@ -117,48 +136,77 @@ def write_frame(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
-@dataclass
-class Reserved:
-    """What the reserve step hands to fetch: which reservations, where their events are."""
+class SyncMode(enum.StrEnum):
+    """What a run does; the steps dispatch on it (DESIGN §3)."""
 
+    CHANGES = "changes"  # drain the offline queue's normal lane
+    FULL_RESYNC = "full_resync"  # bind, then scan every kind (bootstrap); tombstones what the scan missed
+    ERROR_LANE = "error_lane"  # drain the error lane (``error=1``) and the parked reservations
+    RECONCILE = "reconcile"  # repair found by `connectors.sync.reconcile`; commits, never reserves
+
+
+class Manifest(BaseModel):
+    """A step's hand-over file: validated on read, so a damaged or foreign file fails loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def write(self, path: Path) -> Path:
+        """Write atomically (`write_json`); returns ``path``."""
+        return write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, path: str | Path) -> Self:
+        """The manifest at ``path``; raises `pydantic.ValidationError` if it does not fit."""
+        return cls.model_validate_json(Path(path).read_bytes())
+
+
+class Reserved(Manifest):
+    """What the reserve step hands to fetch: which reservations, where their events are.
+
+    ``mode`` is validated as a `SyncMode` and kept as its plain string value (a `SyncMode` compares
+    equal to it), so it can go into Dagster metadata as text."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
     portal: str
-    mode: str  # "changes" | "full_resync" | "error_lane"
-    process_ids: list[str] = field(default_factory=list)
+    mode: SyncMode
+    run_id: str = ""  # the run that reserved (its `_sync_runs` row is closed by ack)
+    started_at: str | None = None  # when the reserve step began (ISO 8601, UTC)
+    requests: int = Field(0, ge=0)  # HTTP requests the reserve step sent
+    process_ids: list[str] = Field(default_factory=list)
     events_file: str | None = None
-    event_count: int = 0
-    oldest_event_at: str | None = None  # TIMESTAMP_X of the oldest row: the sync lag starts there
+    event_count: int = Field(0, ge=0)
+    oldest_event_at: str | None = None  # TIMESTAMP_X of the oldest row (ISO 8601): the sync lag starts there
     at_most_once: bool = False  # clear=1 degrade mode: nothing to ack, a crash loses changes
-    recovered: int = 0  # reservations re-read after a crash (journal or orphan)
-    acked_on_recovery: int = 0  # loaded-but-not-acked reservations acknowledged first
-    discarded: list[str] = field(default_factory=list)  # MESSAGE_IDs an operator discarded: ack, do not load
+    recovered: int = Field(0, ge=0)  # reservations re-read after a crash (journal or orphan)
+    acked_on_recovery: int = Field(0, ge=0)  # loaded-but-not-acked reservations acknowledged first
+    discarded: list[str] = Field(default_factory=list)  # MESSAGE_IDs an operator discarded: ack, do not load
 
 
-@dataclass
-class TablePart:
+class TablePart(Manifest):
     """One entity table's share of a run: its schema, staged chunks and tombstones."""
 
     kind: str
     table: str
     schema_file: str
-    chunks: list[str] = field(default_factory=list)
-    rows: int = 0
-    events: int = 0  # queue events about this table's objects
-    tombstones: list[tuple[int, str, str]] = field(default_factory=list)  # (id, reason, deleted_at ISO)
+    chunks: list[str] = Field(default_factory=list)
+    rows: int = Field(0, ge=0)
+    events: int = Field(0, ge=0)  # queue events about this table's objects
+    tombstones: list[tuple[int, str, str]] = Field(default_factory=list)  # (id, reason, deleted_at ISO)
     scanned_ids_file: str | None = None  # full resync: every id the scan saw (tombstone the rest)
-    coerced: dict[str, dict] = field(default_factory=dict)  # values nulled by the value policy (`Coercions`)
+    coerced: dict[str, dict] = Field(default_factory=dict)  # values nulled by the value policy (`Coercions`)
 
     def add_coercions(self, coercions: Coercions) -> None:
         self.coerced = _merged(self.coerced, coercions)
 
 
-@dataclass
-class Fetched:
+class Fetched(Manifest):
     """What the fetch step hands to commit."""
 
     reserved: Reserved
-    tables: list[TablePart] = field(default_factory=list)
-    failures: list[FailedMessage] = field(default_factory=list)  # messages to the error lane, with the reason
-    unknown_events: int = 0
+    tables: list[TablePart] = Field(default_factory=list)
+    failures: list[FailedMessage] = Field(default_factory=list)  # messages to the error lane, with the reason
+    unknown_events: int = Field(0, ge=0)
+    requests: int = Field(0, ge=0)  # HTTP requests the fetch step sent
 
     @property
     def failed(self) -> dict[str, set[str]]:
@@ -169,15 +217,16 @@ class Fetched:
         return by_reservation
 
 
-@dataclass
-class TableOutcome:
+class TableOutcome(Manifest):
+    """One table's numbers in a committed run."""
+
     table: str
-    rows_upserted: int = 0
-    rows_ignored_older: int = 0
-    tombstones: int = 0
-    events: int = 0
+    rows_upserted: int = Field(0, ge=0)
+    rows_ignored_older: int = Field(0, ge=0)
+    tombstones: int = Field(0, ge=0)
+    events: int = Field(0, ge=0)
     # column -> {"count", "examples": [[id, value excerpt], ...]}: values stored as NULL (value policy)
-    coerced: dict[str, dict] = field(default_factory=dict)
+    coerced: dict[str, dict] = Field(default_factory=dict)
 
     @property
     def values_nulled(self) -> int:
@@ -194,32 +243,18 @@ def _merged(coerced: dict[str, dict], more: Coercions) -> dict[str, dict]:
     return report.to_json()
 
 
-@dataclass
-class Committed:
+class Committed(Manifest):
     """What commit hands to ack, and what the orchestrator reports per table."""
 
     fetched_file: str
-    tables: dict[str, TableOutcome] = field(default_factory=dict)
+    tables: dict[str, TableOutcome] = Field(default_factory=dict)
 
 
+# Kept for callers that read manifests as JSON first (pipelines.assets); `Committed.read(path)` and
+# `Fetched.read(path)` read and validate in one go.
 def committed_from_json(payload: dict) -> Committed:
-    return Committed(payload["fetched_file"],
-                     {name: TableOutcome(**outcome) for name, outcome in payload["tables"].items()})
-
-
-def reserved_from_json(payload: dict) -> Reserved:
-    return Reserved(**payload)
+    return Committed.model_validate(payload)
 
 
 def fetched_from_json(payload: dict) -> Fetched:
-    return Fetched(
-        reserved=Reserved(**payload["reserved"]),
-        tables=[TablePart(**{**part, "tombstones": [tuple(t) for t in part["tombstones"]]})
-                for part in payload["tables"]],
-        failures=[FailedMessage(**failure) for failure in payload.get("failures", [])],
-        unknown_events=payload["unknown_events"],
-    )
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat()
+    return Fetched.model_validate(payload)

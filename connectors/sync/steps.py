@@ -4,18 +4,27 @@ Each step reads the previous step's manifest and writes its own, so an orchestra
 as separate ops (or in one process) and a crash between any two leaves a state the next run's
 `reserve` recovers from:
 
-* reserve  recovers first (ack what was loaded but not acked; re-read reservations the journal
-           holds; find orphans the journal never saw), then reserves new rows, journalling every
-           ``process_id`` as *reserved* before anything is processed;
+* reserve  opens the run in the sync log, recovers (ack what was loaded but not acked; re-read
+           reservations the journal holds; if the last run never finished, find orphans the
+           journal never saw), then reserves new rows, journalling every ``process_id`` as
+           *reserved* before anything is processed; events are staged to disk as they arrive;
 * fetch    plans (coalesces rows to one action per object) and re-reads current state, 2,500
            entities per request, into Parquet chunks; ids that do not come back become tombstones;
            objects that fail for another reason are moved to the error lane right here, so a later
            ack of their reservation cannot drop them;
-* commit   one warehouse transaction: upserts, tombstones, journal -> *loaded*;
-* ack      ``event.offline.clear`` for the committed reservations, journal -> *acked*.
+* commit   upserts a chunk per transaction, then one transaction: the last chunk, tombstones,
+           error lane, journal -> *loaded* (upserts are idempotent, so a crash in between is
+           repaired by the next run re-applying the same reservations);
+* ack      ``event.offline.clear`` for the committed reservations, journal -> *acked*, and the
+           run's row of the sync log closed with its numbers.
 
-A full resync (bootstrap) uses the same steps: reserve binds the events, fetch runs the keyset scan,
-commit also tombstones ids the scan did not see, ack has nothing to clear.
+A full resync (bootstrap) uses the same steps: fetch binds the events (in the request that reads
+the first page of every kind, binds first) and scans every kind, commit also tombstones ids the scan
+did not see, ack has nothing to clear.
+
+Requests (issue 13): look-ups (types, fields, features) come from the portal cache
+(`PortalSync.refresh`), so a change run of up to 2,500 changes costs reserve + fetch + clear.
+Memory is bounded by one chunk: events go to disk as reserved and are read back as columns.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from connectors.bitrix24 import (
@@ -44,11 +54,12 @@ from connectors.bitrix24 import (
     fetch_by_ids,
     fetch_changes,
     frame_and_coercions,
-    plan_changes,
-    scan,
-    table_schema,
+    schema_from_fields,
 )
+from connectors.bitrix24.entities import Action
 from connectors.bitrix24.errors import Forbidden, InvalidArgument, MethodNotFound
+from connectors.bitrix24.fetch import scan_kinds
+from connectors.bitrix24.lookups import TYPES, invalidated_by
 from connectors.bitrix24.redaction import redact
 from connectors.sync.failpoints import failpoint
 from connectors.sync.portal import PortalSync
@@ -56,58 +67,107 @@ from connectors.sync.staging import (
     Committed,
     Fetched,
     Reserved,
+    SyncMode,
     TableOutcome,
     TablePart,
-    committed_from_json,
-    fetched_from_json,
-    read_events,
+    append_events,
+    iter_events,
     read_json,
-    reserved_from_json,
     schema_from_json,
     schema_to_json,
     sweep_siblings,
-    write_events,
     write_frame,
     write_json,
 )
-from connectors.warehouse import FailedMessage, JournalStatus, ParkedStatus
+from connectors.tables import TableSchema
+from connectors.warehouse import FailedMessage, JournalStatus, ParkedStatus, SyncRun, Transaction
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2_500  # entities per fetch request and per staged Parquet chunk (50 commands x 50 rows)
 
-MODES = ("changes", "full_resync", "error_lane")
+# The modes a run is started with; reconcile only commits (connectors.sync.reconcile).
+RUN_MODES = (SyncMode.CHANGES, SyncMode.FULL_RESYNC, SyncMode.ERROR_LANE)
 JOURNAL_KEEP = timedelta(days=7)  # acked journal entries kept for inspection, then pruned
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"  # `SyncRun.status`
+REREAD_GROUP = 50 * 20  # reservations re-read per round after a crash (20 requests), staged before the next
+
+
+def run_mode(mode: SyncMode | str) -> SyncMode:
+    """``mode`` as a `SyncMode` a run can start with; raises `ValueError` naming the choices."""
+    try:
+        chosen = SyncMode(mode)
+    except ValueError:
+        chosen = None
+    if chosen not in RUN_MODES:
+        raise ValueError(f"unknown sync mode {mode!r}; expected one of {[m.value for m in RUN_MODES]}")
+    return chosen
 
 
 # --- reserve ---------------------------------------------------------------------------------
 
 
-def reserve(sync: PortalSync, mode: str = "changes") -> Path:
-    """Recover unfinished work, then reserve new rows; returns the manifest for `fetch`."""
-    if mode not in MODES:
-        raise ValueError(f"unknown sync mode {mode!r}; expected one of {MODES}")
-    reserved = Reserved(portal=sync.portal, mode=mode)
-    if mode == "full_resync":
-        # Bind first: changes made while the scan runs are then caught by the queue (DESIGN §3).
-        bound = sync.queue.bind(sync.registry)
-        log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
-                 len(bound.bound), len(bound.already_bound))
-        return write_json(sync.staging_dir / "reserved.json", asdict(reserved))
+class _Staged:
+    """The run's events file, appended to as reservations come in; only numbers stay in memory."""
 
-    events: list[QueueEvent] = []
+    def __init__(self, sync: PortalSync, reserved: Reserved) -> None:
+        self.sync, self.reserved = sync, reserved
+        self.path = sync.staging_dir / "events.jsonl"
+        self.path.write_text("")
+        reserved.events_file = str(self.path)
+        self.discarded_at = (_discarded_times(sync) if reserved.mode == SyncMode.ERROR_LANE else {})
+        self.discarded: set[str] = set()
+
+    def add(self, events: Sequence[QueueEvent]) -> None:
+        append_events(self.path, events)
+        self.reserved.event_count += len(events)
+        if events:
+            oldest = min(event.timestamp for event in events)
+            current = self.reserved.oldest_event_at
+            if current is None or oldest < datetime.fromisoformat(current):
+                self.reserved.oldest_event_at = oldest.isoformat()
+        for event in events:
+            failed_at = self.discarded_at.get(event.message_id)
+            if failed_at is not None and event.timestamp <= failed_at:
+                self.discarded.add(event.message_id)
+
+
+def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
+    """Recover unfinished work, then reserve new rows; returns the manifest for `fetch`.
+
+    Requests: one per 2,500 rows reserved (the last sub-call's extra row tells a full queue from a
+    dry one, so no empty reserve is sent); recovery look-ups only after a run that did not finish.
+    Raises `ValueError` for a mode a run cannot start with.
+    """
+    mode = run_mode(mode)
+    before = _requests(sync)
+    # Whatever look-up is stale (features, types, fields) is asked now, in one request.
+    sync.refresh()
+    reserved = Reserved(portal=sync.portal, mode=mode, run_id=sync.run_id,
+                        started_at=datetime.now(UTC).isoformat())
+    unfinished_run = _open_run(sync, reserved)
+    if mode is SyncMode.FULL_RESYNC:
+        # Binding happens in fetch, in the request that reads the first pages (binds first).
+        reserved.requests = _requests(sync) - before
+        return reserved.write(sync.staging_dir / "reserved.json")
+
+    staged = _Staged(sync, reserved)
     # A drain also takes back the reservations that kept failed messages (journalled *parked*).
-    events.extend(_recover(sync, reserved, parked_too=mode == "error_lane"))
-    while len(events) < sync.max_events:
-        want = min(CHUNK, sync.max_events - len(events))
+    _recover(sync, reserved, staged, parked_too=mode is SyncMode.ERROR_LANE, orphans=unfinished_run)
+    while reserved.event_count < sync.max_events:
+        want = min(CHUNK, sync.max_events - reserved.event_count)
+        # The probe row only helps a batch after which the run would ask again; the batch that
+        # reaches max_events stops the run anyway, and without it the run's ids fill whole fetches.
+        probe = reserved.event_count + want < sync.max_events
         try:
-            result = sync.queue.reserve_errors(want) if mode == "error_lane" else sync.queue.reserve(want)
+            take = sync.queue.reserve_errors if mode is SyncMode.ERROR_LANE else sync.queue.reserve
+            result = take(want, probe=probe)
         except (TransportError, MalformedResponse) as error:
             # A reserve is not repeated blindly: the lost answer may have reserved rows under a
             # process_id we never saw. Find those reservations (read-only) and take them instead.
             log.warning("portal %s: a reserve answered nothing readable (%s); looking for the rows it "
                         "may have reserved", sync.portal, error)
-            events.extend(_adopt_orphans(sync, reserved, error_lane=mode == "error_lane"))
+            _adopt_orphans(sync, reserved, staged, error_lane=mode is SyncMode.ERROR_LANE)
             break
         reserved.at_most_once = reserved.at_most_once or result.at_most_once
         failpoint("after_reserve_response")
@@ -115,20 +175,41 @@ def reserve(sync: PortalSync, mode: str = "changes") -> Path:
             counts = {r.process_id: len(r.events) for r in result.reservations if r.process_id}
             sync.warehouse.record_reserved(sync.portal, counts)
             reserved.process_ids.extend(counts)
-        events.extend(result.events)
+        staged.add(result.events)
         if result.exhausted:
             break
-    if mode == "error_lane":
-        reserved.discarded = _discarded(sync, events)
+    reserved.discarded = sorted(staged.discarded)
     # The reservations of any dead run are recovered (or none can be left): its files go now.
     for removed in sweep_siblings(sync.staging_dir, sync.keep_staging):
         log.info("portal %s: removed staging left by an earlier run: %s", sync.portal, removed.name)
-    manifest = _write_reserved(sync, reserved, events)
+    if reserved.at_most_once:
+        log.warning("portal %s: DEGRADED delivery (no rest_offline_extended): %d rows were deleted from "
+                    "the queue when read; schedule reconciliation", sync.portal, reserved.event_count)
+    reserved.requests = _requests(sync) - before
+    manifest = reserved.write(sync.staging_dir / "reserved.json")
     failpoint("after_reserve")
     return manifest
 
 
-def _recover(sync: PortalSync, reserved: Reserved, *, parked_too: bool = False) -> list[QueueEvent]:
+def _open_run(sync: PortalSync, reserved: Reserved) -> bool:
+    """Write this run's row of the sync log; True if the portal's last run did not finish.
+
+    Only such a run can have died between a reserve answer and its journal write, leaving rows
+    reserved under a process id nobody knows (DESIGN §3 orphans); otherwise the portal need not be
+    asked. A run without predecessor in the log (a new or an older warehouse) is checked too.
+    """
+    previous = sync.warehouse.runs(sync.portal, limit=1)
+    unfinished = not previous or previous[0].status == RUNNING
+    if previous and previous[0].status == RUNNING and previous[0].run_id != sync.run_id:
+        sync.warehouse.log_run(replace(previous[0], status=FAILED, finished_at=datetime.now(UTC),
+                                       error_summary="ended before its acknowledgement; recovered by "
+                                                     f"run {sync.run_id}"))
+    sync.warehouse.log_run(SyncRun(sync.run_id, sync.portal, datetime.fromisoformat(reserved.started_at or ""),
+                                   status=RUNNING, mode=SyncMode(reserved.mode).value))
+    return unfinished
+
+
+def _recover(sync: PortalSync, reserved: Reserved, staged: _Staged, *, parked_too: bool, orphans: bool) -> None:
     journal = sync.warehouse.journal(sync.portal)
     loaded = [entry.process_id for entry in journal if entry.status is JournalStatus.LOADED]
     if loaded:
@@ -138,19 +219,22 @@ def _recover(sync: PortalSync, reserved: Reserved, *, parked_too: bool = False) 
         reserved.acked_on_recovery = len(loaded)
     held = (JournalStatus.RESERVED, JournalStatus.PARKED) if parked_too else (JournalStatus.RESERVED,)
     unfinished = [entry.process_id for entry in journal if entry.status in held]
+    if not unfinished and not orphans:
+        return
     if not sync.queue.extended_mode():
-        return []
-    orphans = list(sync.queue.find_orphans(entry.process_id for entry in journal))
-    if orphans:
+        return
+    found = list(sync.queue.find_orphans(entry.process_id for entry in journal)) if orphans else []
+    if found:
         log.warning("portal %s: %d reservations not in the journal (crash before the journal write); "
-                    "re-reading them", sync.portal, len(orphans))
-        sync.warehouse.record_reserved(sync.portal, dict.fromkeys(orphans, 0))
+                    "re-reading them", sync.portal, len(found))
+        sync.warehouse.record_reserved(sync.portal, dict.fromkeys(found, 0))
     # A drain's reservation (crashed, or parked: its failed rows may still be reserved under it,
     # facts §2.10) holds error-lane rows; a change run's holds normal ones.
-    reservations = _reread_both_lanes(sync, unfinished + orphans, error_lane=False)
-    events = _take_over(sync, reserved, reservations)
-    reserved.recovered = len([r for r in reservations if r.events])
-    return events
+    for start in range(0, len(unfinished + found), REREAD_GROUP):
+        group = (unfinished + found)[start:start + REREAD_GROUP]
+        reservations = _reread_both_lanes(sync, group, error_lane=False)
+        _take_over(sync, reserved, staged, reservations)
+        reserved.recovered += len([r for r in reservations if r.events])
 
 
 def _reread_both_lanes(sync: PortalSync, process_ids: Sequence[str], *, error_lane: bool) -> list[Reservation]:
@@ -167,7 +251,7 @@ def _reread_both_lanes(sync: PortalSync, process_ids: Sequence[str], *, error_la
     return [r for r in reservations if r.events] + sync.queue.reread_all(empty, error_lane=not error_lane)
 
 
-def _take_over(sync: PortalSync, reserved: Reserved, reservations: Sequence[Reservation]) -> list[QueueEvent]:
+def _take_over(sync: PortalSync, reserved: Reserved, staged: _Staged, reservations: Sequence[Reservation]) -> None:
     """This run processes the rows still held by ``reservations``; empty ones are finished."""
     held = {r.process_id: len(r.events) for r in reservations if r.events and r.process_id}
     drained = [r.process_id for r in reservations if not r.events and r.process_id]
@@ -177,40 +261,34 @@ def _take_over(sync: PortalSync, reserved: Reserved, reservations: Sequence[Rese
         # Nothing is reserved under these any more (cleared earlier, moved back to the error lane,
         # or expired after ~34 days, facts §2.11): there is nothing left to load for them.
         sync.warehouse.mark_acked(sync.portal, drained)
-    return [event for r in reservations for event in r.events]
+    staged.add([event for r in reservations for event in r.events])
 
 
-def _adopt_orphans(sync: PortalSync, reserved: Reserved, *, error_lane: bool) -> list[QueueEvent]:
+def _adopt_orphans(sync: PortalSync, reserved: Reserved, staged: _Staged, *, error_lane: bool) -> None:
     if not sync.queue.extended_mode():
-        return []  # clear=1: whatever the lost answer held is gone; reconciliation repairs it
+        return  # clear=1: whatever the lost answer held is gone; reconciliation repairs it
     orphans = list(sync.queue.find_orphans(entry.process_id for entry in sync.warehouse.journal(sync.portal)))
     if not orphans:
-        return []
+        return
     sync.warehouse.record_reserved(sync.portal, dict.fromkeys(orphans, 0))
-    return _take_over(sync, reserved, _reread_both_lanes(sync, orphans, error_lane=error_lane))
+    _take_over(sync, reserved, staged, _reread_both_lanes(sync, orphans, error_lane=error_lane))
 
 
-def _discarded(sync: PortalSync, events: list[QueueEvent]) -> list[str]:
-    """Messages an operator discarded are acknowledged without loading; a newer occurrence of the
-    same message (a later change of the object moves its TIMESTAMP_X, facts §2.10) is not covered
-    by the discard and is loaded. Both times come from the portal's clock, never ours."""
-    failed_at = {entry.message_id: entry.last_event_at
-                 for entry in sync.warehouse.error_lane(sync.portal, ParkedStatus.DISCARDED)}
-    return sorted({event.message_id for event in events if event.message_id in failed_at
-                   and failed_at[event.message_id] is not None and event.timestamp <= failed_at[event.message_id]})
+def _discarded_times(sync: PortalSync) -> dict[str, datetime]:
+    """Messages an operator discarded, with the portal time of their last failed occurrence.
+
+    They are acknowledged without loading; a newer occurrence of the same message (a later change
+    of the object moves its TIMESTAMP_X, facts §2.10) is not covered by the discard and is loaded.
+    Both times come from the portal's clock, never ours."""
+    return {entry.message_id: entry.last_event_at
+            for entry in sync.warehouse.error_lane(sync.portal, ParkedStatus.DISCARDED)
+            if entry.last_event_at is not None}
 
 
-def _write_reserved(sync: PortalSync, reserved: Reserved, events: list[QueueEvent]) -> Path:
-    events_file = sync.staging_dir / "events.jsonl"
-    write_events(events_file, events)
-    reserved.events_file = str(events_file)
-    reserved.event_count = len(events)
-    if events:
-        reserved.oldest_event_at = min(event.timestamp for event in events).isoformat()
-    if reserved.at_most_once:
-        log.warning("portal %s: DEGRADED delivery (no rest_offline_extended): %d rows were deleted from "
-                    "the queue when read; schedule reconciliation", sync.portal, len(events))
-    return write_json(sync.staging_dir / "reserved.json", asdict(reserved))
+def _requests(sync: PortalSync) -> int:
+    """HTTP requests this step's client has sent so far (each step of a run has its own client
+    in Dagster; in one process `run_once` they share one, and the step counts only its own)."""
+    return int(sync.client.usage.snapshot()["http_requests"])
 
 
 # --- fetch -----------------------------------------------------------------------------------
@@ -218,56 +296,153 @@ def _write_reserved(sync: PortalSync, reserved: Reserved, events: list[QueueEven
 
 def fetch(sync: PortalSync, reserved_path: str | Path) -> Path:
     """Re-read the current state of what changed (or of everything, in a full resync)."""
-    reserved = reserved_from_json(read_json(reserved_path))
+    reserved = Reserved.read(reserved_path)
+    before = _requests(sync)
     fetched = Fetched(reserved=reserved)
-    if reserved.mode == "full_resync":
-        for kind in sync.registry:
-            fetched.tables.append(_scan_kind(sync, kind))
+    if reserved.mode == SyncMode.FULL_RESYNC:
+        _scan_all(sync, fetched)
     else:
-        discarded = set(reserved.discarded)
-        events = [e for e in read_events(Path(reserved.events_file or "")) if e.message_id not in discarded]
-        _fetch_changes(sync, fetched, events)
+        _fetch_changes(sync, fetched, Path(reserved.events_file or ""), set(reserved.discarded))
     for process_id, message_ids in fetched.failed.items():
         # Moved out of the reservation now, before anything can acknowledge it (facts §2.10).
-        sync.queue.fail(process_id, message_ids, error_lane=reserved.mode == "error_lane")
-    return write_json(sync.staging_dir / "fetched.json", asdict(fetched))
+        sync.queue.fail(process_id, message_ids, error_lane=reserved.mode == SyncMode.ERROR_LANE)
+    fetched.requests = _requests(sync) - before
+    return fetched.write(sync.staging_dir / "fetched.json")
 
 
-def _fetch_changes(sync: PortalSync, fetched: Fetched, events: list[QueueEvent]) -> None:
-    plan = plan_changes(events, sync.registry)
-    fetched.unknown_events = len(plan.unknown)
-    for unknown in plan.unknown:
-        log.warning("portal %s: queue row %s not synced: %s", sync.portal, unknown.event.row_id,
-                    unknown.reason)
-    events_by_object = _events_by_object(sync, events) if plan.kinds else {}
+# The columns of the event index: one row per queue event a registered kind understands.
+_INDEX_CHUNK = 100_000  # events turned into columns at a time (bounds the Python objects alive)
+
+
+@dataclass
+class EventIndex:
+    """A run's queue events as columns (``kind``, ``entity_id``, ``delete``, ``changed_at``, ``row_id``,
+    ``message_id``, ``event_name``, ``process_id``), read from the staged file in one pass.
+
+    About 60 bytes per event, so a million queued changes fit in a run's memory budget where a
+    million `QueueEvent` objects would not (issue 13 goal 3)."""
+
+    frame: pd.DataFrame
+    unknown: int  # events no registered kind understands (logged, acknowledged, not loaded)
+    unknown_names: set[str]
+    unregistered_types: bool  # a smart-process event for a type the registry does not know
+
+    def plan(self) -> dict[str, tuple[np.ndarray, pd.Series]]:
+        """Per kind key: ids to fetch (ascending) and, per object, its latest change time and
+        whether that was a delete (a frame indexed by id: ``changed_at``, ``delete``).
+
+        The queue keeps one row per (event, object) with the last occurrence's time (facts §2.11),
+        so one object can have ADD, UPDATE and DELETE rows; the latest by (TIMESTAMP_X, row ID) wins.
+        """
+        latest = self.frame.sort_values(["changed_at", "row_id"], kind="stable").drop_duplicates(
+            ["kind", "entity_id"], keep="last")
+        plans = {}
+        for key, rows in latest.groupby("kind", observed=True, sort=False):
+            rows = rows.sort_values("entity_id")
+            fetch_ids = rows.loc[~rows["delete"], "entity_id"].to_numpy(dtype="int64")
+            plans[str(key)] = (fetch_ids, rows.set_index("entity_id")[["changed_at", "delete"]])
+        return plans
+
+    def events_of(self, key: str, entity_ids: Iterable[int]) -> pd.DataFrame:
+        frame = self.frame
+        return frame[(frame["kind"] == key) & frame["entity_id"].isin(list(entity_ids))]
+
+
+def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventIndex:
+    """Read the staged events once into an `EventIndex` (discarded messages left out)."""
+    pieces: list[pd.DataFrame] = []
+    columns: dict[str, list] = {name: [] for name in
+                                ("kind", "entity_id", "delete", "changed_at", "row_id", "message_id", "event_name",
+                                 "process_id")}
+    unknown, names, unregistered, shown = 0, set(), False, 0
+    registry = sync.registry
+    for event in iter_events(path):
+        if event.message_id in discarded:
+            continue
+        target = registry.resolve(event.event_name, event.event_data)
+        if target.kind is None or target.action is None or target.entity_id is None:
+            unknown += 1
+            names.add(event.event_name)
+            unregistered = unregistered or "smart-process type" in target.reason
+            if shown < 20:  # one line each for the first few; the count says the rest
+                shown += 1
+                log.warning("portal %s: queue row %s not synced: %s", sync.portal, event.row_id, target.reason)
+            continue
+        columns["kind"].append(target.kind.key)
+        columns["entity_id"].append(target.entity_id)
+        columns["delete"].append(target.action is Action.DELETE)
+        columns["changed_at"].append(event.timestamp)
+        columns["row_id"].append(event.row_id)
+        columns["message_id"].append(event.message_id)
+        columns["event_name"].append(event.event_name)
+        columns["process_id"].append(event.process_id or "")
+        if len(columns["row_id"]) >= _INDEX_CHUNK:
+            pieces.append(_index_piece(columns))
+    pieces.append(_index_piece(columns))
+    frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
+    for name in ("kind", "event_name", "process_id"):
+        frame[name] = frame[name].astype("category")
+    return EventIndex(frame, unknown, names, unregistered)
+
+
+def _index_piece(columns: dict[str, list]) -> pd.DataFrame:
+    piece = pd.DataFrame({
+        "kind": pd.Series(columns["kind"], dtype="category"),
+        "entity_id": pd.Series(columns["entity_id"], dtype="int64"),
+        "delete": pd.Series(columns["delete"], dtype="bool"),
+        "changed_at": pd.to_datetime(pd.Series(columns["changed_at"], dtype=object), utc=True),
+        "row_id": pd.Series(columns["row_id"], dtype="int64"),
+        "message_id": pd.Series(columns["message_id"], dtype="string[pyarrow]"),
+        "event_name": pd.Series(columns["event_name"], dtype="category"),
+        "process_id": pd.Series(columns["process_id"], dtype="category"),
+    })
+    for values in columns.values():
+        values.clear()
+    return piece
+
+
+def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discarded: set[str]) -> None:
+    index = index_events(sync, events_file, discarded)
+    stale = invalidated_by(index.unknown_names)
+    if index.unregistered_types:
+        stale.add(TYPES)
+    if stale:
+        # The portal's types or fields changed (facts §3, §4.8): ask again, and re-plan with them.
+        log.info("portal %s: queue rows say %s changed; asking the portal again", sync.portal, sorted(stale))
+        sync.forget(stale)
+        index = index_events(sync, events_file, discarded)
+    fetched.unknown_events = index.unknown
+    plans = index.plan()
     parts: dict[str, TablePart] = {}
-    for key, kind_plan in plan.kinds.items():
-        part = parts[key] = new_table_part(sync, kind_plan.kind)
-        part.tombstones.extend((entity_id, "deleted", kind_plan.changed_at[entity_id].isoformat())
-                               for entity_id in kind_plan.tombstone_ids)
-        part.events = sum(len(events_by_object.get((key, i), ())) for i in kind_plan.changed_at)
-    for number, piece in enumerate(_slices(plan, CHUNK)):
-        for key, result in _fetch_slice(sync, fetched, events_by_object, piece).items():
-            kind_plan, part = plan.kinds[key], parts[key]
-            part.tombstones.extend((entity_id, "not_found", kind_plan.changed_at[entity_id].isoformat())
+    counts = index.frame["kind"].value_counts()
+    for key, (_fetch_ids, latest) in plans.items():
+        part = parts[key] = new_table_part(sync, sync.registry[key])
+        deletes = latest[latest["delete"]]
+        part.tombstones.extend((int(entity_id), "deleted", at.isoformat())
+                               for entity_id, at in deletes["changed_at"].items())
+        part.events = int(counts.get(key, 0))
+    for number, piece in enumerate(_slices(sync, plans, CHUNK)):
+        for key, result in _fetch_slice(sync, fetched, index, piece).items():
+            part, latest = parts[key], plans[key][1]
+            part.tombstones.extend((entity_id, "not_found", latest.at[entity_id, "changed_at"].isoformat())
                                    for entity_id in result.not_found)
-            frame, bad_ids = typed_frame(sync, kind_plan.kind, part, result.records)
-            _park(fetched, events_by_object, key, {i: "record unreadable (id or modification time)"
-                                                    for i in bad_ids})
+            frame, bad_ids = typed_frame(sync, sync.registry[key], part, result.records)
+            _park(fetched, index, key, {i: "record unreadable (id or modification time)" for i in bad_ids})
             stage_frame(sync, part, frame, number)
         failpoint("during_fetch")
     fetched.tables.extend(parts.values())
 
 
-def _slices(plan: ChangePlan, size: int) -> Iterator[ChangePlan]:
+def _slices(sync: PortalSync, plans: Mapping[str, tuple[np.ndarray, pd.Series]], size: int) -> Iterator[ChangePlan]:
     """The plan's fetches cut into pieces of ``size`` ids, kinds mixed: one full request each."""
-    pending = [(kind_plan, list(kind_plan.fetch_ids)) for kind_plan in plan.kinds.values()]
     piece: dict[str, KindPlan] = {}
     room = size
-    for kind_plan, ids in pending:
-        while ids:
-            taken, ids = ids[:room], ids[room:]
-            piece[kind_plan.kind.key] = KindPlan(kind_plan.kind, tuple(taken), (), kind_plan.changed_at)
+    for key, (ids, _latest) in plans.items():
+        kind, start = sync.registry[key], 0
+        while start < len(ids):
+            taken = ids[start:start + room]
+            start += len(taken)
+            piece[key] = KindPlan(kind, tuple(int(i) for i in taken), (), {})
             room -= len(taken)
             if room == 0:
                 yield ChangePlan(piece)
@@ -282,8 +457,7 @@ def _slices(plan: ChangePlan, size: int) -> Iterator[ChangePlan]:
 REFUSALS = (NotFound, Forbidden, InvalidArgument, MethodNotFound)
 
 
-def _fetch_slice(sync: PortalSync, fetched: Fetched, events_by_object: ObjectEvents,
-                 piece: ChangePlan) -> dict[str, FetchResult]:
+def _fetch_slice(sync: PortalSync, fetched: Fetched, index: EventIndex, piece: ChangePlan) -> dict[str, FetchResult]:
     try:
         return fetch_changes(sync.client, piece)
     except REFUSALS as error:
@@ -295,7 +469,7 @@ def _fetch_slice(sync: PortalSync, fetched: Fetched, events_by_object: ObjectEve
         if refused:
             log.error("portal %s: the portal refused %d %s: %s", sync.portal, len(refused),
                       kind_plan.kind.table, sorted(refused)[:20])
-            _park(fetched, events_by_object, key, refused)
+            _park(fetched, index, key, refused)
     return results
 
 
@@ -316,32 +490,57 @@ def _fetch_isolating(client: Bitrix24Client, kind: EntityKind,
             {**left_refused, **right_refused})
 
 
-def _scan_kind(sync: PortalSync, kind: EntityKind) -> TablePart:
-    part = new_table_part(sync, kind)
-    seen: list[int] = []
-    for number, records in enumerate(scan(sync.client, kind)):
-        frame, bad_ids = typed_frame(sync, kind, part, records)
+def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
+    """Bind, then scan every kind, the kinds sharing requests (`scan_kinds`)."""
+    kinds = list(sync.registry)
+    seen: dict[str, list[np.ndarray]] = {kind.key: [] for kind in kinds}
+    numbers: dict[str, int] = defaultdict(int)
+    binds = sync.queue.bind_commands(kinds)
+    # Fields not cached yet (a smart-process type seen for the first time) ride in the same request.
+    lookups = sync.lookup_commands(kinds)
+    parts: dict[str, TablePart] = {}
+    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **lookups}):
+        if key is None:
+            bound = sync.queue.bound_from(binds, rows)
+            log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
+                     len(bound.bound), len(bound.already_bound))
+            sync.take_lookups(lookups, rows)
+            parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
+            continue
+        kind, part = sync.registry[key], parts[key]
+        frame, bad_ids = typed_frame(sync, kind, part, rows)
         if bad_ids:
             log.error("portal %s: %d %s rows unreadable in the full scan: %s", sync.portal, len(bad_ids),
                       kind.table, sorted(bad_ids)[:20])
-        seen.extend(int(record[kind.id_field]) for record in records)
-        stage_frame(sync, part, frame, number)
-    ids_file = sync.staging_dir / f"{kind.table}.scanned.parquet"
-    write_frame(ids_file, pd.DataFrame({"id": pd.Series(seen, dtype="int64")}))
-    part.scanned_ids_file = str(ids_file)
-    return part
+        seen[key].append(np.fromiter((int(row[kind.id_field]) for row in rows), dtype="int64", count=len(rows)))
+        stage_frame(sync, part, frame, numbers[key])
+        numbers[key] += 1
+        failpoint("during_fetch")
+    for kind in kinds:
+        part = parts[kind.key] if parts else new_table_part(sync, kind)
+        ids = np.concatenate(seen[kind.key]) if seen[kind.key] else np.empty(0, dtype="int64")
+        ids_file = sync.staging_dir / f"{kind.table}.scanned.parquet"
+        write_frame(ids_file, pd.DataFrame({"id": ids}))
+        part.scanned_ids_file = str(ids_file)
+        fetched.tables.append(part)
 
 
 def new_table_part(sync: PortalSync, kind: EntityKind) -> TablePart:
-    schema = table_schema(sync.client, kind)
+    """An empty `TablePart` of ``kind`` with its schema (from the cached field descriptions) staged."""
+    schema = schema_from_fields(kind, sync.fields(kind))
     schema_file = write_json(sync.staging_dir / f"{kind.table}.schema.json", schema_to_json(schema))
     return TablePart(kind=kind.key, table=kind.table, schema_file=str(schema_file))
 
 
 def typed_frame(sync: PortalSync, kind: EntityKind, part: TablePart,
-           records: list[dict]) -> tuple[pd.DataFrame, list[int]]:
+                records: list[dict]) -> tuple[pd.DataFrame, list[int]]:
     """The chunk as a typed frame; records whose id or modification time is unreadable are singled
-    out, not fatal. A value that does not fit its column is NULL and counted in ``part`` (DESIGN §3.9)."""
+    out, not fatal. A value that does not fit its column is NULL and counted in ``part`` (DESIGN §3.9).
+
+    A field the cached descriptions do not know (a user field added since) makes the portal be
+    asked again; before the kind's first chunk is staged the new schema is used at once, later the
+    next run uses it (the value is kept in ``_raw`` meanwhile)."""
+    _check_fields(sync, kind, part, records)
     schema = schema_from_json(read_json(part.schema_file))
     bad: list[int] = []
     try:
@@ -363,7 +562,29 @@ def typed_frame(sync: PortalSync, kind: EntityKind, part: TablePart,
     return frame, bad
 
 
+def _check_fields(sync: PortalSync, kind: EntityKind, part: TablePart, records: list[dict]) -> None:
+    """Ask for ``kind``'s fields again if the records carry a user field the cache does not know.
+
+    Only user fields (``UF_*`` / ``ufCrm*``, facts §4.3-§4.4) appear at run time; other keys a list
+    answers without describing them (crm.item.list's ``entityTypeId``) are no reason to ask, and a
+    standard field new with a Bitrix24 update is picked up by the hourly refresh."""
+    if not records:
+        return
+    known = sync.fields(kind)
+    present = set().union(*(record.keys() for record in records))
+    new = {name for name in present - known.keys() if name.upper().startswith("UF")}
+    if not new:
+        return
+    log.info("portal %s: %s answered user fields the cache does not know (%s); asking for its fields again",
+             sync.portal, kind.key, sorted(new)[:5])
+    sync.forget([f"fields:{kind.key}"])
+    fields = sync.fields(kind)
+    if not part.chunks:
+        write_json(Path(part.schema_file), schema_to_json(schema_from_fields(kind, fields)))
+
+
 def stage_frame(sync: PortalSync, part: TablePart, frame: pd.DataFrame, number: int) -> None:
+    """Write ``frame`` as the part's chunk ``number`` (Parquet), unless it is empty."""
     if frame.empty:
         return
     path = write_frame(sync.staging_dir / f"{part.table}.{number:05d}.parquet", frame)
@@ -371,48 +592,49 @@ def stage_frame(sync: PortalSync, part: TablePart, frame: pd.DataFrame, number: 
     part.rows += len(frame)
 
 
-ObjectEvents = dict[tuple[str, int], list[QueueEvent]]  # (kind key, entity id) -> its queue rows
-
-
-def _events_by_object(sync: PortalSync, events: Iterable[QueueEvent]) -> ObjectEvents:
-    by_object: ObjectEvents = defaultdict(list)
-    for event in events:
-        target = sync.registry.resolve(event.event_name, event.event_data)
-        if target.kind is not None and target.entity_id is not None:
-            by_object[(target.kind.key, target.entity_id)].append(event)
-    return by_object
-
-
-def _park(fetched: Fetched, events_by_object: ObjectEvents, key: str, errors: Mapping[int, str]) -> None:
+def _park(fetched: Fetched, index: EventIndex, key: str, errors: Mapping[int, str]) -> None:
     """Every queue row about these objects goes to the error lane, with the reason per object."""
-    for entity_id, error in errors.items():
-        for event in events_by_object.get((key, entity_id), ()):
-            if event.process_id:
-                fetched.failures.append(FailedMessage(
-                    event.message_id, event.event_name, key, entity_id, redact(error),
-                    event_at=event.timestamp.isoformat(), process_id=event.process_id))
+    if not errors:
+        return
+    for row in index.events_of(key, errors).itertuples(index=False):
+        if row.process_id:
+            fetched.failures.append(FailedMessage(
+                str(row.message_id), str(row.event_name), key, int(row.entity_id), redact(errors[row.entity_id]),
+                event_at=row.changed_at.isoformat(), process_id=str(row.process_id)))
 
 
 # --- commit ----------------------------------------------------------------------------------
 
 
 def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
-    """One transaction: upserts, tombstones and the journal's *loaded* mark (DESIGN §3 step 5)."""
-    fetched = fetched_from_json(read_json(fetched_path))
+    """Upserts chunk by chunk, then tombstones, error lane and the journal's *loaded* mark in one
+    transaction (DESIGN §3 step 5); memory holds one chunk at a time."""
+    fetched = Fetched.read(fetched_path)
     committed = Committed(fetched_file=str(fetched_path))
     schemas = {part.table: schema_from_json(read_json(part.schema_file)) for part in fetched.tables}
     for schema in schemas.values():
         sync.warehouse.ensure_table(schema)
     absent = {part.table: _absent_ids(sync, part) for part in fetched.tables if part.scanned_ids_file}
     now = datetime.now(UTC)
+    for part in fetched.tables:
+        outcome = committed.tables.setdefault(part.table, TableOutcome(table=part.table, events=part.events))
+        outcome.add_coercions(part.coerced)
+    # Upserts go in one transaction per chunk: a transaction's new versions stay in the engine's
+    # memory until it commits, so one transaction for a million rows would hold them all. Upserts
+    # are idempotent (an equal or older version changes nothing), so a crash between two leaves
+    # the journal at *reserved* and the next run applies the same rows again without effect.
+    # The journal's *loaded* mark, tombstones and the error lane go in the last transaction.
+    chunks = [(part, Path(chunk)) for part in fetched.tables for chunk in part.chunks]
+    for number, (part, chunk) in enumerate(chunks[:-1]):
+        with sync.warehouse.transaction(publish=False) as tx:
+            _upsert(sync, tx, committed.tables[part.table], schemas[part.table], chunk)
+        if number == 0:
+            failpoint("during_commit")
     with sync.warehouse.transaction() as tx:
+        for part, chunk in chunks[-1:]:
+            _upsert(sync, tx, committed.tables[part.table], schemas[part.table], chunk)
         for part in fetched.tables:
-            outcome = committed.tables.setdefault(part.table, TableOutcome(part.table, events=part.events))
-            outcome.add_coercions(part.coerced)
-            for chunk in part.chunks:
-                counts = tx.upsert(sync.portal, schemas[part.table], Path(chunk))
-                outcome.rows_upserted += counts.written
-                outcome.rows_ignored_older += counts.stale
+            outcome = committed.tables[part.table]
             tombstones: dict[tuple[str, datetime], list[int]] = defaultdict(list)
             for entity_id, reason, at in part.tombstones:
                 tombstones[(reason, datetime.fromisoformat(at))].append(entity_id)
@@ -422,27 +644,33 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
                 outcome.tombstones += tx.tombstone(sync.portal, schemas[part.table], ids, reason, deleted_at)
         if fetched.failures:
             tx.park(sync.portal, fetched.failures)
-        if fetched.reserved.mode == "error_lane":
+        if fetched.reserved.mode == SyncMode.ERROR_LANE:
             failed = {failure.message_id for failure in fetched.failures}
             tx.resolve_parked(sync.portal, [event.message_id for event in _reserved_events(fetched)
                                             if event.message_id not in failed])
         if fetched.reserved.process_ids:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
     failpoint("after_commit")
-    return write_json(sync.staging_dir / "committed.json", asdict(committed))
+    return committed.write(sync.staging_dir / "committed.json")
+
+
+def _upsert(sync: PortalSync, tx: Transaction, outcome: TableOutcome, schema: TableSchema, chunk: Path) -> None:
+    counts = tx.upsert(sync.portal, schema, chunk)
+    outcome.rows_upserted += counts.written
+    outcome.rows_ignored_older += counts.stale
 
 
 def _absent_ids(sync: PortalSync, part: TablePart) -> list[int]:
-    seen = set(pd.read_parquet(part.scanned_ids_file)["id"].tolist())
+    seen = pd.read_parquet(part.scanned_ids_file)["id"].to_numpy()
     current = sync.warehouse.row_versions(sync.portal, part.table)
-    live = current[current["_deleted_at"].isna()]["id"].tolist()
-    return sorted(set(live) - seen)
+    live = current.loc[current["_deleted_at"].isna(), "id"].to_numpy(dtype="int64")
+    return [int(i) for i in np.setdiff1d(live, seen)]
 
 
 # --- ack -------------------------------------------------------------------------------------
 
 
-def run_once(sync: PortalSync, mode: str = "changes") -> Path:
+def run_once(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
     """All four steps in this process; returns the committed manifest (for its numbers)."""
     committed = commit(sync, fetch(sync, reserve(sync, mode)))
     ack(sync, committed)
@@ -455,25 +683,43 @@ def ack(sync: PortalSync, committed_path: str | Path) -> int:
     A reservation without failures is cleared whole. One that held failed messages is cleared
     message by message (only what was loaded or discarded) and journalled *parked*, so its failed
     rows stay in the queue whether or not ``event.offline.error`` took them out of the reservation
-    (facts §2.10 leaves that open for error-lane rows); the next drain re-reads it.
+    (facts §2.10 leaves that open for error-lane rows); the next drain re-reads it. Closes the
+    run's row of the sync log (``_sync_runs``) with its numbers.
     """
-    committed = committed_from_json(read_json(committed_path))
-    fetched = fetched_from_json(read_json(committed.fetched_file))
+    committed = Committed.read(committed_path)
+    fetched = Fetched.read(committed.fetched_file)
+    before = _requests(sync)
     process_ids = fetched.reserved.process_ids
-    if not process_ids:
-        return 0
-    failed = fetched.failed
-    loaded: dict[str, list[QueueEvent]] = {pid: [] for pid in failed}
-    if failed:
-        for event in _reserved_events(fetched):
-            if event.process_id in failed and event.message_id not in failed[event.process_id]:
-                loaded[event.process_id].append(event)
-    sync.queue.ack(process_ids, loaded)
-    sync.warehouse.mark_acked(sync.portal, [pid for pid in process_ids if pid not in failed])
-    sync.warehouse.mark_parked(sync.portal, [pid for pid in process_ids if pid in failed])
-    sync.warehouse.prune_journal(sync.portal, acked_before=datetime.now(UTC) - JOURNAL_KEEP)
+    if process_ids:
+        failed = fetched.failed
+        loaded: dict[str, list[QueueEvent]] = {pid: [] for pid in failed}
+        if failed:
+            for event in _reserved_events(fetched):
+                if event.process_id in failed and event.message_id not in failed[event.process_id]:
+                    loaded[event.process_id].append(event)
+        sync.queue.ack(process_ids, loaded)
+        sync.warehouse.mark_acked(sync.portal, [pid for pid in process_ids if pid not in failed])
+        sync.warehouse.mark_parked(sync.portal, [pid for pid in process_ids if pid in failed])
+        sync.warehouse.prune_journal(sync.portal, acked_before=datetime.now(UTC) - JOURNAL_KEEP)
+    _close_run(sync, fetched, committed, _requests(sync) - before)
     return len(process_ids)
 
 
-def _reserved_events(fetched: Fetched) -> list[QueueEvent]:
-    return read_events(Path(fetched.reserved.events_file)) if fetched.reserved.events_file else []
+def _close_run(sync: PortalSync, fetched: Fetched, committed: Committed, ack_requests: int) -> None:
+    reserved = fetched.reserved
+    if not reserved.run_id:
+        return  # a manifest without a run (reconcile's repair) has no row in the sync log
+    outcomes = committed.tables.values()
+    sync.warehouse.log_run(SyncRun(
+        reserved.run_id, sync.portal,
+        datetime.fromisoformat(reserved.started_at) if reserved.started_at else datetime.now(UTC),
+        finished_at=datetime.now(UTC), status=SUCCEEDED, events=reserved.event_count,
+        rows_upserted=sum(outcome.rows_upserted for outcome in outcomes),
+        rows_tombstoned=sum(outcome.tombstones for outcome in outcomes),
+        requests=reserved.requests + fetched.requests + ack_requests,
+        errors=len(fetched.failures), mode=SyncMode(reserved.mode).value))
+
+
+def _reserved_events(fetched: Fetched) -> Iterator[QueueEvent]:
+    if fetched.reserved.events_file:
+        yield from iter_events(Path(fetched.reserved.events_file))

@@ -104,8 +104,9 @@ class Warehouse(ABC):
         """Names of the entity tables present (those with a ``_history`` twin), sorted."""
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """One atomic unit of writes; rolled back if the block raises."""
+    def transaction(self, *, publish: bool = True) -> AbstractContextManager[Transaction]:
+        """One atomic unit of writes; rolled back if the block raises. ``publish=False``: a step
+        of a larger whole, so the analysts' snapshot (DuckDB) waits for the last one."""
 
     @abstractmethod
     def record_reserved(self, portal: str, reserved: Mapping[str, int]) -> None:

@@ -86,7 +86,8 @@ class JournalEntry:
 
 @dataclass(frozen=True)
 class SyncRun:
-    """One row of the sync log; `log_run` is called at the start and again at the end of a run."""
+    """One row of the sync log (``_sync_runs``): written by the reserve step as *running*, closed by
+    the ack step (*succeeded*) or by the next run's reserve (*failed*: it never reached its ack)."""
 
     run_id: str
     portal: str
@@ -99,6 +100,7 @@ class SyncRun:
     requests: int = 0
     errors: int = 0
     error_summary: str | None = None  # already redacted by the caller
+    mode: str = "changes"  # connectors.sync.staging.SyncMode
 
 
 def create_statements(d: Dialect) -> list[str]:
@@ -124,7 +126,10 @@ def create_statements(d: Dialect) -> list[str]:
             rows_tombstoned BIGINT NOT NULL,
             requests BIGINT NOT NULL,
             errors BIGINT NOT NULL,
-            error_summary {d.text})""",
+            error_summary {d.text},
+            mode {d.text})""",
+        # Sync logs made before the mode was recorded.
+        f"ALTER TABLE {runs} ADD COLUMN IF NOT EXISTS mode {d.text}",
         f"""CREATE TABLE IF NOT EXISTS {d.qualified(ERROR_LANE_TABLE)} (
             portal {d.text} NOT NULL,
             message_id {d.text} NOT NULL,
@@ -198,7 +203,7 @@ def entry(row: tuple) -> JournalEntry:
 
 
 RUN_COLUMNS = ("run_id", "portal", "started_at", "finished_at", "status", "events", "rows_upserted",
-               "rows_tombstoned", "requests", "errors", "error_summary")
+               "rows_tombstoned", "requests", "errors", "error_summary", "mode")
 
 
 def log_run(d: Dialect) -> str:

@@ -177,7 +177,7 @@ class SqlWarehouse(Warehouse):
     # -- transactions ---------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
+    def transaction(self, *, publish: bool = True) -> Iterator[Transaction]:
         if self._in_transaction:
             raise TransactionStateError("a transaction is already open on this warehouse")
         tx = SqlTransaction(self)
@@ -194,7 +194,8 @@ class SqlWarehouse(Warehouse):
             tx.open = False
             self._in_transaction = False
             self._touched_in_transaction.clear()
-        self._after_commit()
+        if publish:
+            self._after_commit()
 
     def _outside_transaction(self, what: str) -> None:
         # These writes must survive a rollback of the data transaction (DESIGN §3: reserve before
