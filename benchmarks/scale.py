@@ -35,6 +35,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -457,31 +458,38 @@ class Result:
         }
 
 
+def describe(r: Result) -> list[str]:
+    """What one P measured besides the table: bootstrap, runs by job, sensor ticks, event-log rows."""
+    lines: list[str] = []
+    b = r.bootstrap
+    state = "complete" if b.complete else f"INCOMPLETE ({b.done}/{b.total}; bound --max-bootstrap-s)"
+    lines.append(f"P={r.portals}: installs + dagster dev up {r.stack_up_s:.0f} s; bootstrap (every portal's full "
+                 f"resync succeeded) {b.seconds:.0f} s, {state}, {b.failed_runs} failed full_resync runs; "
+                 f"peak RSS during bootstrap {r.bootstrap_rss[0] / 2**20:.0f} MB tree, "
+                 f"{r.bootstrap_rss[1] / 2**20:.0f} MB largest")
+    if not b.complete and b.done:
+        rate = b.done / b.seconds
+        lines.append(f"  at {rate * 60:.1f} portals/min the {b.total} portals would take about "
+                     f"{b.total / rate / 60:.0f} min to bootstrap")
+    a = r.activity
+    if a is None:
+        lines.append("  no activity phase (bootstrap incomplete)")
+        return lines
+    ticks = a.sensor_tick_s
+    lines.append(f"  {a.changes} changes ({a.landed} landed) in {a.seconds:.0f} s; busy portals {a.busy}; "
+                 f"writes behind plan at worst {a.generator_slip_s:.1f} s; runs {dict(a.runs)}; "
+                 f"sensor ticks {len(ticks)}, median {statistics.median(ticks) if ticks else math.nan:.2f} s, "
+                 f"max {max(ticks, default=math.nan):.2f} s")
+    lines.append(f"  event-log rows by type: {dict(a.event_types.most_common(8))}")
+    return lines
+
+
 def report(results: Sequence[Result], args: argparse.Namespace, load_before: float) -> str:
     lines = [f"scale benchmark: {args.duration_s:.0f} s of activity, about {args.rate_per_min:g} change per portal "
              f"per minute, {args.busy_share:.0%} of portals x{args.busy_factor:g}; {os.cpu_count()} cores, "
              f"1-min load average {load_before:.1f} before the first P", ""]
     for r in results:
-        b = r.bootstrap
-        state = "complete" if b.complete else f"INCOMPLETE ({b.done}/{b.total}; bound --max-bootstrap-s)"
-        lines.append(f"P={r.portals}: installs + dagster dev up {r.stack_up_s:.0f} s; bootstrap (every portal's full "
-                     f"resync succeeded) {b.seconds:.0f} s, {state}, {b.failed_runs} failed full_resync runs; "
-                     f"peak RSS during bootstrap {r.bootstrap_rss[0] / 2**20:.0f} MB tree, "
-                     f"{r.bootstrap_rss[1] / 2**20:.0f} MB largest")
-        if not b.complete and b.done:
-            rate = b.done / b.seconds
-            lines.append(f"  at {rate * 60:.1f} portals/min the {b.total} portals would take about "
-                         f"{b.total / rate / 60:.0f} min to bootstrap")
-        a = r.activity
-        if a is None:
-            lines.append("  no activity phase (bootstrap incomplete)")
-            continue
-        ticks = a.sensor_tick_s
-        lines.append(f"  {a.changes} changes ({a.landed} landed) in {a.seconds:.0f} s; busy portals {a.busy}; "
-                     f"writes behind plan at worst {a.generator_slip_s:.1f} s; runs {dict(a.runs)}; "
-                     f"sensor ticks {len(ticks)}, median {statistics.median(ticks) if ticks else math.nan:.2f} s, "
-                     f"max {max(ticks, default=math.nan):.2f} s")
-        lines.append(f"  event-log rows by type: {dict(a.event_types.most_common(8))}")
+        lines += describe(r)
     measured = [r for r in results if r.activity is not None]
     if measured:
         names = list(measured[0].figures())
@@ -511,7 +519,14 @@ def _why_not_1000(results: Sequence[Result]) -> str:
         if r.portals == 1000 and not r.bootstrap.complete:
             return (f"its bootstrap did not finish within the bound "
                     f"({r.bootstrap.done}/1000 in {r.bootstrap.seconds:.0f} s)")
-    return "not asked for (--portals)"
+    done = [r for r in results if r.bootstrap.done]
+    if not done:
+        return "not asked for (--portals)"
+    largest = max(done, key=lambda r: r.portals)
+    per_min = largest.bootstrap.done / largest.bootstrap.seconds * 60.0
+    return (f"not asked for; at the {per_min:.1f} portals/min the P={largest.portals} bootstrap reached "
+            f"(one full_resync run per portal), 1000 portals would take about {1000 / per_min:.0f} min "
+            f"to bootstrap on this machine")
 
 
 def _fmt(value: float) -> str:
@@ -556,6 +571,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work directories (logs, Dagster home)")
     args = parser.parse_args(argv)
+    # Stop cleanly on SIGTERM, and on SIGINT even when started in the background (where the shell
+    # ignores SIGINT, and the children would inherit that): the finally blocks stop the stack and
+    # drop the database.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f"stopped by signal {signum}"))
 
     results = []
     load_before = os.getloadavg()[0]
@@ -563,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workdir = Path(tempfile.mkdtemp(prefix=f"scale-{portal_count}-"))
         try:
             results.append(measure(portal_count, workdir, args))
+            print("\n".join(describe(results[-1])), flush=True)
         finally:
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
