@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import yaml
 from dagster._core.instance.ref import InstanceRef
 
+from connectors.receiver.app import portal_key
 from emulator.testing import RunningEmulator
+from emulator.world import DEFAULT_PORTAL
 from pipelines.demo import REPO, Processes, demo_environment, free_port, wait_for
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -32,6 +34,7 @@ class Stack:
     warehouse: str
     processes: Processes
     ui_port: int = 0
+    keys: dict[str, str] = field(default_factory=dict)  # emulator portal name -> our portal key (partition)
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home / "dagster_home")))
@@ -69,9 +72,11 @@ class Stack:
 @contextmanager
 def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
                   extra_env: dict[str, str] | None = None, push: bool = True,
-                  instance_settings: dict | None = None, code_location: str | None = None) -> Iterator[Stack]:
+                  instance_settings: dict | None = None, code_location: str | None = None,
+                  portals: Sequence[str] = (DEFAULT_PORTAL,)) -> Iterator[Stack]:
     """``instance_settings`` override top-level sections of the product's dagster.yaml;
-    ``code_location`` (a module with ``defs``) replaces the workspace's ``pipelines.definitions``."""
+    ``code_location`` (a module with ``defs``) replaces the workspace's ``pipelines.definitions``;
+    ``portals``: the emulator portals (created beforehand) the app is installed on, in order."""
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
     settings = yaml.safe_load((REPO / "pipelines" / "dagster.yaml").read_text())
@@ -88,12 +93,13 @@ def running_stack(emulator: RunningEmulator, home: Path, warehouse: str, *,
             "--public-url", receiver_url, "--min-timeout", "1", *([] if push else ["--no-push"])], env)
         wait_for(f"{receiver_url}/health", 60, receiver)
         emulator.register_app(emulator.client_id, emulator.client_secret, handler_url=f"{receiver_url}/install")
-        emulator.install(emulator.client_id)
+        keys = {name: portal_key(emulator.install(emulator.client_id, portal=name)["client_endpoint"])
+                for name in portals}
         dagster = processes.start("dagster", [
             sys.executable, "-m", "dagster", "dev",
             *(["-m", code_location] if code_location else ["-w", "workspace.yaml"]),
             "-h", "127.0.0.1", "-p", str(ui_port)], env)
         wait_for(f"http://127.0.0.1:{ui_port}/server_info", 240, dagster)
-        yield Stack(emulator, home, warehouse, processes, ui_port)
+        yield Stack(emulator, home, warehouse, processes, ui_port, keys)
     finally:
         processes.stop()
