@@ -54,14 +54,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-PHASES = ("sensor", "queue", "launch", "reserve", "fetch", "commit", "hand-overs", "seen")
+PHASES = ("sensor", "queue", "launch", "drain", "run overhead", "seen")
 
 
 def breakdown(instance, change_at: float, seen_at: float) -> dict[str, float] | None:
     """Seconds per phase for the first sync run created after ``change_at`` (epoch seconds)."""
     import dagster as dg
 
-    runs = [run for run in instance.get_runs(filters=dg.RunsFilter(job_name="sync"))]
+    runs = [run for run in instance.get_runs(filters=dg.RunsFilter(job_name="sync_portals"))]
     records = [instance.get_run_record_by_id(run.run_id) for run in runs]
     after = sorted((r for r in records if r and r.create_timestamp.timestamp() >= change_at - 0.5),
                    key=lambda r: r.create_timestamp)
@@ -82,16 +82,16 @@ def breakdown(instance, change_at: float, seen_at: float) -> dict[str, float] | 
     created = record.create_timestamp.timestamp()
     dequeued = stamps.get("PIPELINE_DEQUEUED", stamps.get("PIPELINE_STARTING", created))
     started = stamps.get("PIPELINE_START", dequeued)
-    op_s = {op: steps.get(op, {}).get("STEP_SUCCESS", started) - steps.get(op, {}).get("STEP_START", started)
-            for op in ("reserve_changes", "fetch_state", "commit_rows")}
-    committed = steps.get("commit_rows", {}).get("STEP_SUCCESS", started)
+    # One op drains the portal (reserve -> fetch -> commit -> ack, pipelines.fleet).
+    drain = steps.get("drain_portals", {})
+    drain_s = drain.get("STEP_SUCCESS", started) - drain.get("STEP_START", started)
+    committed = drain.get("STEP_SUCCESS", started)
     return {"sensor": created - change_at, "queue": dequeued - created, "launch": started - dequeued,
-            "reserve": op_s["reserve_changes"], "fetch": op_s["fetch_state"], "commit": op_s["commit_rows"],
-            "hand-overs": committed - started - sum(op_s.values()), "seen": seen_at - committed}
+            "drain": drain_s, "run overhead": committed - started - drain_s, "seen": seen_at - committed}
 
 
 def measure(mode: str, changes: int, workdir: Path, dequeue_interval: int | None = None) -> dict:
-    env = {"B24_POLL_INTERVAL_S": "10"}
+    env: dict[str, str] = {}
     settings = None
     if dequeue_interval is not None:
         settings = {"run_coordinator": {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator",
@@ -100,7 +100,7 @@ def measure(mode: str, changes: int, workdir: Path, dequeue_interval: int | None
         warehouse = workdir / "warehouse.duckdb"
         snapshot = workdir / "warehouse.snapshot.duckdb"
         with running_stack(emu, workdir, str(warehouse), extra_env=env, push=(mode == "push"),
-                           instance_settings=settings) as stack:
+                           instance_settings=settings, code_location="benchmarks.freshness_location") as stack:
             stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 600, "the full resync")
             stack.wait_until_drained()
             latencies: list[float] = []
@@ -120,7 +120,7 @@ def measure(mode: str, changes: int, workdir: Path, dequeue_interval: int | None
             with stack.instance() as instance:
                 phases = [b for b in (breakdown(instance, *moment) for moment in moments) if b]
                 durations = []
-                for run in stack.runs("sync"):
+                for run in stack.runs("sync_portals"):
                     record = instance.get_run_record_by_id(run.run_id)
                     if record and record.start_time and record.end_time:
                         durations.append(record.end_time - record.start_time)
