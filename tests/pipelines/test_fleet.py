@@ -33,12 +33,6 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
-        yield test_instance
-
-
 def install_portals(emu: ThreadEmulator, state_path: Path) -> dict[str, str]:
     """``{emulator portal name: portal key}``, each installed and saved as the receiver would."""
     keys = {}

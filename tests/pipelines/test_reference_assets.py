@@ -12,8 +12,6 @@ import dagster as dg
 import duckdb
 import pytest
 
-from connectors.receiver import portal_key
-from connectors.state import Portal, open_state_store
 from emulator.crm.origin import Origin
 from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.assets import asset_key
@@ -25,7 +23,7 @@ from pipelines.reference import (
     reference_refresh_schedule,
     stage_history,
 )
-from pipelines.resources import Bitrix24Resource, WarehouseResource
+from tests.pipelines.conftest import install_default_portal, resources_for
 
 
 @pytest.fixture
@@ -34,28 +32,12 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
-        yield test_instance
-
-
 def definitions(emu: ThreadEmulator, tmp_path: Path) -> tuple[dg.Definitions, str]:
     state_path = tmp_path / "state.sqlite"
-    tokens = emu.install_tokens()
-    key = portal_key(tokens["client_endpoint"])
-    with open_state_store(state_path) as state:
-        state.save_portal(Portal(key=key, member_id="member", domain="emulator",
-                                 client_endpoint=tokens["client_endpoint"], application_token="app-token",
-                                 installed_at=datetime.now(UTC)))
-        state.save_token(key, tokens)
+    key = install_default_portal(emu, state_path)
     defs = dg.Definitions(
         assets=[reference_data, stage_history, deal_product_rows], jobs=[REFERENCE_JOB],
-        schedules=[reference_refresh_schedule],
-        resources={"bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
-                                                oauth_token_url=f"{emu.url}/oauth/token/",
-                                                state_store=str(state_path)),
-                   "warehouse": WarehouseResource(url=str(tmp_path / "wh.duckdb"))})
+        schedules=[reference_refresh_schedule], resources=resources_for(emu, state_path, tmp_path / "wh.duckdb"))
     return defs, key
 
 

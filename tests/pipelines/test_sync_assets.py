@@ -20,8 +20,6 @@ import dagster as dg
 import pytest
 
 from connectors.bitrix24 import EntityRegistry, smart_process_kind
-from connectors.receiver import portal_key
-from connectors.state import Portal, open_state_store
 from connectors.warehouse import open_warehouse
 from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
@@ -29,7 +27,7 @@ from pipelines.assets import asset_key, bitrix24_crm, offline_queue
 from pipelines.health import HEALTH_CHECKS
 from pipelines.jobs import FULL_RESYNC_JOB, HEALTH_JOB, SYNC_JOB
 from pipelines.partitions import portals
-from pipelines.resources import Bitrix24Resource, WarehouseResource
+from tests.pipelines.conftest import install_default_portal, resources_for
 
 DEALS = asset_key("deals")
 
@@ -41,27 +39,12 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
-        yield test_instance
-
-
 def job_definitions(emu: ThreadEmulator, tmp_path: Path) -> tuple[dg.Definitions, str]:
     state_path = tmp_path / "state.sqlite"
-    tokens = emu.install_tokens()
-    key = portal_key(tokens["client_endpoint"])
-    with open_state_store(state_path) as state:
-        state.save_portal(Portal(key=key, member_id="member", domain="emulator",
-                                 client_endpoint=tokens["client_endpoint"], application_token="app-token",
-                                 installed_at=datetime.now(UTC)))
-        state.save_token(key, tokens)
+    key = install_default_portal(emu, state_path)
     defs = dg.Definitions(
         assets=[offline_queue, bitrix24_crm], asset_checks=HEALTH_CHECKS, jobs=[SYNC_JOB, FULL_RESYNC_JOB, HEALTH_JOB],
-        resources={"bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
-                                                oauth_token_url=f"{emu.url}/oauth/token/",
-                                                state_store=str(state_path)),
-                   "warehouse": WarehouseResource(url=str(tmp_path / "wh.duckdb"))})
+        resources=resources_for(emu, state_path, tmp_path / "wh.duckdb"))
     return defs, key
 
 

@@ -10,22 +10,19 @@ explanation and writes nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from connectors.receiver import portal_key
-from connectors.state import Portal, open_state_store
 from connectors.sync.portal import PortalSync
 from connectors.sync.steps import run_once
 from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.assets import asset_key
 from pipelines.partitions import portals
-from pipelines.resources import Bitrix24Resource, WarehouseResource
 from pipelines.writeback import CHECK, writeback_asset, writeback_key, writeback_op_name
+from tests.pipelines.conftest import install_default_portal, resources_for
 
 LEADS = 30
 lead_scores = writeback_asset("lead_scores", view="lead_scores", deps=[asset_key("leads")])
@@ -39,25 +36,11 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
-        yield test_instance
-
-
 def prepared(emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> tuple[dict, str]:
     """Resources of an installed portal whose leads are synced, and a view scoring them (id 7: bad)."""
     state_path, warehouse_path = tmp_path / "state.sqlite", tmp_path / "wh.duckdb"
-    tokens = emu.install_tokens()
-    key = portal_key(tokens["client_endpoint"])
-    with open_state_store(state_path) as state:
-        state.save_portal(Portal(key=key, member_id="member", domain="emulator",
-                                 client_endpoint=tokens["client_endpoint"], application_token="app-token",
-                                 installed_at=datetime.now(UTC)))
-        state.save_token(key, tokens)
-    resources = {"bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
-                                              oauth_token_url=emu.token_url, state_store=str(state_path)),
-                 "warehouse": WarehouseResource(url=str(warehouse_path))}
+    key = install_default_portal(emu, state_path)
+    resources = resources_for(emu, state_path, warehouse_path)
     with resources["bitrix24"].client(key) as client, resources["warehouse"].open() as warehouse:
         run_once(PortalSync(key, client, warehouse, tmp_path / "staging"), "full_resync")
     with duckdb.connect(str(warehouse_path)) as connection:
