@@ -10,8 +10,12 @@ currencies or renamed users, so a schedule refreshes everything: about three req
 per run when little changed.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
 
+from connectors.bitrix24 import Bitrix24Client
 from connectors.sync.reference import refresh_reference, sync_product_rows, sync_stage_history
 from connectors.warehouse.reference import ensure_reference_tables
 from connectors.warehouse.sql_warehouse import SqlWarehouse
@@ -23,12 +27,18 @@ REFERENCE_CRON = "*/15 * * * *"  # and once right after a portal's first full re
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
-def _sql_warehouse(warehouse: WarehouseResource) -> SqlWarehouse:
-    opened = warehouse.open()
-    if not isinstance(opened, SqlWarehouse):
-        opened.close()
-        raise dg.Failure(f"reference data needs a SQL warehouse, got {type(opened).__name__}")
-    return opened
+@contextmanager
+def _connected(portal: str, bitrix24: Bitrix24Resource,
+               warehouse: WarehouseResource) -> Iterator[tuple[Bitrix24Client, SqlWarehouse]]:
+    """The portal's client (on the shared request budget) and the SQL warehouse, closed afterwards."""
+    with bitrix24.state() as state, bitrix24.client(portal, state) as client:
+        opened = warehouse.open()
+        try:
+            if not isinstance(opened, SqlWarehouse):
+                raise dg.Failure(f"reference data needs a SQL warehouse, got {type(opened).__name__}")
+            yield client, opened
+        finally:
+            opened.close()
 
 
 @dg.asset(key=asset_key("reference_data"), partitions_def=portals, pool=WAREHOUSE_POOL, retry_policy=RETRY,
@@ -36,15 +46,8 @@ def _sql_warehouse(warehouse: WarehouseResource) -> SqlWarehouse:
 def reference_data(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Users, departments, stages, pipelines, currencies and field labels that turn CRM ids into names."""
-    state = bitrix24.state()
-    client = bitrix24.client(context.partition_key, state)
-    wh = _sql_warehouse(warehouse)
-    try:
+    with _connected(context.partition_key, bitrix24, warehouse) as (client, wh):
         refresh = refresh_reference(client, wh, context.partition_key)
-    finally:
-        wh.close()
-        client.close()
-        state.close()
     return dg.MaterializeResult(metadata={
         **{f"rows_{name}": dg.MetadataValue.int(count) for name, count in refresh.rows.items()},
         "http_requests": dg.MetadataValue.int(refresh.requests),
@@ -58,18 +61,11 @@ def stage_history(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
                   warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Every stage move of leads, deals and smart-process items, for funnels and time in stage."""
     portal = context.partition_key
-    state = bitrix24.state()
-    client = bitrix24.client(portal, state)
-    wh = _sql_warehouse(warehouse)
-    try:
+    with _connected(portal, bitrix24, warehouse) as (client, wh):
         ensure_reference_tables(wh)
         types = tuple(int(row[0]) for row in wh.query(
             f"SELECT entity_type_id FROM {wh.relation('crm_types')} WHERE portal = %(portal)s", {"portal": portal}))
         synced = sync_stage_history(client, wh, portal, types)
-    finally:
-        wh.close()
-        client.close()
-        state.close()
     return dg.MaterializeResult(metadata={
         "rows_added": dg.MetadataValue.int(synced.rows),
         "http_requests": dg.MetadataValue.int(synced.requests),
@@ -82,15 +78,8 @@ def stage_history(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
 def deal_product_rows(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
                       warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The products and quantities on each deal, re-read for deals that changed since the last run."""
-    state = bitrix24.state()
-    client = bitrix24.client(context.partition_key, state)
-    wh = _sql_warehouse(warehouse)
-    try:
+    with _connected(context.partition_key, bitrix24, warehouse) as (client, wh):
         synced = sync_product_rows(client, wh, context.partition_key)
-    finally:
-        wh.close()
-        client.close()
-        state.close()
     return dg.MaterializeResult(metadata={
         "deals_reread": dg.MetadataValue.int(synced.deals),
         "rows_stored": dg.MetadataValue.int(synced.rows),
