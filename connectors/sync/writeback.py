@@ -82,6 +82,11 @@ class WriteBackSpec:
 
     def __post_init__(self) -> None:
         check_identifier(self.name)
+        # Bitrix24 ids start at 1 on every portal: a query that does not select the portal being
+        # pushed would write one portal's results into another's objects with the same ids.
+        if "%(portal)s" not in self.query:
+            raise WriteBackError(f"write-back {self.name}: the query must select the portal being pushed "
+                                 "(WHERE portal = %(portal)s)")
 
     @classmethod
     def from_view(cls, name: str, view: str, entity_kind: str | None = None) -> WriteBackSpec:
@@ -123,6 +128,8 @@ class WriteBackReport:
     sample: list[dict[str, Any]] = field(default_factory=list)  # changes: key, field, warehouse, new
     errors: list[RowError] = field(default_factory=list)  # up to SAMPLE examples
     rejected: list[RowError] = field(default_factory=list, repr=False)  # query rows that cannot be pushed
+    # (entity kind, id) whose values failed last time and are asked for unchanged: not sent again
+    held_back: list[tuple[str, int]] = field(default_factory=list, repr=False)
 
     def metadata(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "rows_compared": self.rows_compared, "changed": self.changed,
@@ -184,7 +191,7 @@ def write_back(spec: WriteBackSpec, queue: OfflineQueue, warehouse: Warehouse, p
         _journal_rejected(spec, warehouse, portal, report.rejected)
         for piece in in_groups(taken, REFRESH_SLICE):
             _push_slice(spec, writer, catalog, warehouse, portal, piece, report)
-        _retire_failures(spec, warehouse, portal, changes, report.rejected)
+        _retire_failures(spec, warehouse, portal, changes, report.rejected, report.held_back)
         return report
     finally:
         report.requests = client.usage.http_requests - requests_before
@@ -291,11 +298,26 @@ def _holds(record: Mapping[str, Any], fields: Mapping[str, Any], schema: TableSc
 def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: str,
           report: WriteBackReport) -> list[Change]:
     frame = warehouse.query_frame(spec.sql(warehouse), {"portal": portal})
+    portal_column = next((column for column in frame.columns if str(column).lower() == "portal"), None)
+    if portal_column is not None:
+        # A row of another portal is never pushed here, whatever the query's filter says.
+        foreign = frame[portal_column].astype("string") != portal
+        for _, row in frame[foreign.fillna(True)].iterrows():
+            report.reject(RowError(str(row.get("entity_kind", spec.entity_kind)), None,
+                                   f"row of portal {row[portal_column]!r}, not of {portal!r}: not pushed"))
+        frame = frame[~foreign.fillna(True)]
     rows = _targets(spec, frame, catalog, report)
+    # Values the portal refused or stored differently last time are not sent again until the query
+    # asks for other values: else every run would repeat the same write (and move the object's
+    # modification time). The journal keeps them FAILED, so the check stays red meanwhile.
+    refused = {(entry.entity_kind, entry.entity_id): entry.fields_hash
+               for entry in warehouse.pushes(portal, spec.name, PushStatus.FAILED)}
     changes: list[Change] = []
     for kind, targets in rows.values():
         stored = _stored_records(warehouse, portal, kind, [entity_id for entity_id, _ in targets])
-        schema_types = {spec_.source_name: spec_.type for spec_ in catalog.schema(kind).columns}
+        # The amount's type, not its currency part's (same source name, a TEXT column beside it).
+        schema_types = {spec_.source_name: spec_.type for spec_ in catalog.schema(kind).columns
+                        if not spec_.source_part}
         for entity_id, wanted in targets:
             record = stored.get(entity_id)
             if record is None:
@@ -304,8 +326,14 @@ def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: 
             differences = tuple((name, record.get(name), value) for name, value in wanted.items()
                                 if not same_value(value, record.get(name), schema_types[name]))
             if differences:
-                changes.append(Change(kind, entity_id, {name: wire_value(new) for name, _, new in differences},
-                                      differences))
+                change = Change(kind, entity_id, {name: wire_value(new) for name, _, new in differences},
+                                differences)
+                if refused.get((kind.key, entity_id)) == _hash(fields_json(change.fields)):
+                    log.info("write-back %s: %s %s not sent again: the same values failed last time",
+                             spec.name, kind.key, entity_id)
+                    report.held_back.append((kind.key, entity_id))
+                    continue
+                changes.append(change)
     changes.sort(key=lambda change: (change.kind.key, change.entity_id))  # the cap takes a stable prefix
     report.changed = len(changes)
     report.fields_changed = sum(len(change.differences) for change in changes)
@@ -497,10 +525,11 @@ def _journal_rejected(spec: WriteBackSpec, warehouse: Warehouse, portal: str, re
 
 
 def _retire_failures(spec: WriteBackSpec, warehouse: Warehouse, portal: str, changes: Sequence[Change],
-                     rejected: Sequence[RowError]) -> None:
+                     rejected: Sequence[RowError], held_back: Sequence[tuple[str, int]]) -> None:
     """Failures the query no longer asks for (the row changed, went, or the portal holds the value)."""
     wanted = {(change.kind.key, change.entity_id) for change in changes}
     wanted |= {(error.entity_kind, error.entity_id) for error in rejected}
+    wanted |= set(held_back)  # still asked for, still failing
     stale = [_with(entry, PushStatus.OBSOLETE, entry.error)
              for entry in warehouse.pushes(portal, spec.name, PushStatus.FAILED) if entry.key not in wanted]
     if stale:

@@ -34,6 +34,7 @@ from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import run_once
 from connectors.warehouse import Warehouse, open_warehouse
 from emulator.testing import ThreadEmulator, run_emulator
+from pipelines.assets import WAREHOUSE_POOL
 from pipelines.demo import REPO, Processes
 from pipelines.partitions import portals
 from tests.conftest import PG_DSN
@@ -172,6 +173,10 @@ def test_the_sync_over_three_portals_on_two_celery_workers_equals_the_ground_tru
 
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(portals.name, PORTALS)
+        # The pool's row is created by the first step that claims it; three runs starting at once
+        # race to insert it on PostgreSQL ("Key (concurrency_key)=(warehouse) already exists", seen in
+        # CI). A deployment's first run creates it once; here it is created before the runs start.
+        instance.event_log_storage.initialize_concurrency_limit_to_default(WAREHOUSE_POOL)
 
     processes = Processes(tmp_path / "logs")
     try:
