@@ -7,21 +7,10 @@ product's own default). Everything else is `pipelines.definitions.default_resour
 
 import os
 
-import dagster as dg
-
-from pipelines.definitions import build_definitions
-from pipelines.resources import Bitrix24Resource, WarehouseResource
+from pipelines.definitions import build_definitions, default_resources
+from pipelines.resources import Bitrix24Resource
 
 PORTALS_PER_RUN = int(os.environ.get("B24_SCALE_PORTALS_PER_RUN")
                       or Bitrix24Resource.model_fields["portals_per_run"].default)
 
-defs = build_definitions({
-    "bitrix24": Bitrix24Resource(
-        client_id=dg.EnvVar("B24_CLIENT_ID"),
-        client_secret=dg.EnvVar("B24_CLIENT_SECRET"),
-        oauth_token_url=dg.EnvVar("B24_OAUTH_TOKEN_URL"),
-        state_store=dg.EnvVar("B24_STATE_STORE"),
-        portals_per_run=PORTALS_PER_RUN,
-    ),
-    "warehouse": WarehouseResource(url=dg.EnvVar("B24_WAREHOUSE")),
-})
+defs = build_definitions(default_resources(portals_per_run=PORTALS_PER_RUN))

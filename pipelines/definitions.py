@@ -44,15 +44,17 @@ warnings.filterwarnings("ignore", message=r"Parameter `owners` of initializer `S
                         category=dg.BetaWarning)
 
 
-def default_resources() -> dict[str, dg.ConfigurableResource]:
+def default_resources(**bitrix24_settings: object) -> dict[str, dg.ConfigurableResource]:
     """The resources as the README's environment names them (all required, resolved at launch):
-    ``B24_CLIENT_ID``, ``B24_CLIENT_SECRET``, ``B24_OAUTH_TOKEN_URL``, ``B24_STATE_STORE``, ``B24_WAREHOUSE``."""
+    ``B24_CLIENT_ID``, ``B24_CLIENT_SECRET``, ``B24_OAUTH_TOKEN_URL``, ``B24_STATE_STORE``, ``B24_WAREHOUSE``.
+    ``bitrix24_settings`` overrides `Bitrix24Resource` numbers (e.g. ``peek_interval_s=10``)."""
     return {
         "bitrix24": Bitrix24Resource(
             client_id=dg.EnvVar("B24_CLIENT_ID"),
             client_secret=dg.EnvVar("B24_CLIENT_SECRET"),
             oauth_token_url=dg.EnvVar("B24_OAUTH_TOKEN_URL"),
             state_store=dg.EnvVar("B24_STATE_STORE"),
+            **bitrix24_settings,
         ),
         "warehouse": WarehouseResource(url=dg.EnvVar("B24_WAREHOUSE")),
     }

@@ -248,13 +248,3 @@ class Committed(Manifest):
 
     fetched_file: str
     tables: dict[str, TableOutcome] = Field(default_factory=dict)
-
-
-# Kept for callers that read manifests as JSON first (pipelines.assets); `Committed.read(path)` and
-# `Fetched.read(path)` read and validate in one go.
-def committed_from_json(payload: dict) -> Committed:
-    return Committed.model_validate(payload)
-
-
-def fetched_from_json(payload: dict) -> Fetched:
-    return Fetched.model_validate(payload)

@@ -25,7 +25,7 @@ import pytest
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore
 from connectors.bitrix24.schema import snake_case
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
-from connectors.sync.staging import committed_from_json, read_json
+from connectors.sync.staging import Committed
 from connectors.sync.steps import run_once
 from emulator.events import Origin
 from emulator.testing import ThreadEmulator, run_emulator
@@ -78,7 +78,7 @@ def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, s
     app = app_keys(emu)
     with Bitrix24Client(app.session(PORTAL, tokens)) as client, target.open() as warehouse:
         committed = run_once(PortalSync(PORTAL, client, warehouse, staging), mode)
-    return {table: outcome.coerced for table, outcome in committed_from_json(read_json(committed)).tables.items()}
+    return {table: outcome.coerced for table, outcome in Committed.read(committed).tables.items()}
 
 
 def store_odd_values(emu: ThreadEmulator, entity: str, entity_id: int, written: dict[str, Any],
