@@ -7,8 +7,9 @@ tick over thousands of portals stays a handful of HTTP calls.
 
 What it sees is reported, not just acted on: one observation of ``bitrix24/offline_queue`` per tick
 (portals peeked, rows waiting, the oldest row's age), and for a portal whose queue is empty with no
-run in flight, a ``bitrix24/sync_watermark`` materialization (at most every few minutes per portal):
-the warehouse is current for it, so its freshness stays green while nothing changes.
+run in flight, nothing parked in its error lane and its full resync done, a
+``bitrix24/sync_watermark`` materialization (at most every few minutes per portal): the warehouse is
+current for it, so its freshness stays green while nothing changes.
 """
 
 import hashlib
@@ -19,7 +20,7 @@ import dagster as dg
 from pydantic import BaseModel, Field
 
 from connectors.bitrix24 import Bitrix24Error, QueuePeek
-from connectors.state import Portal, SensorPortalState, StateStore
+from connectors.state import Portal, PortalProgress, SensorPortalState, StateStore
 from pipelines.assets import ACTIVE_RUN_STATUSES, OFFLINE_QUEUE, SYNC_WATERMARK
 from pipelines.fleet import PORTALS_TAG, FleetSyncConfig, sync_portals_job
 from pipelines.jobs import FULL_RESYNC_JOB
@@ -83,6 +84,8 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
     candidates += _due_for_polling(watch, exclude=set(candidates), every_s=bitrix24.peek_interval_s)
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
     peeked: dict[str, QueuePeek] = {}
+    progress = state.progress()
+    unconfirmed: dict[str, str] = {}  # quiet portals not confirmed current, and why
     ready: list[tuple[str, str]] = []  # (portal, its pending state) with rows to drain
     for key in candidates:
         portal_state = watch[key]
@@ -101,10 +104,15 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
         peeked[key] = peek
         confirm_due = time.time() - (portal_state.confirmed_at or 0.0) >= bitrix24.confirm_current_every_s
         if not peek.depth and key in known and confirm_due:
-            # Nothing queued and nothing running: the warehouse holds every change of this portal.
-            portal_state.confirmed_at = time.time()
-            events.append(dg.AssetMaterialization(SYNC_WATERMARK, partition=key, metadata={
-                "confirmed_by": "sensor", "lag_s": 0.0, "events": 0}))
+            blocker = _why_not_current(context, state, portal_state, progress.get(key))
+            if blocker:
+                unconfirmed[key] = blocker
+            else:
+                # Nothing queued, nothing running, nothing parked, its full resync done: the
+                # warehouse holds every change of this portal.
+                portal_state.confirmed_at = time.time()
+                events.append(dg.AssetMaterialization(SYNC_WATERMARK, partition=key, metadata={
+                    "confirmed_by": "sensor", "lag_s": 0.0, "events": 0}))
         if peek.depth:
             # The key follows the pending state and counts launches: a tick evaluated twice asks
             # once, and a run that failed on the same rows does not block the next (run keys are
@@ -114,7 +122,7 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
             ready.append((key, f"{key}:{head}:{peek.depth}:{portal_state.launches}"))
     requests += _sync_requests(ready, bitrix24.portals_per_run)
     if peeked:
-        events.append(_queue_observation(peeked))
+        events.append(_queue_observation(peeked, unconfirmed))
     # Saved before the tick's result is handed back: a tick that dies later re-reads the same signals
     # (the cursor did not move) and asks again under new run keys; nothing is forgotten.
     state.save_sensor_states([watch[key] for key in sorted(changed)])
@@ -176,9 +184,41 @@ def _peek(bitrix24: Bitrix24Resource, state: StateStore, portal: str) -> QueuePe
         return bitrix24.queue(client).peek()
 
 
-def _queue_observation(peeked: dict[str, QueuePeek]) -> dg.AssetObservation:
+def _why_not_current(context: dg.SensorEvaluationContext, state: StateStore, portal_state: SensorPortalState,
+                     progress: PortalProgress | None) -> str | None:
+    """Why a portal with an empty queue and no run in flight is still not current (None: it is).
+
+    An empty queue is not enough: messages parked in its error lane have not landed, and a portal
+    whose full resync never completed lacks whatever the resync was to load (issue 9)."""
+    if progress is not None and progress.parked:
+        return f"{progress.parked} message(s) parked in the error lane"
+    if not _resync_completed(context, state, portal_state, progress):
+        return "its full resync has not completed"
+    return None
+
+
+def _resync_completed(context: dg.SensorEvaluationContext, state: StateStore, portal_state: SensorPortalState,
+                      progress: PortalProgress | None) -> bool:
+    """Whether the full resync of the portal's current install completed. Runs record it
+    (`connectors.sync.steps`); for portals resynced before they did, a successful ``full_resync`` run
+    of the partition created after the install counts, and is recorded so it is asked once."""
+    installed = portal_state.bootstrapped
+    if installed is None:
+        return False
+    if progress is not None and progress.resynced == installed:
+        return True
+    after = None if installed == "unknown" else datetime.fromisoformat(installed)
+    done = context.instance.get_runs(dg.RunsFilter(
+        job_name=FULL_RESYNC_JOB.name, statuses=[dg.DagsterRunStatus.SUCCESS], created_after=after,
+        tags={"dagster/partition": portal_state.portal}), limit=1)
+    if done:
+        state.record_progress(portal_state.portal, resynced=installed)
+    return bool(done)
+
+
+def _queue_observation(peeked: dict[str, QueuePeek], unconfirmed: dict[str, str]) -> dg.AssetObservation:
     """One observation per tick for the whole fleet: rows waiting and the oldest one's age (seconds)
-    over the portals peeked, with the busiest few named."""
+    over the portals peeked, with the busiest few named, and quiet portals that are not current."""
     now = datetime.now(UTC)
     lags = {key: (now - peek.head.timestamp).total_seconds() for key, peek in peeked.items() if peek.head}
     waiting = sorted((key for key, peek in peeked.items() if peek.depth), key=lambda key: -peeked[key].depth)
@@ -188,6 +228,8 @@ def _queue_observation(peeked: dict[str, QueuePeek]) -> dg.AssetObservation:
         "depth": sum(peek.depth for peek in peeked.values()),
         "oldest_row_age_s": round(max(lags.values(), default=0.0), 1),
         "busiest": dg.MetadataValue.json({key: peeked[key].depth for key in waiting[:10]}),
+        "portals_not_confirmed": len(unconfirmed),
+        "not_confirmed_examples": dg.MetadataValue.json(dict(sorted(unconfirmed.items())[:10])),
     })
 
 

@@ -10,7 +10,7 @@ import os
 
 from connectors.state.errors import InvalidPortalKey, LockTimeout, StateStoreError, UnsupportedStateStore
 from connectors.state.interface import PortalTokens, StateStore
-from connectors.state.portal import Portal, PortalStatus, SensorPortalState, check_portal_key
+from connectors.state.portal import Portal, PortalProgress, PortalStatus, SensorPortalState, check_portal_key
 from connectors.state.postgres_store import DEFAULT_SCHEMA, PostgresStateStore
 from connectors.state.sqlite_store import SQLiteStateStore
 
@@ -18,6 +18,7 @@ __all__ = [
     "InvalidPortalKey",
     "LockTimeout",
     "Portal",
+    "PortalProgress",
     "PortalStatus",
     "PortalTokens",
     "PostgresStateStore",

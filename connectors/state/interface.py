@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
 
-from connectors.state.portal import Portal, PortalStatus, SensorPortalState
+from connectors.state.portal import Portal, PortalProgress, PortalStatus, SensorPortalState
 
 
 class StateStore(ABC):
@@ -52,6 +52,18 @@ class StateStore(ABC):
     @abstractmethod
     def forget_sensor_states(self, portals: list[str]) -> None:
         """Drop the sensor state of portals that are gone (uninstalled); their data stays."""
+
+    # -- what runs report about each portal ------------------------------------------------------
+
+    @abstractmethod
+    def record_progress(self, portal: str, *, parked: int | None = None, resynced: str | None = None) -> None:
+        """Note what a run of ``portal`` found: how many messages its error lane holds now, and/or
+        that the full resync of the install ``resynced`` (its ``installed_at``, ISO) completed.
+        An argument left None keeps the stored value."""
+
+    @abstractmethod
+    def progress(self) -> dict[str, PortalProgress]:
+        """Every portal's `PortalProgress`, ``{portal key: progress}`` (portals no run reported on are absent)."""
 
     # -- drain claims: at most one drain of a portal's queue at any time, across runs -------------
 

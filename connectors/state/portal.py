@@ -56,3 +56,17 @@ class SensorPortalState:
     confirmed_at: float | None = None  # last time an empty queue renewed its sync watermark
     launches: int = 0  # sync runs requested so far: part of the run key, so a failed run never blocks a retry
     resync_attempts: int = 0  # full resyncs asked again after Dagster's own retries gave up
+
+
+@dataclass
+class PortalProgress:
+    """What a portal's runs last reported about it, for the sensor to judge whether a quiet portal is
+    current (kept apart from `SensorPortalState`: runs write this, the sensor writes that).
+
+    ``parked`` counts the messages waiting in its error lane after its latest run (None: no run has
+    reported yet); ``resynced`` is the ``installed_at`` (ISO) of the install whose full resync
+    completed (None: none has)."""
+
+    portal: str
+    parked: int | None = None
+    resynced: str | None = None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import orjson
 
 from connectors.state.interface import StateStore
-from connectors.state.portal import Portal, PortalStatus, SensorPortalState, check_portal_key
+from connectors.state.portal import Portal, PortalProgress, PortalStatus, SensorPortalState, check_portal_key
 
 Run = Callable[[str, Mapping[str, object] | None], list[tuple]]
 
@@ -79,6 +79,11 @@ class SqlStateStore(StateStore):
                 confirmed_at DOUBLE PRECISION,
                 launches BIGINT NOT NULL,
                 resync_attempts BIGINT NOT NULL)""",
+            f"""CREATE TABLE IF NOT EXISTS {self._table("portal_progress")} (
+                portal TEXT PRIMARY KEY,
+                parked BIGINT,
+                resynced TEXT,
+                updated_at {time_type} NOT NULL)""",
             f"""CREATE TABLE IF NOT EXISTS {self._table("drain_claims")} (
                 portal TEXT PRIMARY KEY,
                 owner TEXT NOT NULL,
@@ -226,6 +231,24 @@ class SqlStateStore(StateStore):
         with self._session(write=True) as run:
             for portal in portals:
                 run(f"DELETE FROM {self._table('sensor_state')} WHERE portal = %(portal)s", {"portal": portal})
+
+    # -- what runs report about each portal ---------------------------------------------------------
+
+    def record_progress(self, portal: str, *, parked: int | None = None, resynced: str | None = None) -> None:
+        with self._session(write=True) as run:
+            run(f"""INSERT INTO {self._table("portal_progress")} AS progress (portal, parked, resynced, updated_at)
+                VALUES (%(portal)s, %(parked)s, %(resynced)s, %(now)s)
+                ON CONFLICT (portal) DO UPDATE SET
+                    parked = COALESCE(excluded.parked, progress.parked),
+                    resynced = COALESCE(excluded.resynced, progress.resynced),
+                    updated_at = excluded.updated_at""", {
+                "portal": check_portal_key(portal), "parked": parked, "resynced": resynced,
+                "now": self._encode_time(datetime.now(UTC))})
+
+    def progress(self) -> dict[str, PortalProgress]:
+        with self._session(write=False) as run:
+            rows = run(f"SELECT portal, parked, resynced FROM {self._table('portal_progress')}", None)
+        return {row[0]: PortalProgress(row[0], None if row[1] is None else int(row[1]), row[2]) for row in rows}
 
     # -- drain claims -------------------------------------------------------------------------------
 

@@ -702,7 +702,22 @@ def ack(sync: PortalSync, committed_path: str | Path) -> int:
         sync.warehouse.mark_parked(sync.portal, [pid for pid in process_ids if pid in failed])
         sync.warehouse.prune_journal(sync.portal, acked_before=datetime.now(UTC) - JOURNAL_KEEP)
     _close_run(sync, fetched, committed, _requests(sync) - before)
+    _report_progress(sync, fetched.reserved)
     return len(process_ids)
+
+
+def _report_progress(sync: PortalSync, reserved: Reserved) -> None:
+    """Tell the sensor (through the state store) what this run leaves behind: the messages still in
+    the error lane, and that a full resync of the portal's current install completed. The sensor
+    confirms a quiet portal as current only when both are clear (pipelines.sensors)."""
+    if sync.state is None:
+        return
+    installed = None
+    if reserved.mode == SyncMode.FULL_RESYNC:
+        portal = sync.state.portal(sync.portal)
+        installed = portal.installed_at.isoformat() if portal and portal.installed_at else "unknown"
+    # Up to the ledger's page size: the sensor only needs to know whether any wait.
+    sync.state.record_progress(sync.portal, parked=len(sync.warehouse.error_lane(sync.portal)), resynced=installed)
 
 
 def _close_run(sync: PortalSync, fetched: Fetched, committed: Committed, ack_requests: int) -> None:

@@ -48,8 +48,10 @@ def bind_deal_events(resource: Bitrix24Resource, key: str) -> None:
         resource.queue(client).bind(EntityRegistry.standard().subset(["deal"]))
 
 
-def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: str | None = None):
-    """One tick; the partitions it asks for are added as the daemon would add them."""
+def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: str | None = None,
+             status: dg.DagsterRunStatus = dg.DagsterRunStatus.SUCCESS):
+    """One tick; the partitions it asks for are added as the daemon would add them, and the runs it
+    asks for as if they had ended at once with ``status``."""
     context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs,
                                       cursor=cursor, resources={"bitrix24": resource})
     result = offline_events_sensor.evaluate_tick(context)
@@ -57,8 +59,7 @@ def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: s
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     for request in result.run_requests or []:
         # As if the daemon launched it and it finished at once.
-        instance.add_run(dg.DagsterRun(job_name=request.job_name, run_id=make_new_run_id(),
-                                       status=dg.DagsterRunStatus.SUCCESS,
+        instance.add_run(dg.DagsterRun(job_name=request.job_name, run_id=make_new_run_id(), status=status,
                                        tags={**request.tags, "dagster/run_key": request.run_key,
                                              **({"dagster/partition": request.partition_key}
                                                 if request.partition_key else {})}))
@@ -147,6 +148,45 @@ def test_a_quiet_portal_is_confirmed_current_now_and_then_and_a_busy_one_is_not(
         busy = evaluate(instance, resource, second.cursor)
         assert confirmations(busy) == []
         assert [r.job_name for r in busy.run_requests] == ["sync_portals"]
+
+
+def test_a_quiet_portal_is_not_confirmed_while_its_full_resync_failed_or_messages_are_parked(
+        emu: ThreadEmulator, tmp_path: Path) -> None:
+    """An empty queue alone does not make a portal current: a portal whose full resync never completed
+    lacks what it was to load, and messages parked in its error lane have not landed. The fleet's
+    queue observation says which portals are held back and why."""
+    state_path = tmp_path / "state.sqlite3"
+    key = install(emu, state_path)
+    resource = Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
+                                oauth_token_url=f"{emu.url}/oauth/token/", state_store=str(state_path),
+                                peek_interval_s=0, confirm_current_every_s=0)
+    bind_deal_events(resource, key)
+
+    def confirmed(result) -> bool:
+        return any(isinstance(e, dg.AssetMaterialization) for e in result.asset_events)
+
+    def held_back(result) -> dict:
+        [observation] = [e for e in result.asset_events if isinstance(e, dg.AssetObservation)]
+        return observation.metadata["not_confirmed_examples"].value
+
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource, status=dg.DagsterRunStatus.FAILURE)  # its full resync fails
+        second = evaluate(instance, resource, first.cursor)
+        assert not confirmed(second)
+        assert held_back(second) == {key: "its full resync has not completed"}
+
+        # The resync asked again (or a run of it) completes: runs report it to the state store.
+        with open_state_store(state_path) as state:
+            [portal] = state.portals()
+            state.record_progress(key, parked=2, resynced=portal.installed_at.isoformat())
+        third = evaluate(instance, resource, second.cursor)
+        assert not confirmed(third)
+        assert held_back(third) == {key: "2 message(s) parked in the error lane"}
+
+        with open_state_store(state_path) as state:
+            state.record_progress(key, parked=0)  # a drain loaded them
+        fourth = evaluate(instance, resource, third.cursor)
+        assert confirmed(fourth) and held_back(fourth) == {}
 
 
 def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.state import InvalidPortalKey, Portal, PortalStatus, StateStore
+from connectors.state import InvalidPortalKey, Portal, PortalProgress, PortalStatus, StateStore
 
 INSTALLED = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -75,3 +75,18 @@ def test_a_port_is_allowed_in_a_portal_key(store: StateStore) -> None:
     store.save_portal(acme(key="127.0.0.1:8123"))
 
     assert store.portal("127.0.0.1:8123").key == "127.0.0.1:8123"
+
+
+def test_what_runs_report_about_a_portal_is_kept_and_a_missing_part_keeps_the_stored_one(store: StateStore) -> None:
+    assert store.progress() == {}
+    store.record_progress("a.bitrix24.com", parked=3)
+    store.record_progress("a.bitrix24.com", resynced="2026-11-01T00:00:00+00:00")  # a full resync completed
+    store.record_progress("b.bitrix24.com", parked=0)
+    assert store.progress() == {
+        "a.bitrix24.com": PortalProgress("a.bitrix24.com", parked=3, resynced="2026-11-01T00:00:00+00:00"),
+        "b.bitrix24.com": PortalProgress("b.bitrix24.com", parked=0)}
+    store.record_progress("a.bitrix24.com", parked=0)
+    assert store.progress()["a.bitrix24.com"].parked == 0
+    assert store.progress()["a.bitrix24.com"].resynced == "2026-11-01T00:00:00+00:00"
+    with pytest.raises(InvalidPortalKey):
+        store.record_progress("not a key", parked=1)

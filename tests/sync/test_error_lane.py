@@ -15,12 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from connectors.bitrix24 import Bitrix24Client, Bitrix24Error, FileTokenStore, RetryPolicy
 from connectors.bitrix24.errors import OperationTimeLimit
+from connectors.state import Portal, PortalProgress, StateStore, open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import fetch, reserve, run_once
 from connectors.warehouse import ParkedStatus, WarehouseError
@@ -44,10 +46,10 @@ def duckdb_target(tmp_path: Path) -> WarehouseTarget:
 
 
 def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, staging: Path,
-         mode: str = "changes", retry: RetryPolicy = FAST) -> None:
+         mode: str = "changes", retry: RetryPolicy = FAST, state: StateStore | None = None) -> None:
     with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=retry) as client, \
             target.open() as warehouse:
-        run_once(PortalSync(PORTAL, client, warehouse, staging), mode)
+        run_once(PortalSync(PORTAL, client, warehouse, staging, state=state), mode)
 
 
 def our_rows(emu: ThreadEmulator) -> list[dict]:
@@ -71,12 +73,19 @@ def ledger(target: WarehouseTarget, status: ParkedStatus | None = None):
 def test_a_refused_object_stays_in_the_error_lane_through_failing_drains_until_it_loads(
         emu, tokens, warehouse_target, tmp_path, error_unreserves_lane_rows) -> None:
     emu.patch_portal(error_unreserves_lane_rows=error_unreserves_lane_rows)
-    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync")
+    # Each run reports to the state store what it leaves parked, and that the full resync of the
+    # portal's install completed: the sensor confirms a quiet portal as current only when both are clear.
+    state = open_state_store(tmp_path / "state.sqlite3")
+    installed = datetime(2026, 11, 1, tzinfo=UTC)
+    state.save_portal(Portal(PORTAL, "member", "emulator", emu.url, "app-token", installed_at=installed))
+    sync(emu, tokens, warehouse_target, tmp_path / "s0", mode="full_resync", state=state)
+    assert state.progress()[PORTAL] == PortalProgress(PORTAL, parked=0, resynced=installed.isoformat())
     emu.write("deal", "update", 4, {"TITLE": "refused for now"})
     emu.write("contact", "update", 2, {"NAME": "Loads fine"})
     emu.add_fault("crm.deal.list", "access_denied")
 
-    sync(emu, tokens, warehouse_target, tmp_path / "s1")
+    sync(emu, tokens, warehouse_target, tmp_path / "s1", state=state)
+    assert state.progress()[PORTAL].parked == 1
     assert stored_title(warehouse_target, "contacts", 2, "name") == "Loads fine"
     assert [(str(row["ERROR"]), row["EVENT_NAME"]) for row in our_rows(emu)] == [("1", "ONCRMDEALUPDATE")]
     [parked] = ledger(warehouse_target)
@@ -90,7 +99,9 @@ def test_a_refused_object_stays_in_the_error_lane_through_failing_drains_until_i
         assert parked.attempts == attempt
 
     emu.clear_faults()
-    sync(emu, tokens, warehouse_target, tmp_path / "d4", mode="error_lane")
+    sync(emu, tokens, warehouse_target, tmp_path / "d4", mode="error_lane", state=state)
+    assert state.progress()[PORTAL] == PortalProgress(PORTAL, parked=0, resynced=installed.isoformat())
+    state.close()
     assert our_rows(emu) == []
     assert stored_title(warehouse_target, "deals", 4) == "refused for now"
     [resolved] = ledger(warehouse_target, None)
