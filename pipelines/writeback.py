@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from connectors.bitrix24 import LoopAvoidanceUnavailable
-from connectors.sync.writeback import DEFAULT_MAX_CHANGES, WriteBackSpec, failing, write_back
+from connectors.sync.writeback import DEFAULT_MAX_CHANGES, SAMPLE, WriteBackSpec, failing, write_back
 from pipelines.assets import GROUP, WAREHOUSE_POOL
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
@@ -72,6 +72,10 @@ def writeback_asset(name: str, *, query: str | None = None, view: str | None = N
             except LoopAvoidanceUnavailable as error:
                 raise dg.Failure(description=str(error)) from None
             count, examples = failing(wh, portal, name)
+        # Rows without a usable key (an id that is no id, another portal's row) have nothing to journal
+        # under, but they fail too: the check counts them from this run's report.
+        unkeyed = [error for error in report.rejected if error.entity_id is None]
+        count, examples = count + len(unkeyed), (unkeyed + examples)[:SAMPLE]
         if dry_run:
             context.log.warning(f"DRY RUN: {report.changed} objects would change ({report.fields_changed} fields); "
                                 f"nothing was written. Run with dry_run: false (op {writeback_op_name(name)}) "

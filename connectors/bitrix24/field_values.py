@@ -80,16 +80,27 @@ def plain(value: Any) -> Any:
 
 
 def wire_value(value: Any) -> Any:
-    """A value as sent in ``fields[...]``: empty string for null (clears the field), ISO 8601 times."""
+    """A value as sent in ``fields[...]``: empty string for null (clears the field), ISO 8601 times
+    with their offset, a list for a multiple field.
+
+    * A time without a zone is taken as UTC and sent with ``+00:00``, as `same_value` compares it:
+      sent bare, the portal would read it in its server zone (facts §4.7) and the value
+      stored would differ from the one asked for by that offset.
+    * An empty list (or one of empties only) is sent as ``""``: a batch command is a PHP query
+      string, where an empty array has no parameter at all, so ``[]`` would leave the field as it
+      was instead of clearing it (`connectors.bitrix24.batch.encode_query`)."""
     value = plain(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, list | tuple):
-        return [wire_value(item) for item in value]
+        items = [wire_value(item) for item in value]
+        return [item for item in items if item != ""] or ""
     if isinstance(value, bool | int | float | str):
         return value
     return str(value)

@@ -106,7 +106,9 @@ class RowError:
     error: str  # the Bitrix24 error (code: description), or why the row was not pushed; redacted
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": f"{self.entity_kind} {self.entity_id}", "error": self.error}
+        """``{"key": "lead 7", "error": ...}``; a row without a usable id is keyed by its kind alone."""
+        key = self.entity_kind if self.entity_id is None else f"{self.entity_kind} {self.entity_id}"
+        return {"key": key, "error": self.error}
 
 
 @dataclass

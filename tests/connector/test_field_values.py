@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from connectors.bitrix24.batch import encode_query
 from connectors.bitrix24.field_values import same_value, wire_value
 from connectors.tables import ColumnType
 
@@ -56,3 +57,21 @@ def test_wire_values_clear_with_an_empty_string_and_write_times_in_iso_8601() ->
     assert wire_value(datetime(2025, 5, 1, 7, tzinfo=UTC)) == "2025-05-01T07:00:00+00:00"
     assert wire_value(pd.Timestamp("2025-05-01T07:00:00Z")) == "2025-05-01T07:00:00+00:00"
     assert wire_value(np.array([1, 2])) == [1, 2]
+
+
+def test_a_time_without_a_zone_is_sent_as_utc_like_it_is_compared() -> None:
+    """Sent bare, the portal would read "07:00" in its server zone (facts §4.7); comparison takes it
+    as UTC, so the write must say so or every run would push it again."""
+    naive = datetime(2025, 5, 1, 7, 0)
+    assert wire_value(naive) == "2025-05-01T07:00:00+00:00"
+    assert wire_value(pd.Timestamp("2025-05-01T07:00:00")) == "2025-05-01T07:00:00+00:00"
+    assert same_value(naive, "2025-05-01T10:00:00+03:00", ColumnType.TIMESTAMP)
+
+
+@pytest.mark.parametrize("empty", [[], (), [None], np.array([], dtype=object), [float("nan"), None]])
+def test_an_empty_list_clears_a_multiple_field_with_an_empty_string(empty) -> None:
+    """In a batch command (a PHP query string) an empty array has no parameter at all, so ``[]``
+    would leave the field as it was; ``""`` clears it."""
+    assert wire_value(empty) == ""
+    assert encode_query({"fields": {"UF_CRM_TAGS": wire_value(empty)}}) == "fields[UF_CRM_TAGS]="
+    assert wire_value(["a", None, "b"]) == ["a", "b"]

@@ -92,6 +92,23 @@ def test_a_dry_run_comes_first_then_a_real_run_pushes_and_the_check_shows_the_re
     assert scores == {i: None if i == 7 else f"{i * 2.5:.2f}" for i in range(1, LEADS + 1)}
 
 
+def test_rows_without_a_usable_key_fail_the_check_too(
+        emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    """A row whose id is no id has no journal entry to fail under; the check still counts it."""
+    resources, key = prepared(emu, tmp_path, instance)
+    with duckdb.connect(str(tmp_path / "wh.duckdb")) as connection:
+        connection.execute("CREATE OR REPLACE VIEW lead_scores AS SELECT portal, 'lead' AS entity_kind, "
+                           "CASE WHEN id = 3 THEN -3 ELSE id END AS id, CAST(id * 2.5 AS VARCHAR) AS UF_CRM_SCORE "
+                           "FROM leads_current")
+
+    real = materialize(resources, key, instance, dry_run=False)
+    assert real.success
+    assert (metadata(real)["pushed"], metadata(real)["failing"]) == (LEADS - 1, 1)
+    evaluation = check(real)
+    assert not evaluation.passed
+    assert evaluation.metadata["examples"].value == [{"key": "lead", "error": "id -3 is not a positive integer"}]
+
+
 def test_a_portal_without_auth_connector_fails_the_run_with_the_loop_explanation(
         emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
     resources, key = prepared(emu, tmp_path, instance)

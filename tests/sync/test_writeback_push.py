@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -292,3 +293,28 @@ def test_a_query_must_select_its_portal_and_a_row_of_another_portal_is_never_pus
     assert (report.pushed, report.failed) == (0, 1)
     assert "other.bitrix24.ru" in report.errors[0].error
     assert our_writes(emu) == {}
+
+
+def test_an_empty_list_clears_a_multiple_field_and_a_time_without_zone_lands_as_utc(
+        emu: ThreadEmulator, tokens: FileTokenStore, tmp_path: Path) -> None:
+    """Two values that used to go wrong on the wire: ``[]`` vanished from the batch's query string
+    (so the field kept its items and every run pushed again), and a time without a zone was read
+    in the portal's zone (so the stored time was off by its offset and the push was marked failed)."""
+    crm = emu.world.portal(PORTAL).crm
+    crm.add_user_field("lead", "TAGS", "string", multiple=True)
+    crm.add_user_field("lead", "CALLBACK_AT", "datetime")
+    emu.write("lead", "update", 1, {"UF_CRM_TAGS": ["vip", "churn-risk"]})
+    target = WarehouseTarget("duckdb", str(tmp_path / "wh.duckdb"), {})
+    full_sync(emu, tokens, target, tmp_path / "s0")
+    spec = WriteBackSpec("lead_follow_up", "SELECT 'lead' AS entity_kind, id, []::VARCHAR[] AS uf_crm_tags, "
+                         "TIMESTAMP '2025-05-01 07:00:00' AS uf_crm_callback_at FROM {leads} "
+                         "WHERE portal = %(portal)s AND id = 1")
+
+    first = push(emu, tokens, target, spec=spec, dry_run=False)
+
+    assert (first.changed, first.pushed, first.failed) == (1, 1, 0), first.errors
+    [lead] = [row["fields"] for row in emu.truth("lead") if row["id"] == 1]
+    assert lead["UF_CRM_TAGS"] in ([], None)
+    assert datetime.fromisoformat(lead["UF_CRM_CALLBACK_AT"]) == datetime(2025, 5, 1, 7, tzinfo=UTC)
+    again = push(emu, tokens, target, spec=spec, dry_run=False)
+    assert (again.changed, again.pushed, again.failed) == (0, 0, 0)
