@@ -13,7 +13,14 @@ from collections.abc import Sequence
 import dagster as dg
 
 from connectors.bitrix24 import LoopAvoidanceUnavailable
-from connectors.sync.writeback import DEFAULT_MAX_CHANGES, SAMPLE, WriteBackSpec, failing, write_back
+from connectors.sync.writeback import (
+    DEFAULT_MAX_CHANGES,
+    SAMPLE,
+    WriteBackBusy,
+    WriteBackSpec,
+    failing,
+    write_back,
+)
 from pipelines.assets import GROUP, WAREHOUSE_POOL
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
@@ -69,7 +76,7 @@ def writeback_asset(name: str, *, query: str | None = None, view: str | None = N
             try:
                 report = write_back(spec, bitrix24.queue(client), wh, portal, dry_run=dry_run,
                                     max_changes=config.max_changes)
-            except LoopAvoidanceUnavailable as error:
+            except (LoopAvoidanceUnavailable, WriteBackBusy) as error:
                 raise dg.Failure(description=str(error)) from None
             count, examples = failing(wh, portal, name)
         # Rows without a usable key (an id that is no id, another portal's row) have nothing to journal

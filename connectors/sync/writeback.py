@@ -32,6 +32,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ from connectors.bitrix24.field_values import plain, same_value, wire_value
 from connectors.bitrix24.redaction import redact
 from connectors.sync.failpoints import failpoint
 from connectors.tables import ColumnSpec, ColumnType, TableSchema, check_identifier
-from connectors.warehouse import PushEntry, PushStatus, Warehouse
+from connectors.warehouse import PushEntry, PushStatus, Warehouse, WarehouseBusy
 from connectors.warehouse.writeback_ledger import UNFINISHED
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ _RELATION = re.compile(r"\{([a-z_][a-z0-9_]{0,62})\}")
 
 class WriteBackError(Exception):
     """The declaration does not fit the warehouse or the portal (a column that is no field, no id)."""
+
+
+class WriteBackBusy(WriteBackError):
+    """Another run of the same write-back is pushing to the same portal now."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +175,9 @@ def write_back(spec: WriteBackSpec, queue: OfflineQueue, warehouse: Warehouse, p
     ``portal`` is the warehouse's key of the portal (the Dagster partition); ``queue`` carries the
     portal's client and the connector key the offline events were bound with. A dry run reads and
     compares only (no journal, no writes). Raises `LoopAvoidanceUnavailable` (before reading anything)
-    when calls cannot carry that key, also on a dry run; `WriteBackError` when the query's columns do
-    not fit the portal's fields; errors of whole requests (transport, auth) propagate after the
+    when calls cannot carry that key, also on a dry run; `WriteBackBusy` (before reading anything)
+    while another run of the same write-back pushes to the portal; `WriteBackError` when the query's
+    columns do not fit the portal's fields; errors of whole requests (transport, auth) propagate after the
     journal recorded what was sent, for the next run to re-check.
     """
     if max_changes < 0:
@@ -183,18 +189,26 @@ def write_back(spec: WriteBackSpec, queue: OfflineQueue, warehouse: Warehouse, p
     report = WriteBackReport(spec.name, portal, dry_run)
     catalog = _Catalog(queue, registry)
     try:
-        if not dry_run:
-            _recover(spec, catalog, warehouse, portal, report)
-        changes = _plan(spec, catalog, warehouse, portal, report)
         if dry_run:
+            changes = _plan(spec, catalog, warehouse, portal, report)
             report.deferred = max(0, len(changes) - max_changes)
             return report
-        taken, report.deferred = changes[:max_changes], max(0, len(changes) - max_changes)
-        _journal_rejected(spec, warehouse, portal, report.rejected)
-        for piece in in_groups(taken, REFRESH_SLICE):
-            _push_slice(spec, writer, catalog, warehouse, portal, piece, report)
-        _retire_failures(spec, warehouse, portal, changes, report.rejected, report.held_back)
-        return report
+        # Two runs of one write-back on one portal would plan the same changes and both send them
+        # before either journals its outcome: the second run stops here, having sent nothing.
+        with ExitStack() as section:
+            try:
+                section.enter_context(warehouse.exclusive(f"writeback {spec.name} {portal}"))
+            except WarehouseBusy:
+                raise WriteBackBusy(f"write-back {spec.name} on {portal}: another run of it is pushing now; "
+                                    "nothing was sent by this one") from None
+            _recover(spec, catalog, warehouse, portal, report)
+            changes = _plan(spec, catalog, warehouse, portal, report)
+            taken, report.deferred = changes[:max_changes], max(0, len(changes) - max_changes)
+            _journal_rejected(spec, warehouse, portal, report.rejected)
+            for piece in in_groups(taken, REFRESH_SLICE):
+                _push_slice(spec, writer, catalog, warehouse, portal, piece, report)
+            _retire_failures(spec, warehouse, portal, changes, report.rejected, report.held_back)
+            return report
     finally:
         report.requests = client.usage.http_requests - requests_before
         log.info("write-back %s on %s: %s", spec.name, portal,

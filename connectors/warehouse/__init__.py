@@ -19,6 +19,7 @@ from connectors.warehouse.errors import (
     TransactionStateError,
     UnknownProcessIds,
     UnsupportedWarehouse,
+    WarehouseBusy,
     WarehouseError,
 )
 from connectors.warehouse.evolution import SchemaChanges, TypeConflict
@@ -59,6 +60,7 @@ __all__ = [
     "UnsupportedWarehouse",
     "UpsertCounts",
     "Warehouse",
+    "WarehouseBusy",
     "WarehouseError",
     "open_warehouse",
 ]

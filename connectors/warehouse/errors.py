@@ -26,6 +26,10 @@ class TableNotFound(WarehouseError):
     """A table was named by string but has never been created with `ensure_table`."""
 
 
+class WarehouseBusy(WarehouseError):
+    """Another holder (a run in this or another process) holds the named exclusive section."""
+
+
 class TransactionStateError(WarehouseError):
     """A call that needs its own transaction was made inside one, or the reverse."""
 

@@ -104,6 +104,12 @@ class Warehouse(ABC):
         """Names of the entity tables present (those with a ``_history`` twin), sorted."""
 
     @abstractmethod
+    def exclusive(self, name: str) -> AbstractContextManager[None]:
+        """Hold the section ``name`` (e.g. one write-back on one portal) against every other holder
+        of this warehouse, in any process, for the block; raises `WarehouseBusy` at once if it is
+        held. Released when the block ends, or when the holder's process or connection dies."""
+
+    @abstractmethod
     def transaction(self, *, publish: bool = True) -> AbstractContextManager[Transaction]:
         """One atomic unit of writes; rolled back if the block raises. ``publish=False``: a step
         of a larger whole, so the analysts' snapshot (DuckDB) waits for the last one."""

@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from connectors.tables import ColumnType, TableSchema, check_identifier
 from connectors.warehouse import journal, versioning
+from connectors.warehouse.errors import WarehouseBusy
 from connectors.warehouse.frames import StagedRows, without_nul
 from connectors.warehouse.layout import TableNames, postgres_dialect, quote
 from connectors.warehouse.sql_warehouse import SqlWarehouse
@@ -93,6 +94,19 @@ class PostgresWarehouse(SqlWarehouse):
     def _atomic(self) -> Iterator[None]:
         with self._conn.transaction():
             yield
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """A session advisory lock on this warehouse's connection: held across processes and
+        machines, and released by PostgreSQL if the holder's connection dies."""
+        key = {"key": f"connectors.warehouse exclusive {self.schema} {name}"}
+        [(taken,)] = self._query("SELECT pg_try_advisory_lock(hashtextextended(%(key)s, 0))", key)
+        if not taken:
+            raise WarehouseBusy(f"{name!r} is held by another run")
+        try:
+            yield
+        finally:
+            self._query("SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0))", key)
 
     def _lock_ddl(self) -> None:
         # Two runs (different portals) may meet a new table or user field at the same moment;

@@ -7,6 +7,7 @@ scope) and the one thing that differs in substance: how staged rows are written 
 from __future__ import annotations
 
 import logging
+import threading
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -21,6 +22,7 @@ from connectors.warehouse.errors import (
     TableNotFound,
     TransactionStateError,
     UnknownProcessIds,
+    WarehouseBusy,
     WarehouseError,
 )
 from connectors.warehouse.evolution import SchemaChanges, TypeConflict, plan_changes
@@ -48,6 +50,11 @@ class _KnownTable:
     @property
     def null_columns(self) -> frozenset[str]:
         return frozenset(conflict.column for conflict in self.conflicts)
+
+
+# Exclusive sections held in this process: (warehouse, name); see `SqlWarehouse.exclusive`.
+_HELD: set[tuple[str, str]] = set()
+_HELD_LOCK = threading.Lock()
 
 
 class SqlWarehouse(Warehouse):
@@ -173,6 +180,23 @@ class SqlWarehouse(Warehouse):
         if table not in self._known and self._stored_columns(TableNames.of(table).table) is None:
             raise TableNotFound(f"no table {table!r}; create it with ensure_table first")
         return table
+
+    # -- exclusive sections ---------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        # Held per process: enough for an engine whose file one process opens at a time (DuckDB
+        # locks it); an engine shared by processes overrides this (PostgreSQL: advisory locks).
+        key = (repr(self), name)
+        with _HELD_LOCK:
+            if key in _HELD:
+                raise WarehouseBusy(f"{name!r} is held by another run of this process")
+            _HELD.add(key)
+        try:
+            yield
+        finally:
+            with _HELD_LOCK:
+                _HELD.discard(key)
 
     # -- transactions ---------------------------------------------------------------------------
 

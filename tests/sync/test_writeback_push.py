@@ -25,7 +25,14 @@ import pytest
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, LoopAvoidanceUnavailable, OfflineQueue
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import run_once
-from connectors.sync.writeback import WriteBackError, WriteBackReport, WriteBackSpec, failing, write_back
+from connectors.sync.writeback import (
+    WriteBackBusy,
+    WriteBackError,
+    WriteBackReport,
+    WriteBackSpec,
+    failing,
+    write_back,
+)
 from connectors.warehouse import PushStatus
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.sync.conftest import PORTAL, app_keys
@@ -318,3 +325,20 @@ def test_an_empty_list_clears_a_multiple_field_and_a_time_without_zone_lands_as_
     assert datetime.fromisoformat(lead["UF_CRM_CALLBACK_AT"]) == datetime(2025, 5, 1, 7, tzinfo=UTC)
     again = push(emu, tokens, target, spec=spec, dry_run=False)
     assert (again.changed, again.pushed, again.failed) == (0, 0, 0)
+
+
+def test_a_second_run_of_the_same_write_back_on_the_same_portal_sends_nothing_while_the_first_pushes(
+        emu: ThreadEmulator, tokens: FileTokenStore, warehouse_target: WarehouseTarget, tmp_path: Path) -> None:
+    """Both would plan the same changes and send them before either journals its outcome."""
+    full_sync(emu, tokens, warehouse_target, tmp_path / "s0")
+    create_view(warehouse_target, SCORES_VIEW)
+    with warehouse_target.open() as first_run, first_run.exclusive(f"writeback {SPEC.name} {PORTAL}"):
+        with pytest.raises(WriteBackBusy, match="another run of it is pushing now; nothing was sent"):
+            push(emu, tokens, warehouse_target, dry_run=False)
+        assert push(emu, tokens, warehouse_target, dry_run=True).changed == LEADS  # a dry run only reads
+        other = WriteBackSpec.from_view("other_scores", "lead_scores")
+        assert push(emu, tokens, warehouse_target, spec=other, dry_run=True).changed == LEADS
+    assert our_writes(emu) == {}
+
+    done = push(emu, tokens, warehouse_target, dry_run=False)
+    assert done.pushed == LEADS and set(our_writes(emu).values()) == {1}
