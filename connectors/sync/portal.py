@@ -13,8 +13,10 @@ from typing import Any
 from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OfflineQueue
 from connectors.bitrix24.batch import BatchResult, Command
 from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
+from connectors.bitrix24.errors import ApiError
 from connectors.bitrix24.lookups import (
     FEATURES,
+    REFERENCE_BINDINGS,
     TYPES,
     LookupCache,
     MemoryCache,
@@ -26,6 +28,7 @@ from connectors.bitrix24.lookups import (
     types_of,
 )
 from connectors.bitrix24.offline import feature_commands, features_from
+from connectors.bitrix24.reference import REFERENCE_EVENTS
 from connectors.state import StateStore
 from connectors.warehouse import Warehouse
 
@@ -132,6 +135,10 @@ class PortalSync:
             commands.update({f"lookup_feature_{code}": command for code, command in feature_commands().items()})
         if everything and fresh(self.cache, TYPES) is None:
             commands["lookup_types"] = types_command()
+        if everything and fresh(self.cache, REFERENCE_BINDINGS) is None:
+            # What the portal can bind (`events`) and what we have bound (`event.get`), facts §2.5-§2.6.
+            commands["lookup_events"] = Command("events", {})
+            commands["lookup_handlers"] = Command("event.get", {})
         for kind in {kind.key: kind for kind in kinds}.values():
             if fresh(self.cache, fields_key(kind)) is None:
                 commands[f"lookup_fields_{kind.key.replace(':', '_')}"] = fields_command(kind)
@@ -170,6 +177,36 @@ class PortalSync:
                 start = page.next
             self.cache.put(TYPES, types)
             self._registry = None
+        if "lookup_events" in commands:
+            self.cache.put(REFERENCE_BINDINGS, self._bind_reference_events(outcome))
+
+    def _bind_reference_events(self, outcome: BatchResult) -> dict[str, Any]:
+        """Bind offline (our connector key) every reference-data event the portal lists in ``events``
+        and ``event.get`` does not show bound: at most one ``batch`` of binds, only when one is missing.
+
+        Returns what to cache: the events bound and those the portal does not list. A refusal (no
+        admin rights, a webhook) is logged and cached too, so it is asked again after `MAX_AGE`, not
+        on every run; the scheduled reference refresh covers the portal meanwhile."""
+        refused = [outcome.errors[key] for key in ("lookup_events", "lookup_handlers") if key in outcome.errors]
+        listed = outcome.results.get("lookup_events")
+        if refused or not isinstance(listed, list):
+            log.warning("portal %s: cannot read which reference-data events to bind (%s); the schedule "
+                        "refreshes reference data meanwhile", self.portal, refused[0] if refused else listed)
+            return {"bound": [], "unavailable": [], "error": str(refused[0]) if refused else "no events list"}
+        available = {str(name).upper() for name in listed}
+        wanted = [name for name in REFERENCE_EVENTS if name in available]
+        present = self.queue.bound_offline(outcome.results.get("lookup_handlers"))
+        commands = self.queue.bind_event_commands(wanted, skip=present)
+        if commands:
+            try:
+                bound = self.queue.bound_from(commands, self.client.batch_all(commands))
+            except ApiError as error:
+                log.warning("portal %s: binding reference-data events was refused (%s); the schedule "
+                            "refreshes reference data meanwhile", self.portal, error)
+                return {"bound": sorted(present & set(wanted)), "unavailable": [], "error": str(error)}
+            log.info("portal %s: bound %d reference-data events offline (%d already bound)", self.portal,
+                     len(bound.bound), len(bound.already_bound))
+        return {"bound": wanted, "unavailable": [name for name in REFERENCE_EVENTS if name not in available]}
 
     @staticmethod
     def _new_kinds(commands: Mapping[str, Command]) -> list[EntityKind]:
