@@ -165,6 +165,9 @@ def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
         reserved.requests = _requests(sync) - before
         return reserved.write(sync.staging_dir / "reserved.json")
 
+    # Reference-data events the look-ups found unbound (a portal bound by an older release): one
+    # batch, once; a full resync binds them with the CRM events instead.
+    sync.bind_reference_events()
     staged = _Staged(sync, reserved)
     # A drain also takes back the reservations that kept failed messages (journalled *parked*).
     _recover(sync, reserved, staged, parked_too=mode is SyncMode.ERROR_LANE, orphans=unfinished_run)
@@ -541,14 +544,18 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     seen: dict[str, list[np.ndarray]] = {kind.key: [] for kind in kinds}
     numbers: dict[str, int] = defaultdict(int)
     binds = sync.queue.bind_commands(kinds)
+    # The reference-data events the portal lists (look-ups, `events`) and we miss ride along.
+    reference_binds = {key: command for key, command in sync.reference_bind_commands().items() if key not in binds}
     # Fields not cached yet (a smart-process type seen for the first time) ride in the same request.
     lookups = sync.lookup_commands(kinds)
     parts: dict[str, TablePart] = {}
-    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **lookups}):
+    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **reference_binds, **lookups}):
         if key is None:
             bound = sync.queue.bound_from(binds, rows)
             log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
                      len(bound.bound), len(bound.already_bound))
+            if reference_binds:
+                sync.reference_bound(reference_binds, rows)
             sync.take_lookups(lookups, rows)
             parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
             continue
