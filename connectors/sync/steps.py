@@ -64,7 +64,7 @@ from connectors.bitrix24 import (
     schema_from_fields,
 )
 from connectors.bitrix24.entities import Action
-from connectors.bitrix24.errors import Forbidden, InvalidArgument, MethodNotFound
+from connectors.bitrix24.errors import ApiError, Forbidden, InvalidArgument, MethodNotFound
 from connectors.bitrix24.fetch import scan_kinds
 from connectors.bitrix24.lookups import TYPES, invalidated_by
 from connectors.bitrix24.redaction import redact
@@ -555,7 +555,12 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
             log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
                      len(bound.bound), len(bound.already_bound))
             if reference_binds:
-                sync.reference_bound(reference_binds, rows)
+                try:
+                    sync.reference_bound(reference_binds, rows)
+                except ApiError as error:
+                    # Optional: the schedule refreshes reference data without them; the CRM binds stand.
+                    log.warning("portal %s: binding reference-data events was refused (%s)", sync.portal,
+                                redact(str(error)))
             sync.take_lookups(lookups, rows)
             parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
             continue
