@@ -7,15 +7,21 @@ error lane, and a portal bound before these events existed gets them bound by it
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from connectors.bitrix24 import Bitrix24Client
 from connectors.bitrix24.reference import REFERENCE_EVENTS
+from connectors.sync import failpoints
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.reference import refresh_reference
 from connectors.sync.staging import Committed
 from connectors.sync.steps import commit, fetch, reserve, run_once
 from connectors.warehouse.analytics import analytics_schema
+from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 from emulator.crm.origin import Origin
 from emulator.portal import User
@@ -134,3 +140,38 @@ def test_a_portal_bound_before_the_reference_events_gets_them_bound_by_its_next_
     assert set(REFERENCE_EVENTS) <= bound
     assert one(warehouse, f"SELECT title FROM {warehouse.relation('crm_types')} WHERE entity_type_id = 128") == (
         "Installations")
+
+
+def test_a_process_killed_between_the_refresh_commit_and_the_ack_leaves_the_row_for_the_next_run(
+        emu: ThreadEmulator, client: Bitrix24Client, tmp_path: Path) -> None:
+    # The same crash as above, by SIGKILL (failpoint after_commit) of `python -m connectors.sync`.
+    path = tmp_path / "warehouse.duckdb"
+    with DuckDBWarehouse(path) as warehouse:
+        bootstrap(client, warehouse, tmp_path)
+    emu.world.portal("default").crm.rename_smart_process(128, "Installations")
+
+    assert sync_process(emu, tmp_path, path, failpoint="after_commit") == -signal.SIGKILL
+    assert queued(emu) == ["ONCRMTYPEUPDATE"]
+    with DuckDBWarehouse(path) as warehouse:
+        assert one(warehouse, f"SELECT title FROM {warehouse.relation('crm_types')}") == "Installations"
+
+    assert sync_process(emu, tmp_path, path) == 0
+    assert queued(emu) == []
+    with DuckDBWarehouse(path) as warehouse:
+        assert one(warehouse, f'SELECT DISTINCT smart_process FROM "{analytics_schema(warehouse)}".items_128') == (
+            "Installations")
+
+
+def sync_process(emu: ThreadEmulator, tmp_path: Path, warehouse: Path, failpoint: str | None = None) -> int:
+    """One run of the CDC loop in its own process (the app's keys from the environment)."""
+    env = {**os.environ, "B24_CLIENT_ID": emu.client_id, "B24_CLIENT_SECRET": emu.client_secret,
+           "B24_OAUTH_TOKEN_URL": emu.token_url, "B24_STAGING_DIR": str(tmp_path / "staging")}
+    env.pop(failpoints.ENV, None)
+    if failpoint:
+        env[failpoints.ENV] = failpoint
+    done = subprocess.run([sys.executable, "-m", "connectors.sync", "--portal", PORTAL, "--warehouse", str(warehouse),
+                           "--tokens-dir", str(tmp_path / "tokens")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    if failpoint is None and done.returncode:
+        raise AssertionError(done.stderr[-3000:])
+    return done.returncode
