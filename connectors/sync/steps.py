@@ -664,7 +664,8 @@ def _park(fetched: Fetched, index: EventIndex, key: str, errors: Mapping[int, st
 
 
 def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
-    """Upserts chunk by chunk, then tombstones, error lane and the journal's *loaded* mark in one
+    """Upserts chunk by chunk, then tombstones, error lane, the reference data fetch staged (if the
+    queue said it changed; with the analysts' views rebuilt) and the journal's *loaded* mark in one
     transaction (DESIGN §3 step 5); memory holds one chunk at a time."""
     fetched = Fetched.read(fetched_path)
     committed = Committed(fetched_file=str(fetched_path))

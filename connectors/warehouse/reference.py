@@ -89,6 +89,9 @@ def write_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.Data
     by_name = _dimensions_of(frames)
     counts: dict[str, int] = {}
     now = datetime.now(UTC)
+    # Two writers replacing one portal's rows at once (the schedule's refresh and a sync run's, where
+    # the pool allows both) would insert the same keys: on PostgreSQL they take turns on this lock.
+    wh._lock_ddl()
     for name, frame in frames.items():
         dimension = by_name[name]
         _check_columns(dimension, frame)
