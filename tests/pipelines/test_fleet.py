@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from connectors.receiver import portal_key
 from connectors.state import Portal, open_state_store
+from emulator.portal import User
 from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.definitions import build_definitions
 from pipelines.fleet import FleetSyncConfig
@@ -101,10 +103,6 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
 
 def test_a_fleet_run_refreshes_the_reference_data_of_each_portal_whose_queue_says_it_changed(
         emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    import duckdb
-
-    from emulator.portal import User
-
     state_path, warehouse_path = tmp_path / "state.sqlite3", str(tmp_path / "wh.duckdb")
     keys = install_portals(emu, state_path)
     defs = build_definitions({
