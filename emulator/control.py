@@ -157,7 +157,10 @@ def build_control_app(world: World) -> Starlette:
         user_id = int(_require(body, "id"))
         user = User(user_id, str(body.get("name", f"User {user_id}")), bool(body.get("is_admin", False)))
         with portal.lock:
-            portal.users[user_id] = user
+            if user_id in portal.users:  # an update of a seeded user: no ONUSERADD
+                portal.users[user_id] = user
+            else:
+                portal.add_user(user)
         return JSONResponse({"id": user.id, "name": user.name, "is_admin": user.is_admin}, status_code=201)
 
     async def add_webhook(request: Request) -> JSONResponse:

@@ -36,6 +36,8 @@ DEFAULT_MIN_TIMEOUT = 1  # seconds, EventOfflineTable::OFFLINE_EVENT_DEFAULT_TIM
 
 # Events of the global scope, available to every application.
 BASIC_EVENTS = ("ONAPPINSTALL", "ONAPPUNINSTALL", "ONAPPUPDATE", "ONAPPTEST", ONOFFLINEEVENT)
+# Events of the ``user`` scope the emulator fires (`Portal.add_user`).
+USER_EVENTS = ("ONUSERADD",)
 # Options an event accepts in event.bind, with their PHP type; everything else is dropped.
 ALLOWED_OPTIONS: dict[str, dict[str, type]] = {ONOFFLINEEVENT: {"minTimeout": int}}
 # Events that cannot be bound offline ("disableOffline" in the event description).
@@ -111,6 +113,8 @@ class EventHub:
             crm = self.portal.crm
             if crm is not None:
                 names.extend(crm.event_names())
+        if scopes is None or "user" in scopes:
+            names.extend(USER_EVENTS)
         return names
 
     def bind(self, client_id: str, event: str, handler_url: str, user_id: int, connector: str,
@@ -362,6 +366,8 @@ def events_list(ctx: CallContext, params: dict) -> list[str]:
         scope = str(query["SCOPE"])
         if scope == "crm":
             return [name for name in hub.available_events({"crm"}) if name not in BASIC_EVENTS]
+        if scope == "user":
+            return list(USER_EVENTS)
         return list(BASIC_EVENTS) if scope == "basic" else []
     if query.get("FULL"):
         return hub.available_events(None)

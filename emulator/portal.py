@@ -129,3 +129,22 @@ class Portal:
     def domain(self) -> str:
         """The portal's address without scheme, as tokens and events report it (``host:port[/name]``)."""
         return self.base_url.split("://", 1)[-1]
+
+    def add_user(self, user: User) -> User:
+        """A user joins the portal (registration completed) and ``ONUSERADD`` fires with the user's
+        fields as data, without a ``FIELDS`` wrapper ([D] rest_help/general/events/onuseradd.php:
+        ``ID``, ``ACTIVE``, ``NAME``, ``LAST_NAME``, ``UF_DEPARTMENT``); raises `ValueError` for an id
+        already taken."""
+        from emulator.crm.origin import Origin  # the CRM side builds on this module
+
+        with self.lock:
+            if user.id in self.users:
+                raise ValueError(f"user {user.id} exists")
+            self.users[user.id] = user
+            first, _, last = user.name.partition(" ")
+            if self.events is not None:
+                self.events.emit("ONUSERADD", {  # type: ignore[attr-defined]
+                    "ID": str(user.id), "ACTIVE": "Y" if user.active else "N", "NAME": first, "LAST_NAME": last,
+                    "UF_DEPARTMENT": [str(department) for department in user.departments]},
+                    Origin(user_id=user.id))
+        return user

@@ -231,6 +231,10 @@ class SyncReport:
             "delivery": "DEGRADED: at most once (clear=1)" if self.fetched.reserved.at_most_once
                         else "at least once (clear=0, acknowledged after commit)",
             "values_nulled": sum(int(numbers["values_nulled"]) for numbers in self.per_asset.values()),
+            # Rows saying user fields, smart-process types or users changed; with a refresh, the run
+            # replaced the portal's reference data and rebuilt the analysts' views before acknowledging.
+            "reference_events": self.fetched.reference_events,
+            "reference_refreshed": bool(self.fetched.reference),
         }
 
     def tables(self) -> dict[str, dict]:

@@ -29,6 +29,10 @@ MAX_AGE = timedelta(hours=1)  # a plan change or a missed field event is picked 
 
 FEATURES = "features"
 TYPES = "types"
+# Which reference-data events the portal lists and we keep bound offline (checked with the other
+# look-ups, so a portal bound before these events were, or whose handlers an app update wiped
+# (facts §2.3), is bound again within `MAX_AGE`).
+REFERENCE_BINDINGS = "reference_bindings"
 
 # Events that say the field descriptions or the smart-process types changed (facts §3 "Others in
 # `events` list", §4.8). Only seen if bound; a run that sees one drops what they invalidate.

@@ -156,27 +156,35 @@ class OfflineQueue:
 
         Reads ``event.get`` first, then binds what is missing (two requests). `bind_commands` sends
         the binds blind instead, to ride in a batch that goes out anyway."""
-        connector = self.connector
-        handlers = self.client.call("event.get").result or []
-        present = {
-            str(row.get("event", "")).upper() for row in handlers
-            if isinstance(row, Mapping) and str(row.get("offline", "0")) in ("1", "True", "true")
-            and str(row.get("connector_id") or "") == connector
-        }
+        present = self.bound_offline(self.client.call("event.get").result)
         commands = self.bind_commands(kinds, skip=present)
         result = self.bound_from(commands, self.client.batch_all(commands))
         wanted = {name.upper() for kind in kinds for name in kind.bind_events}
         return BindResult(result.bound, tuple(sorted(present & wanted)) + result.already_bound)
+
+    def bound_offline(self, handlers: Any) -> set[str]:
+        """Event names an ``event.get`` answer shows bound offline with this queue's connector key
+        (facts §2.5: offline rows carry ``connector_id`` and ``offline: 1``)."""
+        connector = self.connector
+        return {
+            str(row.get("event", "")).upper() for row in (handlers if isinstance(handlers, list) else [])
+            if isinstance(row, Mapping) and str(row.get("offline", "0")) in ("1", "True", "true")
+            and str(row.get("connector_id") or "") == connector
+        }
 
     def bind_commands(self, kinds: Iterable[EntityKind], *, skip: Iterable[str] = ()) -> dict[str, Command]:
         """``event.bind`` (offline, our connector key) for every event of ``kinds`` not in ``skip``.
 
         Binding an event that is bound already is refused with "Handler already binded" and changes
         nothing (facts §2.3), so these may be sent without reading ``event.get`` first."""
+        return self.bind_event_commands((name for kind in kinds for name in kind.bind_events), skip=skip)
+
+    def bind_event_commands(self, names: Iterable[str], *, skip: Iterable[str] = ()) -> dict[str, Command]:
+        """``event.bind`` (offline, our connector key) for each event name not in ``skip``, keyed
+        ``bind_<NAME>`` for `bound_from`."""
         connector = self.connector
         skipped = {name.upper() for name in skip}
-        wanted = [name for name in dict.fromkeys(name.upper() for kind in kinds for name in kind.bind_events)
-                  if name not in skipped]
+        wanted = [name for name in dict.fromkeys(name.upper() for name in names) if name not in skipped]
         return {f"bind_{name}": Command("event.bind", self._with_connector(
             {"event": name, "event_type": "offline"}, connector)) for name in wanted}
 

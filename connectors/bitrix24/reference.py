@@ -48,6 +48,25 @@ LEAD_TYPE_ID = 1
 USER_FIELD_ENTITIES = {"deal": "deals", "contact": "contacts", "company": "companies", "lead": "leads"}
 _SEMANTICS = {"process": "P", "success": "S", "failure": "F", "apology": "F"}
 
+# The events that change reference data, bound offline like the CRM ones where the portal lists them
+# (`events`, facts §2.6): a legacy entity's user field added, changed, deleted or its list items set
+# (``onCrmDealUserFieldAdd`` ... ``onCrmDealUserFieldSetEnumValues``), a smart-process type added,
+# renamed or deleted (``ONCRMTYPE*``), a user added (``ONUSERADD``, scope ``user``) (facts §3, §4.8).
+# Stages, pipelines, departments, currencies and renamed users have none: the schedule covers them.
+USER_FIELD_EVENT_VERBS = ("ADD", "UPDATE", "DELETE", "SETENUMVALUES")
+REFERENCE_EVENTS: tuple[str, ...] = (
+    *(f"ONCRM{entity.upper()}USERFIELD{verb}" for entity in USER_FIELD_ENTITIES for verb in USER_FIELD_EVENT_VERBS),
+    "ONCRMTYPEADD", "ONCRMTYPEUPDATE", "ONCRMTYPEDELETE",
+    "ONUSERADD",
+)
+_REFERENCE_EVENTS = frozenset(REFERENCE_EVENTS)
+
+
+def is_reference_event(event_name: str) -> bool:
+    """Whether a queue row of this event name says the portal's reference data changed (its
+    ``EVENT_DATA`` names a field, type or user, never a CRM object to re-read)."""
+    return event_name.upper() in _REFERENCE_EVENTS
+
 
 @dataclass(frozen=True)
 class ReferenceData:

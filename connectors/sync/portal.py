@@ -13,8 +13,10 @@ from typing import Any
 from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OfflineQueue
 from connectors.bitrix24.batch import BatchResult, Command
 from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
+from connectors.bitrix24.errors import ApiError
 from connectors.bitrix24.lookups import (
     FEATURES,
+    REFERENCE_BINDINGS,
     TYPES,
     LookupCache,
     MemoryCache,
@@ -26,6 +28,8 @@ from connectors.bitrix24.lookups import (
     types_of,
 )
 from connectors.bitrix24.offline import feature_commands, features_from
+from connectors.bitrix24.redaction import redact
+from connectors.bitrix24.reference import REFERENCE_EVENTS
 from connectors.state import StateStore
 from connectors.warehouse import Warehouse
 
@@ -132,6 +136,10 @@ class PortalSync:
             commands.update({f"lookup_feature_{code}": command for code, command in feature_commands().items()})
         if everything and fresh(self.cache, TYPES) is None:
             commands["lookup_types"] = types_command()
+        if everything and fresh(self.cache, REFERENCE_BINDINGS) is None:
+            # What the portal can bind (`events`) and what we have bound (`event.get`), facts §2.5-§2.6.
+            commands["lookup_events"] = Command("events", {})
+            commands["lookup_handlers"] = Command("event.get", {})
         for kind in {kind.key: kind for kind in kinds}.values():
             if fresh(self.cache, fields_key(kind)) is None:
                 commands[f"lookup_fields_{kind.key.replace(':', '_')}"] = fields_command(kind)
@@ -170,6 +178,54 @@ class PortalSync:
                 start = page.next
             self.cache.put(TYPES, types)
             self._registry = None
+        if "lookup_events" in commands:
+            self.cache.put(REFERENCE_BINDINGS, self._reference_bindings(outcome))
+
+    def _reference_bindings(self, outcome: BatchResult) -> dict[str, Any]:
+        """The reference-data events the portal lists in ``events`` and which of them ``event.get``
+        does not show bound offline with our connector key (``missing``: `bind_reference_events`
+        binds them). A refusal (no admin rights, a webhook) is logged and cached as nothing to bind,
+        so it is asked again after `MAX_AGE`, not on every run; the schedule refreshes meanwhile."""
+        refused = [outcome.errors[key] for key in ("lookup_events", "lookup_handlers") if key in outcome.errors]
+        listed = outcome.results.get("lookup_events")
+        if refused or not isinstance(listed, list):
+            reason = redact(str(refused[0])) if refused else "no events list"
+            log.warning("portal %s: cannot tell which reference-data events to bind (%s); the schedule "
+                        "refreshes reference data meanwhile", self.portal, reason)
+            return {"listed": [], "missing": [], "error": reason}
+        available = {str(name).upper() for name in listed}
+        wanted = [name for name in REFERENCE_EVENTS if name in available]
+        present = self.queue.bound_offline(outcome.results.get("lookup_handlers"))
+        return {"listed": wanted, "missing": [name for name in wanted if name not in present]}
+
+    def reference_bind_commands(self) -> dict[str, Command]:
+        """``event.bind`` commands for the reference-data events the portal lists and we have not
+        bound (from the cached look-up); empty when nothing is missing. A full resync sends them
+        in its first scan request, other runs with `bind_reference_events`."""
+        bindings = (self.cache.get(REFERENCE_BINDINGS) or ({}, None))[0]
+        return self.queue.bind_event_commands(bindings.get("missing", []))
+
+    def reference_bound(self, commands: Mapping[str, Command], outcome: BatchResult) -> None:
+        """Take what the `reference_bind_commands` in ``outcome`` did: nothing is missing any more.
+        Raises the portal's refusal of a bind (other than "already bound")."""
+        result = self.queue.bound_from(commands, outcome)
+        bindings = (self.cache.get(REFERENCE_BINDINGS) or ({}, None))[0]
+        self.cache.put(REFERENCE_BINDINGS, {**bindings, "missing": []})
+        log.info("portal %s: bound %d reference-data events offline (%d already bound)", self.portal,
+                 len(result.bound), len(result.already_bound))
+
+    def bind_reference_events(self) -> None:
+        """Bind the missing reference-data events in one ``batch`` (none when nothing is missing: a
+        portal bound before these events were, or whose handlers an app update wiped, facts §2.3).
+        A refusal is logged and left for the next look-up; the schedule refreshes meanwhile."""
+        commands = self.reference_bind_commands()
+        if not commands:
+            return
+        try:
+            self.reference_bound(commands, self.client.batch_all(commands))
+        except ApiError as error:
+            log.warning("portal %s: binding reference-data events was refused (%s); the schedule "
+                        "refreshes reference data meanwhile", self.portal, redact(str(error)))
 
     @staticmethod
     def _new_kinds(commands: Mapping[str, Command]) -> list[EntityKind]:

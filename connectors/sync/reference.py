@@ -1,9 +1,11 @@
 """Reference data, stage history and deal product rows of one portal: from Bitrix24 to the warehouse.
 
 `refresh_reference` replaces every dimension of the portal (two batch requests, one transaction)
-and rebuilds the analysts' schema; `sync_stage_history` appends new stage-history rows after the
-stored high-water marks, committing rows and marks together per chunk; `sync_product_rows`
-re-reads the product rows of the deals written since its last run. All are idempotent: run
+and rebuilds the analysts' schema (the schedule's refresh; a sync run that reserves reference-data
+events does the same within its own commit, `connectors.sync.steps`); `sync_stage_history`
+appends new stage-history rows after the stored high-water marks, committing rows and marks
+together per chunk; `sync_product_rows` re-reads the product rows of the deals written since its
+last run. All are idempotent: run
 them again after a crash at any point and the warehouse ends the same, with nothing lost and no
 duplicate (facts §4.8; DESIGN §3 crash rule).
 """

@@ -23,11 +23,15 @@ from pathlib import Path
 from typing import Self
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.bitrix24 import Coercions, QueueEvent
+from connectors.dimensions import DIMENSIONS
 from connectors.tables import ColumnSpec, ColumnType, TableSchema
 from connectors.warehouse import FailedMessage
+from connectors.warehouse.reference import dimension_texts
 
 RUN_MARKER = ".b24wh-run"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
@@ -136,6 +140,29 @@ def write_frame(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+def stage_dimensions(directory: Path, frames: dict[str, pd.DataFrame]) -> dict[str, str]:
+    """Stage reference frames (`connectors.dimensions`), one Parquet file per dimension named
+    ``reference.<dimension>.parquet``; returns dimension -> path. Every column is staged as the texts
+    the warehouse casts (`dimension_texts`), so JSON values and NULLs come back exactly as loaded.
+    Raises KeyError for a frame that is no dimension."""
+    by_name = {dimension.name: dimension for dimension in DIMENSIONS}
+    files: dict[str, str] = {}
+    for name, frame in frames.items():
+        texts = dimension_texts(by_name[name], frame)
+        table = pa.table({column: pa.array(values, pa.string()) for column, values in texts.items()})
+        path = directory / f"reference.{name}.parquet"
+        partial = path.with_suffix(".partial")
+        pq.write_table(table, partial)
+        os.replace(partial, path)
+        files[name] = str(path)
+    return files
+
+
+def read_staged_dimensions(files: dict[str, str]) -> dict[str, pd.DataFrame]:
+    """The frames `stage_dimensions` staged, as texts (None where a value is missing)."""
+    return {name: pq.read_table(path).to_pandas() for name, path in files.items()}
+
+
 class SyncMode(enum.StrEnum):
     """What a run does; the steps dispatch on it (DESIGN §3)."""
 
@@ -207,6 +234,11 @@ class Fetched(Manifest):
     failures: list[FailedMessage] = Field(default_factory=list)  # messages to the error lane, with the reason
     unknown_events: int = Field(0, ge=0)
     requests: int = Field(0, ge=0)  # HTTP requests the fetch step sent
+    # Queue rows saying reference data changed (user fields, smart-process types, users), and the
+    # dimensions re-read for them (dimension -> staged file, `stage_dimensions`); commit writes those
+    # with the journal's mark, so an acknowledged row always has its refresh in the warehouse.
+    reference_events: int = Field(0, ge=0)
+    reference: dict[str, str] = Field(default_factory=dict)
 
     @property
     def failed(self) -> dict[str, set[str]]:
@@ -248,3 +280,4 @@ class Committed(Manifest):
 
     fetched_file: str
     tables: dict[str, TableOutcome] = Field(default_factory=dict)
+    reference_rows: dict[str, int] = Field(default_factory=dict)  # rows per dimension, when refreshed

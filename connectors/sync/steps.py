@@ -18,6 +18,13 @@ as separate ops (or in one process) and a crash between any two leaves a state t
 * ack      ``event.offline.clear`` for the committed reservations, journal -> *acked*, and the
            run's row of the sync log closed with its numbers.
 
+Queue rows that say reference data changed (a user field, a list item, a smart-process type, a new
+user: `connectors.bitrix24.reference.REFERENCE_EVENTS`) carry no CRM object to re-read: fetch reads
+every dimension for them (two requests, once per run) and stages it, commit replaces the dimensions
+and rebuilds the analysts' views in the transaction that marks the reservations *loaded*, so a row
+is never acknowledged before its refresh is in the warehouse, and a crash before that commit leaves
+the rows reserved for the next run to read and refresh again.
+
 A full resync (bootstrap) uses the same steps: fetch binds the events (in the request that reads
 the first page of every kind, binds first) and scans every kind, commit also tombstones ids the scan
 did not see, ack has nothing to clear.
@@ -32,7 +39,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -57,10 +64,11 @@ from connectors.bitrix24 import (
     schema_from_fields,
 )
 from connectors.bitrix24.entities import Action
-from connectors.bitrix24.errors import Forbidden, InvalidArgument, MethodNotFound
+from connectors.bitrix24.errors import ApiError, Forbidden, InvalidArgument, MethodNotFound
 from connectors.bitrix24.fetch import scan_kinds
 from connectors.bitrix24.lookups import TYPES, invalidated_by
 from connectors.bitrix24.redaction import redact
+from connectors.bitrix24.reference import is_reference_event, load_reference
 from connectors.sync.failpoints import failpoint
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
@@ -73,14 +81,20 @@ from connectors.sync.staging import (
     append_events,
     iter_events,
     read_json,
+    read_staged_dimensions,
     schema_from_json,
     schema_to_json,
+    stage_dimensions,
     sweep_siblings,
     write_frame,
     write_json,
 )
 from connectors.tables import TableSchema
 from connectors.warehouse import FailedMessage, JournalStatus, ParkedStatus, SyncRun, Transaction
+from connectors.warehouse.analytics import rebuild_analytics
+from connectors.warehouse.errors import WarehouseError
+from connectors.warehouse.reference import ensure_reference_tables, write_dimensions
+from connectors.warehouse.sql_warehouse import SqlWarehouse
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +165,9 @@ def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
         reserved.requests = _requests(sync) - before
         return reserved.write(sync.staging_dir / "reserved.json")
 
+    # Reference-data events the look-ups found unbound (a portal bound by an older release): one
+    # batch, once; a full resync binds them with the CRM events instead.
+    sync.bind_reference_events()
     staged = _Staged(sync, reserved)
     # A drain also takes back the reservations that kept failed messages (journalled *parked*).
     _recover(sync, reserved, staged, parked_too=mode is SyncMode.ERROR_LANE, orphans=unfinished_run)
@@ -326,6 +343,8 @@ class EventIndex:
     unknown: int  # events no registered kind understands (logged, acknowledged, not loaded)
     unknown_names: set[str]
     unregistered_types: bool  # a smart-process event for a type the registry does not know
+    reference: int = 0  # events saying reference data changed (refreshed, then acknowledged)
+    reference_names: set[str] = field(default_factory=set)
 
     def plan(self) -> dict[str, tuple[np.ndarray, pd.Series]]:
         """Per kind key: ids to fetch (ascending) and, per object, its latest change time and
@@ -355,9 +374,15 @@ def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventInde
                                 ("kind", "entity_id", "delete", "changed_at", "row_id", "message_id", "event_name",
                                  "process_id")}
     unknown, names, unregistered, shown = 0, set(), False, 0
+    reference, reference_names = 0, set()
     registry = sync.registry
     for event in iter_events(path):
         if event.message_id in discarded:
+            continue
+        if is_reference_event(event.event_name):
+            # No CRM object behind it: the run refreshes the reference data instead (`_fetch_changes`).
+            reference += 1
+            reference_names.add(event.event_name)
             continue
         target = registry.resolve(event.event_name, event.event_data)
         if target.kind is None or target.action is None or target.entity_id is None:
@@ -382,7 +407,7 @@ def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventInde
     frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
     for name in ("kind", "event_name", "process_id"):
         frame[name] = frame[name].astype("category")
-    return EventIndex(frame, unknown, names, unregistered)
+    return EventIndex(frame, unknown, names, unregistered, reference, reference_names)
 
 
 def _index_piece(columns: dict[str, list]) -> pd.DataFrame:
@@ -403,7 +428,7 @@ def _index_piece(columns: dict[str, list]) -> pd.DataFrame:
 
 def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discarded: set[str]) -> None:
     index = index_events(sync, events_file, discarded)
-    stale = invalidated_by(index.unknown_names)
+    stale = invalidated_by(index.unknown_names | index.reference_names)
     if index.unregistered_types:
         stale.add(TYPES)
     if stale:
@@ -412,6 +437,9 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
         sync.forget(stale)
         index = index_events(sync, events_file, discarded)
     fetched.unknown_events = index.unknown
+    fetched.reference_events = index.reference
+    if index.reference:
+        _reread_reference(sync, fetched, sorted(index.reference_names))
     plans = index.plan()
     parts: dict[str, TablePart] = {}
     counts = index.frame["kind"].value_counts()
@@ -431,6 +459,26 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
             stage_frame(sync, part, frame, number)
         failpoint("during_fetch")
     fetched.tables.extend(parts.values())
+
+
+def _reread_reference(sync: PortalSync, fetched: Fetched, names: list[str]) -> None:
+    """Read every dimension of the portal (two ``batch`` requests, however many such rows) and stage
+    it for commit (`Fetched.reference`).
+
+    A portal that refuses the read (e.g. the app lacks the ``department`` scope) fails the scheduled
+    refresh too, where operators see it; here it is logged and the rows are acknowledged without a
+    refresh, so reference data never holds up the CRM changes. Transport faults fail the step as
+    any read does, and its retry reads again."""
+    log.info("portal %s: %d queue rows say reference data changed (%s); reading it again", sync.portal,
+             fetched.reference_events, ", ".join(names[:5]))
+    try:
+        reference = load_reference(sync.client)
+    except REFUSALS as error:
+        log.error("portal %s: reference data changed, but the portal refused to read it (%s); the rows are "
+                  "acknowledged without a refresh, the scheduled refresh retries and reports it",
+                  sync.portal, redact(str(error)))
+        return
+    fetched.reference = stage_dimensions(sync.staging_dir, reference.frames)
 
 
 def _slices(sync: PortalSync, plans: Mapping[str, tuple[np.ndarray, pd.Series]], size: int) -> Iterator[ChangePlan]:
@@ -496,14 +544,23 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     seen: dict[str, list[np.ndarray]] = {kind.key: [] for kind in kinds}
     numbers: dict[str, int] = defaultdict(int)
     binds = sync.queue.bind_commands(kinds)
+    # The reference-data events the portal lists (look-ups, `events`) and we miss ride along.
+    reference_binds = {key: command for key, command in sync.reference_bind_commands().items() if key not in binds}
     # Fields not cached yet (a smart-process type seen for the first time) ride in the same request.
     lookups = sync.lookup_commands(kinds)
     parts: dict[str, TablePart] = {}
-    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **lookups}):
+    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **reference_binds, **lookups}):
         if key is None:
             bound = sync.queue.bound_from(binds, rows)
             log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
                      len(bound.bound), len(bound.already_bound))
+            if reference_binds:
+                try:
+                    sync.reference_bound(reference_binds, rows)
+                except ApiError as error:
+                    # Optional: the schedule refreshes reference data without them; the CRM binds stand.
+                    log.warning("portal %s: binding reference-data events was refused (%s)", sync.portal,
+                                redact(str(error)))
             sync.take_lookups(lookups, rows)
             parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
             continue
@@ -607,13 +664,17 @@ def _park(fetched: Fetched, index: EventIndex, key: str, errors: Mapping[int, st
 
 
 def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
-    """Upserts chunk by chunk, then tombstones, error lane and the journal's *loaded* mark in one
+    """Upserts chunk by chunk, then tombstones, error lane, the reference data fetch staged (if the
+    queue said it changed; with the analysts' views rebuilt) and the journal's *loaded* mark in one
     transaction (DESIGN §3 step 5); memory holds one chunk at a time."""
     fetched = Fetched.read(fetched_path)
     committed = Committed(fetched_file=str(fetched_path))
     schemas = {part.table: schema_from_json(read_json(part.schema_file)) for part in fetched.tables}
     for schema in schemas.values():
         sync.warehouse.ensure_table(schema)
+    reference = read_staged_dimensions(fetched.reference)
+    if reference:
+        ensure_reference_tables(_sql_warehouse(sync))
     absent = {part.table: _absent_ids(sync, part) for part in fetched.tables if part.scanned_ids_file}
     now = datetime.now(UTC)
     for part in fetched.tables:
@@ -648,10 +709,22 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
             failed = {failure.message_id for failure in fetched.failures}
             tx.resolve_parked(sync.portal, [event.message_id for event in _reserved_events(fetched)
                                             if event.message_id not in failed])
+        if reference:
+            # With the journal's mark below: a reservation is never *loaded* (so never acknowledged,
+            # even by a later run's recovery) before the refresh its rows asked for is stored.
+            committed.reference_rows = write_dimensions(_sql_warehouse(sync), sync.portal, reference)
+            rebuild_analytics(_sql_warehouse(sync))
         if fetched.reserved.process_ids:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
     failpoint("after_commit")
     return committed.write(sync.staging_dir / "committed.json")
+
+
+def _sql_warehouse(sync: PortalSync) -> SqlWarehouse:
+    """The portal's warehouse as the SQL warehouse reference data needs; raises `WarehouseError` else."""
+    if not isinstance(sync.warehouse, SqlWarehouse):
+        raise WarehouseError(f"reference data needs a SQL warehouse, got {type(sync.warehouse).__name__}")
+    return sync.warehouse
 
 
 def _upsert(sync: PortalSync, tx: Transaction, outcome: TableOutcome, schema: TableSchema, chunk: Path) -> None:

@@ -79,22 +79,45 @@ def _labels(table: str, type_id: int | None) -> list[_Label]:
 
 
 def publish_analytics(wh: SqlWarehouse) -> list[str]:
-    """(Re)build the analysts' schema from what the warehouse holds now; returns the relations created.
+    """(Re)build the analysts' schema from what the warehouse holds now, in a transaction of its own;
+    returns the relations created.
 
     Call after a reference refresh (new user fields and list items appear here then) and after new
-    entity tables were created."""
+    entity tables were created. Raises `TransactionStateError` inside an open transaction (use
+    `rebuild_analytics` there)."""
     ensure_reference_tables(wh)
+    with write_transaction(wh):
+        return rebuild_analytics(wh)
+
+
+def rebuild_analytics(wh: SqlWarehouse) -> list[str]:
+    """(Re)build the analysts' schema inside the caller's open transaction (the reference tables must
+    exist: `ensure_reference_tables`); returns the relations created. Readers see the old set of
+    views until that transaction commits, and keep it if it rolls back."""
     schema = analytics_schema(wh)
     statements, comments, created = _plan(wh, schema)
-    with write_transaction(wh):
-        wh._lock_ddl()
-        wh._execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
-        wh._execute(f"CREATE SCHEMA {quote(schema)}")
-        for statement in statements:
-            wh._execute(statement)
-        for statement in comments:
-            wh._execute(statement)
+    wh._lock_ddl()
+    wh._execute(f"DROP SCHEMA IF EXISTS {quote(schema)} CASCADE")
+    wh._execute(f"CREATE SCHEMA {quote(schema)}")
+    for statement in statements:
+        wh._execute(statement)
+    for statement in comments:
+        wh._execute(statement)
     return created
+
+
+def rebuild_published_analytics(wh: SqlWarehouse) -> list[str]:
+    """`rebuild_analytics` in the caller's transaction if the analysts' schema was published before,
+    else nothing (returns the relations created, or ``[]``).
+
+    Called by a column type migration (`SqlWarehouse.ensure_table`): PostgreSQL drops the views that
+    read a retyped column, and the ``<table>_as_of`` functions declare the old column types, so the
+    schema is rebuilt in the migration's own transaction and no reader ever finds it missing."""
+    published = wh.query("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %(schema)s",
+                         {"schema": analytics_schema(wh)})
+    if not published[0][0]:
+        return []
+    return rebuild_analytics(wh)
 
 
 def _source(wh: SqlWarehouse, name: str) -> str:

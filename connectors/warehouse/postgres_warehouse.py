@@ -116,8 +116,9 @@ class PostgresWarehouse(SqlWarehouse):
 
     def _drop_dependent_views(self, names: TableNames) -> list[str]:
         # PostgreSQL refuses ALTER COLUMN ... TYPE on a column a view reads ("cannot alter type of a
-        # column used by a view or rule"). The analysts' views are rebuilt by their publisher; a
-        # retyped column is rare (a type change of the portal or of the mapping), so they go.
+        # column used by a view or rule"). The analysts' schema is rebuilt in the same transaction
+        # (`_rebuild_analytics_after_migration`); any other view (an analyst's own) is left to its
+        # owner: a retyped column is rare (a type change of the portal or of the mapping).
         rows = self._query(
             "SELECT DISTINCT v.oid::regclass::text FROM pg_depend AS d "
             "JOIN pg_rewrite AS r ON r.oid = d.objid JOIN pg_class AS v ON v.oid = r.ev_class "
@@ -126,7 +127,8 @@ class PostgresWarehouse(SqlWarehouse):
             {"table": self.dialect.qualified(names.table), "history": self.dialect.qualified(names.history),
              "current": self.dialect.qualified(names.current)})
         if rows:
-            log.warning("%s: dropping views that read columns being retyped: %s; publish them again",
+            log.warning("%s: dropping views that read columns being retyped: %s; the analysts' schema is "
+                        "rebuilt now, any other view must be created again by its owner",
                         names.table, [row[0] for row in rows])
         return [f"DROP VIEW IF EXISTS {row[0]} CASCADE" for row in rows]
 

@@ -74,22 +74,48 @@ def replace_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.Da
     """Replace every given dimension of ``portal`` in one transaction; returns rows per dimension.
 
     Raises `WarehouseError` for a frame whose columns differ from its `DimensionSchema`."""
+    _dimensions_of(frames)
+    ensure_reference_tables(wh)
+    with write_transaction(wh):
+        return write_dimensions(wh, portal, frames)
+
+
+def write_dimensions(wh: SqlWarehouse, portal: str, frames: Mapping[str, pd.DataFrame]) -> dict[str, int]:
+    """`replace_dimensions` inside the caller's open transaction (the CDC commit replaces them with
+    the journal's mark, `connectors.sync.steps`); the tables must exist (`ensure_reference_tables`).
+
+    Returns rows per dimension; raises `WarehouseError` for an unknown dimension or a frame whose
+    columns differ from its `DimensionSchema`."""
+    by_name = _dimensions_of(frames)
+    counts: dict[str, int] = {}
+    now = datetime.now(UTC)
+    # Two writers replacing one portal's rows at once (the schedule's refresh and a sync run's, where
+    # the pool allows both) would insert the same keys: on PostgreSQL they take turns on this lock.
+    wh._lock_ddl()
+    for name, frame in frames.items():
+        dimension = by_name[name]
+        _check_columns(dimension, frame)
+        wh._execute(f"DELETE FROM {wh.dialect.qualified(name)} WHERE portal = %(portal)s::text",
+                    {"portal": portal})
+        _insert(wh, dimension, portal, frame, now)
+        counts[name] = len(frame)
+    return counts
+
+
+def _dimensions_of(frames: Mapping[str, pd.DataFrame]) -> dict[str, DimensionSchema]:
     by_name = {dimension.name: dimension for dimension in DIMENSIONS}
     unknown = set(frames) - set(by_name)
     if unknown:
         raise WarehouseError(f"unknown dimensions: {sorted(unknown)}")
-    ensure_reference_tables(wh)
-    counts: dict[str, int] = {}
-    now = datetime.now(UTC)
-    with write_transaction(wh):
-        for name, frame in frames.items():
-            dimension = by_name[name]
-            _check_columns(dimension, frame)
-            wh._execute(f"DELETE FROM {wh.dialect.qualified(name)} WHERE portal = %(portal)s::text",
-                        {"portal": portal})
-            _insert(wh, dimension, portal, frame, now)
-            counts[name] = len(frame)
-    return counts
+    return by_name
+
+
+def dimension_texts(dimension: DimensionSchema, frame: pd.DataFrame) -> dict[str, list[str | None]]:
+    """Each column of ``frame`` as the texts its column type parses (None for a missing value): what
+    the warehouse casts in SQL, and what a frame staged as text between two steps holds. Taking
+    its own output again gives the same texts."""
+    return {column.name: [_text(value, column.type) for value in frame[column.name].tolist()]
+            for column in dimension.columns}
 
 
 def stage_history_marks(wh: SqlWarehouse, portal: str) -> dict[int, int]:
@@ -205,9 +231,10 @@ def _insert(wh: SqlWarehouse, dimension: DimensionSchema, portal: str, frame: pd
     params: dict[str, Any] = {"portal": portal, "now": now}
     unnests = []
     casts = []
+    texts = dimension_texts(dimension, frame)
     for index, column in enumerate(dimension.columns):
         key = f"c{index}"
-        params[key] = [_text(value, column.type) for value in frame[column.name].tolist()]
+        params[key] = texts[column.name]
         unnests.append(f"unnest(%({key})s::text[]) AS {key}")
         casts.append(f"CAST(u.{key} AS {d.types[column.type]})")
     conflict = (" ON CONFLICT (portal, " + ", ".join(quote(k) for k in dimension.key) + ") DO NOTHING"
@@ -225,7 +252,8 @@ def _text(value: Any, column_type: ColumnType) -> str | None:
     if column_type is ColumnType.INTEGER:
         return str(int(value))
     if column_type is ColumnType.BOOLEAN:
-        return "true" if bool(value) else "false"
+        # A text is this function's own output ('true'/'false'), read back from a staged frame.
+        return value if isinstance(value, str) else ("true" if bool(value) else "false")
     if column_type is ColumnType.JSON and not isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, datetime | pd.Timestamp):

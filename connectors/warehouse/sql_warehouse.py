@@ -104,6 +104,18 @@ class SqlWarehouse(Warehouse):
         column of ``names``' table or history; their owners create them again (PostgreSQL)."""
         return []
 
+    def _rebuild_analytics_after_migration(self) -> None:
+        """Rebuild the analysts' schema, if published, in the open transaction that retyped a column.
+
+        PostgreSQL dropped the analysts' views reading the column (`_drop_dependent_views`), and its
+        ``<table>_as_of`` functions declare the old types; rebuilt here, they commit (or roll back)
+        with the migration instead of missing until the next reference refresh. DuckDB keeps its
+        views, but their catalog entries keep the old column types until they are created again."""
+        # Imported here: the analysts' schema is built on top of this module (it imports it).
+        from connectors.warehouse.analytics import rebuild_published_analytics
+
+        rebuild_published_analytics(self)
+
     def _create_extras(self, table: str) -> list[str]:
         """Engine-specific DDL run once when an entity table is created (indexes)."""
         return []
@@ -159,6 +171,8 @@ class SqlWarehouse(Warehouse):
             self._execute(ddl.current_view_statement(self.dialect, schema.name, list(stored)))
             for statement in ddl.comment_statements(self.dialect, schema):
                 self._execute(statement)
+            if changes.migrated:
+                self._rebuild_analytics_after_migration()
             log.info("%s: %s", schema.name, "created" if changes.created
                      else f"added columns {[c.name for c in changes.added]}, migrated "
                           f"{[(m.column, m.stored_type, m.schema_type.value) for m in changes.migrated]}")

@@ -21,6 +21,7 @@ import pytest
 
 from emulator import outbound
 from emulator.events import Origin
+from emulator.portal import User
 from emulator.testing import ThreadEmulator
 
 UI_USER = Origin(user_id=3)
@@ -193,3 +194,21 @@ def test_apps_without_the_crm_scope_cannot_bind_crm_events(emu, http):
 def test_webhooks_cannot_bind(emu, http):
     response = http.post(emu.webhook_url + "event.bind", json={"event": "ONCRMDEALADD", "event_type": "offline"})
     assert response.status_code == 403 and response.json()["error"] == "WRONG_AUTH_TYPE"
+
+
+def test_a_new_user_fires_onuseradd_for_apps_with_the_user_scope(emu, app, http):
+    assert "ONUSERADD" in result(app("events", SCOPE="user"))
+    assert result(app("event.bind", event="ONUSERADD", event_type="offline"))
+    emu.world.portal("default").add_user(User(77, "Olga Smirnova", active=True, departments=(2, 3)))
+
+    [row] = emu.queue()
+    assert row["EVENT_NAME"] == "ONUSERADD"
+    assert row["EVENT_DATA"] == {"ID": "77", "ACTIVE": "Y", "NAME": "Olga", "LAST_NAME": "Smirnova",
+                                 "UF_DEPARTMENT": ["2", "3"]}
+    # An app without the user scope is not offered the event (facts §2.3: "Event not found").
+    emu.register_app("local.crm.only", "secret-c", scopes=["crm"])
+    emu.install("local.crm.only")
+    token = emu.install_tokens(client_id="local.crm.only", client_secret="secret-c")["access_token"]
+    response = http.post(f"{emu.url}/rest/event.bind", json={"event": "ONUSERADD", "event_type": "offline",
+                                                             "auth": token})
+    assert response.status_code == 400 and response.json()["error"] == "ERROR_EVENT_NOT_FOUND"

@@ -12,10 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from connectors.receiver import portal_key
 from connectors.state import Portal, open_state_store
+from emulator.portal import User
 from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.definitions import build_definitions
 from pipelines.fleet import FleetSyncConfig
@@ -97,3 +99,36 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
     for name, key in keys.items():
         assert emu.queue(portal=name) == [] or all(row.get("reserved") is None for row in emu.queue(portal=name))
         assert compare(emu, duckdb_rows(warehouse_path, key), portal=name, tables=TABLES) == [], name
+
+
+def test_a_fleet_run_refreshes_the_reference_data_of_each_portal_whose_queue_says_it_changed(
+        emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    state_path, warehouse_path = tmp_path / "state.sqlite3", str(tmp_path / "wh.duckdb")
+    keys = install_portals(emu, state_path)
+    defs = build_definitions({
+        "bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
+                                     oauth_token_url=emu.token_url, state_store=str(state_path)),
+        "warehouse": WarehouseResource(url=warehouse_path)})
+    chosen = {name: keys[name] for name in ("north", "south")}
+    instance.add_dynamic_partitions(portals.name, list(chosen.values()))
+    for key in chosen.values():
+        assert defs.resolve_job_def("full_resync").execute_in_process(instance=instance, partition_key=key).success
+    for number, name in enumerate(chosen):
+        portal = emu.world.portal(name)
+        portal.add_user(User(400 + number, f"Newcomer {name}", departments=(1,)))
+        portal.crm.add_user_field("deal", "REGION", "string", label=f"Region of {name}")
+
+    config = dg.RunConfig(ops={"drain_portals": FleetSyncConfig(portals=list(chosen.values()), workers=2)})
+    result = defs.resolve_job_def("sync_portals").execute_in_process(instance=instance, run_config=config)
+
+    assert result.success
+    watermarks = {m.partition: m.metadata for m in result.asset_materializations_for_node("drain_portals")
+                  if m.asset_key.path[-1] == "sync_watermark"}
+    assert {key: watermarks[key]["reference_refreshed"].value for key in chosen.values()} == {
+        key: True for key in chosen.values()}
+    with duckdb.connect(warehouse_path, read_only=True) as con:
+        for number, (name, key) in enumerate(chosen.items()):
+            assert con.execute("SELECT full_name FROM analytics.users WHERE portal = ? AND user_id = ?",
+                               [key, 400 + number]).fetchall() == [(f"Newcomer {name}",)]
+            assert con.execute("SELECT label FROM analytics.columns WHERE portal = ? AND table_name = 'deals' "
+                               "AND column_name = 'uf_crm_region'", [key]).fetchall() == [(f"Region of {name}",)]

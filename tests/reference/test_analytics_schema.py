@@ -5,16 +5,19 @@ moment, and nothing internal (journal, sync log, error lane, marks, ``_raw`` or 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 
-from connectors.bitrix24 import Bitrix24Client
+from connectors.bitrix24 import Bitrix24Client, schema_from_fields
 from connectors.dimensions import DIMENSIONS
 from connectors.sync.portal import PortalSync
 from connectors.sync.reference import refresh_reference, sync_stage_history
 from connectors.sync.steps import run_once
+from connectors.tables import ColumnType
 from connectors.warehouse.analytics import analytics_schema
 from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
 from connectors.warehouse.sql_warehouse import SqlWarehouse
@@ -136,3 +139,35 @@ def test_the_duckdb_snapshot_carries_the_analysts_schema(client: Bitrix24Client,
         assert analyst.sql("SELECT count(*) FROM analytics.deals_as_of(now())").fetchall() == expected
         assert analyst.sql("SELECT count(*) FROM analytics.stage_history WHERE stage_name IS NULL").fetchall() == [
             (0,)]
+
+
+def test_a_column_type_migration_leaves_the_analysts_views_in_place_and_answering(
+        emu: ThreadEmulator, client: Bitrix24Client, warehouse: SqlWarehouse, tmp_path: Path) -> None:
+    # PostgreSQL refuses to retype a column a view reads, so the migration drops the analysts' views
+    # over the table; they must come back in the migration's own transaction, not at the next refresh.
+    load_everything(client, warehouse, tmp_path)
+    schema = analytics_schema(warehouse)
+    sync = PortalSync(PORTAL, client, warehouse, tmp_path / "staging" / "schema")
+    deals = schema_from_fields(sync.registry["deal"], sync.fields(sync.registry["deal"]))
+    assert deals.column("opportunity").type is ColumnType.DECIMAL
+    retyped = replace(deals, columns=tuple(replace(column, type=ColumnType.TEXT) if column.name == "opportunity"
+                                           else column for column in deals.columns))
+
+    changes = warehouse.ensure_table(retyped)
+
+    assert [migration.column for migration in changes.migrated] == ["opportunity"]
+    view_types = dict(warehouse.query(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = %(schema)s "
+        "AND table_name = 'deals'", {"schema": schema}))
+    assert view_types["opportunity"].lower() in ("text", "varchar", "character varying")
+    assert "stage_name" in view_types and "uf_crm_1700000000006_label" in view_types
+    truth = {deal_id: row for deal_id, row in emu.world.portal("default").crm.table("deal").rows.items()}
+    stored = {row[0]: row[1:] for row in warehouse.query(
+        f'SELECT id, opportunity, stage_name FROM "{schema}".deals', {})}
+    assert set(stored) == set(truth)
+    assert all(opportunity is None or Decimal(opportunity) == Decimal(str(truth[deal_id]["OPPORTUNITY"] or 0))
+               for deal_id, (opportunity, _) in stored.items())
+    assert all(stage_name for _, stage_name in stored.values())
+    # The "as of" function declares the column types; it answers with the new one.
+    as_of = warehouse.query(f'SELECT id, opportunity FROM "{schema}".deals_as_of(%(at)s)', {"at": datetime.now(UTC)})
+    assert dict(as_of) == {deal_id: opportunity for deal_id, (opportunity, _) in stored.items()}
