@@ -5,9 +5,10 @@ pipelines, smart-process types, currencies, user fields and list items, the colu
 two batch requests and rebuilds the analysts' schema; ``stage_history`` then appends the new stage
 moves by id; ``deal_product_rows`` re-reads the product rows of deals the CDC loop wrote since its
 last run (50 deals per request). Bitrix24 has events for some reference data (user fields,
-smart-process types, new users; docs/reference-data.md) but none for stages, departments,
-currencies or renamed users, so a schedule refreshes everything: about three requests per portal
-per run when little changed.
+smart-process types, new users; docs/reference-data.md): those are bound as offline events, and the
+sync run that reserves one refreshes the dimensions itself (`connectors.sync.steps`). Stages,
+departments, currencies and renamed users have none, so this schedule refreshes everything too:
+about three requests per portal per run when little changed.
 """
 
 from collections.abc import Iterator
@@ -99,7 +100,7 @@ REFERENCE_JOB = dg.define_asset_job(
 @dg.schedule(job=REFERENCE_JOB, cron_schedule=REFERENCE_CRON, name="reference_refresh_schedule",
              default_status=dg.DefaultScheduleStatus.RUNNING)
 def reference_refresh_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-    """One run per portal; there are no Bitrix24 events for most reference data (docs/reference-data.md)."""
+    """One run per portal; most reference data has no Bitrix24 event (docs/reference-data.md)."""
     stamp = context.scheduled_execution_time.isoformat()
     return [dg.RunRequest(run_key=f"reference_refresh:{key}:{stamp}", partition_key=key)
             for key in context.instance.get_dynamic_partitions(portals.name)]
