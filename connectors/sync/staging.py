@@ -1,7 +1,7 @@
 """The hand-over between the steps of one sync run, kept on disk in the run's staging directory.
 
 Steps pass each other the path of a small JSON manifest; bulky data (queue events, fetched entity
-frames) stays in files beside it (JSON lines, Parquet chunks of at most 2,500 rows), so memory is
+frames) stays in files beside it (JSON lines, Arrow IPC chunks of at most 2,500 rows), so memory is
 bounded by one chunk however large the backlog, and Dagster pickles only paths.
 
 The files hold CRM data, so they live under the product's own state directory, never the shared
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Self
 
 import pandas as pd
+import pyarrow as pa
+from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.bitrix24 import Coercions, QueueEvent
@@ -129,9 +131,19 @@ def iter_events(path: Path) -> Iterator[QueueEvent]:
                 yield QueueEvent.from_row(json.loads(line))
 
 
+CHUNK_SUFFIX = ".arrow"
+
+
 def write_frame(path: Path, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` as an Arrow IPC file (Feather v2, LZ4 frames); returns ``path``.
+
+    Atomic like `write_json`: a crash leaves a ``.partial`` file, never a short chunk under ``path``.
+    Arrow IPC, not Parquet: the chunk is read back once, by the same program, so Parquet's encoding
+    bought nothing; per 2,500 deals IPC + LZ4 took 23 ms to write and 1.4 ms to read against 32 ms
+    and 8 ms, at the same size (730 KB against 747 KB; uncompressed it would be 3.9 MB).
+    """
     partial = path.with_suffix(".partial")
-    frame.to_parquet(partial, index=False)
+    feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), partial, compression="lz4")
     os.replace(partial, path)
     return path
 
