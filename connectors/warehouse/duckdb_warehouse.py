@@ -44,7 +44,7 @@ SETTINGS = {"TimeZone": "UTC", "checkpoint_threshold": "256MB", "preserve_insert
 # DuckDB's buffer pool grows to 80% of the machine's RAM by default: a run holding a million-row table
 # kept its blocks cached and peaked at 1.3 GB. With a limit, blocks beyond it are evicted (table data
 # is re-read from the file, uncommitted or unchecked rows spill to the temp directory).
-DEFAULT_MEMORY_LIMIT_MB = 96
+DEFAULT_MEMORY_LIMIT_MB = 64
 
 # What DuckDB cannot spill: the versions an UPDATE wrote to rows already in the file stay in memory
 # (DuckDB's ``ALLOCATOR`` tag in ``duckdb_memory()``) until the next checkpoint, ~5 MB per 2,500
