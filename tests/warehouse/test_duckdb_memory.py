@@ -12,7 +12,7 @@ from tests.warehouse.entities import PORTAL, deal_frame, deals_schema, later
 
 SCHEMA = deals_schema()
 CHUNK = 2_500
-MEMORY_LIMIT_MB = 64
+MEMORY_LIMIT_MB = 64  # below the default (128), so the checkpoint rule has to work
 
 
 def _heavy(ids: range, stage: str, minutes: int):
