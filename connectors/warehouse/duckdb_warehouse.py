@@ -3,8 +3,9 @@
 Rows are staged by registering Arrow tables with the connection (no copy, no row-by-row inserts).
 DuckDB has no data-modifying CTEs, so an upsert first classifies the staged rows against the stored
 ones in one join, then writes new rows with a plain INSERT (the cheap path a bootstrap takes) and
-changed or revived rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
-Only this process writes the file, so the classification cannot go stale before the writes.
+changed or revived rows with a plain UPDATE (`versioning.update_rows`), each with set-based history
+statements. Only this process writes the file, so the classification cannot go stale before the
+writes, and the rule `versioning.guard` enforces on PostgreSQL needs no second check here.
 """
 
 from __future__ import annotations
@@ -55,9 +56,8 @@ DEFAULT_MEMORY_LIMIT_MB = 128
 # What DuckDB cannot spill: the versions an UPDATE wrote to rows already in the file stay in memory
 # (DuckDB's ``ALLOCATOR`` tag in ``duckdb_memory()``) until the next checkpoint, ~5 MB per 2,500
 # changed deals. Past this share of the limit (a quarter) a commit is followed by a checkpoint, so a
-# run draining
-# a million changes does not reach the limit (which fails the statement) while a full load, which
-# only appends (spillable), still checkpoints by the WAL threshold above.
+# run draining a million changes does not reach the limit (which fails the statement) while a full
+# load, which only appends (spillable), still checkpoints by the WAL threshold above.
 _UNSPILLABLE_SHARE = 0.25
 
 
