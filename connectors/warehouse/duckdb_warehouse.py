@@ -48,9 +48,8 @@ SETTINGS = {"TimeZone": "UTC", "checkpoint_threshold": "256MB", "preserve_insert
 # DuckDB's buffer pool grows to 80% of the machine's RAM by default: a run holding a million-row table
 # kept its blocks cached and peaked at 1.3 GB. With a limit, blocks beyond it are evicted (table data
 # is re-read from the file, uncommitted or unchecked rows spill to the temp directory). 64 MB was too
-# little: draining a million changes into a million-row table ran out of memory in an UPDATE (the
-# primary-key index, the versions not yet checkpointed and the statement's own 16 MB allocations
-# cannot be evicted).
+# little: draining a million changes into a million-row table failed in an UPDATE, which asked for
+# 16 MB while DuckDB held 47 MB of its 61 MB that it could not evict.
 DEFAULT_MEMORY_LIMIT_MB = 128
 
 # What DuckDB cannot spill: the versions an UPDATE wrote to rows already in the file stay in memory

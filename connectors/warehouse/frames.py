@@ -2,8 +2,8 @@
 
 A warehouse stages Arrow, not pandas: DuckDB scans Arrow without converting Python objects, and
 PostgreSQL gets CSV written by Arrow's C++ writer. Rows may arrive as a pandas frame, an Arrow table
-or the path of a staged Parquet or Arrow IPC file; all end up as one Arrow table with exactly the columns of the
-schema in the warehouse's types, one row per id.
+or the path of a staged Parquet or Arrow IPC file; all end up as one Arrow table with exactly the
+columns of the schema in the warehouse's types, one row per id.
 """
 
 from __future__ import annotations
