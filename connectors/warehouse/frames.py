@@ -2,8 +2,8 @@
 
 A warehouse stages Arrow, not pandas: DuckDB scans Arrow without converting Python objects, and
 PostgreSQL gets CSV written by Arrow's C++ writer. Rows may arrive as a pandas frame, an Arrow table
-or the path of a staged Parquet file; all end up as one Arrow table with exactly the columns of the
-schema in the warehouse's types, one row per id.
+or the path of a staged Parquet or Arrow IPC file; all end up as one Arrow table with exactly the
+columns of the schema in the warehouse's types, one row per id.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyarrow import feather
 
 from connectors.tables import ColumnType, TableSchema
 from connectors.warehouse.errors import FrameContractError
 
 Rows = pd.DataFrame | pa.Table | str | os.PathLike
-"""What `Transaction.upsert` accepts: an entity frame, an Arrow table, or a Parquet file path."""
+"""What `Transaction.upsert` accepts: an entity frame, an Arrow table, or the path of a Parquet or
+Arrow IPC (Feather v2) file."""
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 DECIMAL = pa.decimal128(18, 2)
@@ -38,6 +40,7 @@ ARROW_TYPES: dict[ColumnType, pa.DataType] = {
     ColumnType.JSON: pa.string(),
 }
 KEY_COLUMNS = ("id", "_source_modified_at", "_raw")
+_ARROW_FILE_MAGIC = b"ARROW1"
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,11 @@ def _read(table_name: str, rows: Rows) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
             raise FrameContractError(table_name, f"frame cannot be read as Arrow: {error}") from None
     if isinstance(rows, str | os.PathLike):
-        return pq.read_table(rows)
+        with open(rows, "rb") as file:
+            magic = file.read(len(_ARROW_FILE_MAGIC))
+        # The sync's staged chunks are Arrow IPC (`connectors.sync.staging.write_frame`); callers may
+        # still hand over Parquet. The file's own magic bytes say which, whatever its name.
+        return feather.read_table(rows) if magic == _ARROW_FILE_MAGIC else pq.read_table(rows)
     raise FrameContractError(table_name, f"expected a DataFrame, Arrow table or Parquet path, "
                                          f"got {type(rows).__name__}")
 

@@ -101,6 +101,23 @@ def upsert(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequenc
             f"WHERE {guard('excluded', 't', overwrite=overwrite)}")
 
 
+def update_rows(d: Dialect, table: str, columns: Sequence[str], null_columns: Sequence[str],
+                source: str) -> str:
+    """Overwrite stored rows with staged versions already classified as ``update`` or ``revive``.
+
+    For an engine whose only writer classified the rows in the same transaction (DuckDB), so the
+    rule of `guard` needs no second check. A plain ``UPDATE`` touches the changed columns in place;
+    DuckDB's ``ON CONFLICT DO UPDATE`` also rewrites the primary-key index entries, which it keeps
+    in memory it cannot spill until the next checkpoint."""
+    written = [*columns, "_raw", "_source_modified_at", "_content_hash"]
+    assignments = [f"{quote(c)} = s.{quote(c)}" for c in written]
+    assignments[len(columns)] = f"_raw = CAST(s._raw AS {d.raw})"
+    assignments += ["_synced_at = now()"]
+    assignments += [f"{quote(c)} = NULL" for c in (*null_columns, "_deleted_at", "_deleted_reason")]
+    return (f"UPDATE {d.qualified(TableNames.of(table).table)} AS t SET {', '.join(assignments)} "
+            f"FROM {source} WHERE t.portal = %(portal)s::text AND t.id = s.id")
+
+
 def close_versions(d: Dialect, table: str, source: str, *, overwrite: bool = False) -> str:
     """End the open history row of every entity in ``source`` where the new version starts."""
     return (f"UPDATE {d.qualified(TableNames.of(table).history)} AS h "

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors.sync.staging import write_frame
 from connectors.warehouse import UpsertCounts, Warehouse
 from tests.warehouse.entities import PORTAL, T0, deal_frame, deals_schema, later
 
@@ -166,19 +167,21 @@ def test_duplicate_ids_in_one_frame_keep_the_latest_state(warehouse: Warehouse) 
         (1, "WON"), (2, "NEW")]
 
 
-def test_frames_arrow_tables_and_parquet_files_load_alike(warehouse: Warehouse, tmp_path) -> None:
-    staged = tmp_path / "chunk.parquet"
-    pq.write_table(pa.Table.from_pandas(deal_frame([3]), preserve_index=False), staged)
+def test_frames_arrow_tables_parquet_and_arrow_ipc_files_load_alike(warehouse: Warehouse, tmp_path) -> None:
+    parquet_file, ipc_file = tmp_path / "chunk.parquet", tmp_path / "chunk.arrow"
+    pq.write_table(pa.Table.from_pandas(deal_frame([3]), preserve_index=False), parquet_file)
+    write_frame(ipc_file, deal_frame([4]))  # the sync's own staged chunk
     with warehouse.transaction() as tx:
         tx.upsert(PORTAL, SCHEMA, deal_frame([1]))
         tx.upsert(PORTAL, SCHEMA, pa.Table.from_pandas(deal_frame([2]), preserve_index=False))
-        tx.upsert(PORTAL, SCHEMA, staged)
+        tx.upsert(PORTAL, SCHEMA, parquet_file)
+        tx.upsert(PORTAL, SCHEMA, ipc_file)
 
     rows = warehouse.query(f"SELECT id, title, opportunity, closedate, contact_ids FROM "
                            f"{warehouse.relation('deals_current')} ORDER BY id")
     assert [(row[0], row[1], str(row[2]), str(row[3])) for row in rows] == [
         (1, "Deal 1", "10.50", "2024-06-30"), (2, "Deal 2", "20.50", "2024-06-30"),
-        (3, "Deal 3", "30.50", "2024-06-30")]
+        (3, "Deal 3", "30.50", "2024-06-30"), (4, "Deal 4", "40.50", "2024-06-30")]
 
 
 def test_portals_share_a_table_without_touching_each_other(warehouse: Warehouse) -> None:
