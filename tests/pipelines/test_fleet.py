@@ -79,7 +79,7 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
                        for asset in ("sync_watermark", "deals", "contacts")}
     [output] = [event for event in result.all_node_events if event.event_type_value == "STEP_OUTPUT"]
     metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
-    assert metadata["failed"] == [keys["south"]] and metadata["skipped"] == 1 and metadata["drained"] == 2
+    assert metadata["failed"] == [keys["south"]] and metadata["skipped"] == 1 and metadata["done"] == 2
 
     # The failed portal's claim was released; once the portal answers again it is drained on its own.
     emu.clear_faults(portal="south")
