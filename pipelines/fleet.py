@@ -114,8 +114,16 @@ def _attempt(portal: str, work: PortalWork) -> PortalOutcome:
 
 def warehouse_writes(warehouse: WarehouseResource) -> AbstractContextManager:
     """What the portals of one run take turns on before writing: a lock for a DuckDB file (one
-    writer per file), nothing for PostgreSQL (each portal writes its own rows; row locks)."""
-    return nullcontext() if warehouse.url.startswith(("postgresql://", "postgres://")) else threading.Lock()
+    writer per file: two connections creating or altering a table at once fail with a catalog
+    write-write conflict), nothing for PostgreSQL (each portal writes its own rows, and the warehouse
+    serializes DDL with an advisory lock).
+
+    For DuckDB the file is opened once here first: opening creates the journal tables if missing,
+    and the portals' threads opening a fresh file at once would race on that creation."""
+    if warehouse.url.startswith(("postgresql://", "postgres://")):
+        return nullcontext()
+    warehouse.open().close()
+    return threading.Lock()
 
 
 def drain(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bitrix24Resource,
@@ -128,11 +136,14 @@ def drain(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bit
     Raises `dg.RetryRequested` while another run drains the portal; API and warehouse errors propagate."""
     with portal_sync(context, bitrix24, warehouse, config.max_events, portal=portal, release=True,
                      release_on_error=True) as sync:
-        reserved = steps.reserve(sync, mode)
+        # Reserve and ack write the journal, commit the rows; fetch only reads (the long part of a scan).
+        with writes:
+            reserved = steps.reserve(sync, mode)
         fetched_path = steps.fetch(sync, reserved)
         with writes:
             committed = steps.commit(sync, fetched_path)
-        cleared = steps.ack(sync, committed)
+        with writes:
+            cleared = steps.ack(sync, committed)
         events = _materializations(portal, committed, cleared) + (also(sync) if also is not None else [])
     # Only after portal_sync closed (it writes the run's HTTP tally there). A failed portal's files
     # stay for debugging until its next run has recovered its reservations and sweeps them.
