@@ -51,6 +51,12 @@ def run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, op: str,
     return result, per_portal
 
 
+def refuse_everything(emu: ThreadEmulator, portal: str) -> None:
+    """Every call to ``portal`` refused (403 ACCESS_DENIED): its part fails at once, where a 5xx would
+    first be retried for seconds by the client's backoff."""
+    emu.add_fault("*", "access_denied", portal=portal)
+
+
 def health(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str, dg.AssetCheckEvaluation]:
     result = defs.resolve_job_def("health_checks").execute_in_process(instance=instance)
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
@@ -65,7 +71,7 @@ def loaded_fleet(emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstan
     defs = build_definitions(resources_for(emu, state_path, warehouse_path))
     instance.add_dynamic_partitions(portals.name, list(keys.values()))
 
-    emu.add_fault("*", "http_500", portal="south")
+    refuse_everything(emu, "south")
     result, loaded = run(defs, instance, "full_resync_portals", "full_resync_portal_group",
                          FleetSyncConfig(portals=list(keys.values()), workers=3))
     assert result.output_for_node("full_resync_portal_group") == {"failed": [keys["south"]]}
@@ -94,7 +100,7 @@ def test_a_full_resync_and_an_error_lane_drain_serve_many_portals_and_a_failing_
     run(defs, instance, "sync_portals", "drain_portals",
         FleetSyncConfig(portals=[keys["north"], keys["east"]]))
     emu.clear_faults(portal="north")  # north's deal reads again; east's stays refused
-    emu.add_fault("*", "http_500", portal="west")  # west's whole part fails
+    refuse_everything(emu, "west")  # west's whole part fails
 
     result, drained = run(defs, instance, "drain_error_lanes", "drain_error_lane_portals",
                           FleetSyncConfig(portals=list(keys.values()), workers=3))
@@ -126,7 +132,7 @@ def test_a_reconciliation_and_a_reference_refresh_serve_many_portals_and_drift_i
         for name, lost in (("north", 5), ("east", 7)):
             assert wh.query(f"DELETE FROM {wh.relation('deals')} WHERE portal = %(portal)s AND id = %(id)s "
                             "RETURNING id", {"portal": keys[name], "id": lost})
-    emu.add_fault("*", "http_500", portal="south")
+    refuse_everything(emu, "south")
 
     result, reconciled = run(defs, instance, "reconcile_portals", "reconcile_portal_group",
                              FleetReconcileConfig(portals=list(keys.values()), workers=3))
