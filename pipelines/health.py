@@ -12,9 +12,15 @@ checks are a preview API):
   stuck portal whose runs keep failing, or a crash nobody recovered);
 * every entity asset's ``value_coercions``: recent syncs stored every value in its column's type
   (a warning, with examples, when values were nulled; the record's ``_raw`` keeps them);
-* ``reconciliation / in_sync_with_portal``: the scheduled id + modification-time scan found no drift
-  (changes still in flight are counted apart, never as drift);
-* ``dead_letters / error_lane_empty``: no object waits in the error lane (with examples).
+* ``reconciliation / every_portal_in_sync``: each installed portal's latest reconciliation (the
+  hourly ``reconcile_portals`` runs) found no drift; the drifting portals are listed (changes still
+  in flight are counted apart, never as drift);
+* ``dead_letters / every_error_lane_empty``: each installed portal's latest error-lane drain left
+  nothing in its error lane; the portals with dead letters are listed.
+
+A reconciliation or error-lane drain of one portal launched by hand (the ``reconcile`` and
+``drain_error_lane`` jobs) also evaluates that portal's own check with its examples
+(``in_sync_with_portal``, ``error_lane_empty``).
 """
 
 from collections.abc import Iterator, Sequence
