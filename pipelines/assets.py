@@ -102,9 +102,16 @@ def claim_portal(context: RunContext, state: StateStore, portal: str) -> bool:
 
 @contextmanager
 def portal_sync(context: RunContext, bitrix24: Bitrix24Resource, warehouse: WarehouseResource,
-                max_events: int = 25_000, portal: str | None = None) -> Iterator[PortalSync]:
+                max_events: int = 25_000, portal: str | None = None, *, release: bool = False,
+                release_on_error: bool = False) -> Iterator[PortalSync]:
     """The portal (default: the run's partition), connected, while this run holds its drain claim;
     its HTTP usage is added to the run's tally when the op ends.
+
+    ``release``: this block is the drain's last step in this run, so the claim is released when the
+    block exits cleanly; ``release_on_error``: released when it raises too (a multi-portal run, where
+    nothing in the run continues a failed portal: the next run that claims it recovers its
+    reservations). Otherwise the claim stays with this run, so a retry from failure (same run or
+    child run) continues the drain, and another run takes it over only once this one has ended.
 
     Raises `dg.RetryRequested` while another run drains the portal: one drain per portal at a time,
     across runs of every job (DESIGN §3)."""
@@ -118,12 +125,17 @@ def portal_sync(context: RunContext, bitrix24: Bitrix24Resource, warehouse: Ware
         # The state store also caches the portal's look-ups (types, fields, plan) between runs.
         sync = PortalSync(portal, client, wh, staging_dir(context, portal), connector=bitrix24.connector,
                           max_events=max_events, keep_staging=_related_runs(context), state=state)
+        clean = False
         try:
             yield sync
+            clean = True
         finally:
             _add_usage(sync.staging_dir, client.usage.snapshot())
             wh.close()
             client.close()
+            # On the same state-store connection: releasing costs no second one.
+            if (release and clean) or (release_on_error and not clean):
+                state.release_drain(portal, context.run_id)
     finally:
         state.close()
 
@@ -180,10 +192,8 @@ def ack_events(context: dg.OpExecutionContext, bitrix24: Bitrix24Resource, wareh
     fails the run while its rows still wait in the queue (nothing acknowledged is unreported).
     """
     report = SyncReport.of(committed)  # before the ack: an asset missing from the graph fails here
-    with portal_sync(context, bitrix24, warehouse) as sync:
+    with portal_sync(context, bitrix24, warehouse, release=True) as sync:
         cleared = steps.ack(sync, committed)
-        with bitrix24.state() as state:
-            state.release_drain(sync.portal, context.run_id)
     # A retried run (from failure) reuses the manifests of its parent run: both directories count.
     run_dirs = list(dict.fromkeys([staging_dir(context), Path(committed).parent]))
     usage = _total_usage(run_dirs)

@@ -13,7 +13,7 @@ from datetime import timedelta
 import dagster as dg
 
 from pipelines.assets import FRESHNESS_WINDOW, crm_assets, offline_queue
-from pipelines.fleet import sync_portals_job
+from pipelines.fleet import drain_error_lanes_job, full_resync_portals_job, sync_portals_job
 from pipelines.health import dead_letters, health_checks, reconciliation
 from pipelines.jobs import (
     ERROR_LANE_JOB,
@@ -25,6 +25,7 @@ from pipelines.jobs import (
     RECONCILE_SCHEDULE,
     SYNC_JOB,
     TOKEN_HYGIENE_SCHEDULE,
+    reconcile_portals_job,
     token_hygiene,
 )
 from pipelines.reference import (
@@ -32,6 +33,7 @@ from pipelines.reference import (
     deal_product_rows,
     reference_data,
     reference_refresh_schedule,
+    refresh_reference_portals_job,
     stage_history,
 )
 from pipelines.resources import Bitrix24Resource, WarehouseResource
@@ -72,8 +74,9 @@ def build_definitions(resources: dict[str, dg.ConfigurableResource] | None = Non
         assets=[offline_queue, crm_assets(freshness_window), reconciliation, dead_letters,
                 reference_data, stage_history, deal_product_rows, *writebacks],
         asset_checks=health_checks(freshness_window),
-        jobs=[SYNC_JOB, sync_portals_job, FULL_RESYNC_JOB, ERROR_LANE_JOB, RECONCILE_JOB, HEALTH_JOB, token_hygiene,
-              REFERENCE_JOB],
+        jobs=[SYNC_JOB, sync_portals_job, FULL_RESYNC_JOB, full_resync_portals_job, ERROR_LANE_JOB,
+              drain_error_lanes_job, RECONCILE_JOB, reconcile_portals_job, HEALTH_JOB, token_hygiene, REFERENCE_JOB,
+              refresh_reference_portals_job],
         schedules=[RECONCILE_SCHEDULE, ERROR_LANE_SCHEDULE, HEALTH_SCHEDULE, TOKEN_HYGIENE_SCHEDULE,
                    reference_refresh_schedule],
         sensors=[offline_events_sensor],

@@ -12,17 +12,25 @@ checks are a preview API):
   stuck portal whose runs keep failing, or a crash nobody recovered);
 * every entity asset's ``value_coercions``: recent syncs stored every value in its column's type
   (a warning, with examples, when values were nulled; the record's ``_raw`` keeps them);
-* ``reconciliation / in_sync_with_portal``: the scheduled id + modification-time scan found no drift
-  (changes still in flight are counted apart, never as drift);
-* ``dead_letters / error_lane_empty``: no object waits in the error lane (with examples).
+* ``reconciliation / every_portal_in_sync``: each installed portal's latest reconciliation (the
+  hourly ``reconcile_portals`` runs) found no drift; the drifting portals are listed (changes still
+  in flight are counted apart, never as drift);
+* ``dead_letters / every_error_lane_empty``: each installed portal's latest error-lane drain left
+  nothing in its error lane; the portals with dead letters are listed.
+
+A reconciliation or error-lane drain of one portal launched by hand (the ``reconcile`` and
+``drain_error_lane`` jobs) also evaluates that portal's own check with its examples
+(``in_sync_with_portal``, ``error_lane_empty``).
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from connectors.sync.reconcile import DRIFT, reconcile
+from connectors.bitrix24 import QueuePeek
+from connectors.sync.reconcile import DRIFT, TableReconciliation, reconcile
+from connectors.warehouse import ErrorLaneEntry
 from connectors.warehouse.journal import JOURNAL_TABLE
 from pipelines.assets import (
     ENTITY_ASSETS,
@@ -45,6 +53,10 @@ COERCION_WINDOW = timedelta(minutes=30)
 EXAMPLES = 10  # stale portals, parked messages, coerced columns shown with a failing check
 RECONCILIATION = asset_key("reconciliation")
 DEAD_LETTERS = asset_key("dead_letters")
+# The fleet checks look at each portal's latest reconciliation (hourly) and error-lane drain (every
+# 15 minutes) within these windows: a missed schedule tick does not hide a drifting portal.
+RECONCILE_LOOKBACK = timedelta(hours=2)
+ERROR_LANE_LOOKBACK = timedelta(hours=1)
 
 
 def _materializations_since(instance: dg.DagsterInstance, key: dg.AssetKey, since: datetime) -> Iterator:
@@ -117,10 +129,54 @@ def value_coercions_check(asset_name: str) -> dg.AssetChecksDefinition:
     return _check
 
 
+def _latest_per_portal(instance: dg.DagsterInstance, key: dg.AssetKey, since: datetime) -> dict[str, dict]:
+    """``{portal: metadata values}`` of each partition's newest materialization of ``key`` after ``since``."""
+    latest: dict[str, dict] = {}
+    for record in _materializations_since(instance, key, since):  # newest first
+        if record.partition_key and record.partition_key not in latest:
+            latest[record.partition_key] = {name: value.value
+                                            for name, value in record.asset_materialization.metadata.items()}
+    return latest
+
+
+@dg.asset_check(asset=RECONCILIATION, name="every_portal_in_sync",
+                description="The latest reconciliation of every installed portal (within "
+                            f"{RECONCILE_LOOKBACK.total_seconds() / 3600:g} hours) found no drift; lists the "
+                            "portals that drifted (the scan repaired what it found).")
+def every_portal_in_sync(context: dg.AssetCheckExecutionContext, bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
+    with bitrix24.state() as state:
+        installed = {portal.key for portal in state.portals()}
+    latest = _latest_per_portal(context.instance, RECONCILIATION, datetime.now(UTC) - RECONCILE_LOOKBACK)
+    drifting = {key: int(latest[key].get("drift") or 0) for key in sorted(installed & set(latest))
+                if latest[key].get("drift")}
+    return dg.AssetCheckResult(passed=not drifting, metadata={
+        "portals_reconciled": len(installed & set(latest)), "portals_drifting": len(drifting),
+        "drifting": dg.MetadataValue.json(dict(list(drifting.items())[:EXAMPLES]))})
+
+
+@dg.asset_check(asset=DEAD_LETTERS, name="every_error_lane_empty",
+                description="No installed portal's latest error-lane drain (within "
+                            f"{ERROR_LANE_LOOKBACK.total_seconds() / 3600:g} hours) left objects in its error "
+                            "lane; lists the portals with dead letters and how many.")
+def every_error_lane_empty(context: dg.AssetCheckExecutionContext,
+                           bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
+    with bitrix24.state() as state:
+        installed = {portal.key for portal in state.portals()}
+    latest = _latest_per_portal(context.instance, DEAD_LETTERS, datetime.now(UTC) - ERROR_LANE_LOOKBACK)
+    waiting = {key: int(latest[key].get("depth") or 0) for key in sorted(installed & set(latest))
+               if latest[key].get("depth")}
+    return dg.AssetCheckResult(passed=not waiting, metadata={
+        "portals_drained": len(installed & set(latest)), "portals_with_dead_letters": len(waiting),
+        "dead_letters": dg.MetadataValue.json(dict(list(waiting.items())[:EXAMPLES]))})
+
+
+FLEET_MAINTENANCE_CHECKS = [every_portal_in_sync, every_error_lane_empty]
+
+
 def health_checks(freshness_window: timedelta = FRESHNESS_WINDOW) -> list[dg.AssetChecksDefinition]:
     """The checks the ``health_checks`` job evaluates for the whole fleet."""
     return [every_portal_current_check(freshness_window), journal_healthy,
-            *(value_coercions_check(name) for name in ENTITY_ASSETS)]
+            *(value_coercions_check(name) for name in ENTITY_ASSETS), *FLEET_MAINTENANCE_CHECKS]
 
 
 HEALTH_CHECKS = health_checks()
@@ -145,20 +201,27 @@ class ReconcileConfig(dg.Config):
 def reconciliation(context: dg.AssetExecutionContext, config: ReconcileConfig, bitrix24: Bitrix24Resource,
                    warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Ids and modification times compared between the portal and the warehouse, per table; repairs drift."""
-    with portal_sync(context, bitrix24, warehouse) as sync:
+    with portal_sync(context, bitrix24, warehouse, release=True) as sync:
         reports = reconcile(sync, repair=config.repair)
+    metadata = reconciliation_numbers(reports, config.repair)
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[dg.AssetCheckResult(
+            check_name="in_sync_with_portal", passed=metadata["drift"] == 0,
+            metadata={**{key: value for key, value in metadata.items() if key not in ("repaired", "tables")},
+                      "examples": {r.table: r.examples for r in reports if r.examples}})],
+    )
+
+
+def reconciliation_numbers(reports: Sequence[TableReconciliation], repaired: bool) -> dict:
+    """``reconciliation`` metadata from one portal's reports: each drift count (`DRIFT`) and
+    ``in_flight`` summed over tables, ``drift`` (their total), ``repaired``, and per table the rows
+    on each side with its counts."""
     counted = (*DRIFT, "in_flight")
     totals = {name: sum(getattr(r, name) for r in reports) for name in counted}
     by_table = {r.table: {"portal": r.portal_rows, "warehouse": r.warehouse_live_rows,
                           **{name: getattr(r, name) for name in counted}} for r in reports}
-    drift = sum(r.drift for r in reports)
-    return dg.MaterializeResult(
-        metadata={**totals, "drift": drift, "repaired": config.repair, "tables": by_table},
-        check_results=[dg.AssetCheckResult(
-            check_name="in_sync_with_portal", passed=drift == 0,
-            metadata={**totals, "drift": drift,
-                      "examples": {r.table: r.examples for r in reports if r.examples}})],
-    )
+    return {**totals, "drift": sum(r.drift for r in reports), "repaired": repaired, "tables": by_table}
 
 
 @dg.asset(
@@ -181,13 +244,19 @@ def dead_letters(context: dg.AssetExecutionContext, bitrix24: Bitrix24Resource,
         peek = bitrix24.queue(client).peek(error_lane=True)
     with warehouse.open() as wh:
         parked = wh.error_lane(context.partition_key, limit=EXAMPLES)
-    oldest = peek.head.timestamp.isoformat() if peek.head else None
-    examples = [{"message_id": entry.message_id, "object": f"{entry.entity_kind} {entry.entity_id}",
-                 "attempts": entry.attempts, "last_error": entry.last_error,
-                 "last_failed_at": entry.last_failed_at.isoformat()} for entry in parked]
-    numbers = {"depth": peek.depth, "oldest": oldest, "examples": examples}
+    numbers = dead_letter_numbers(peek, parked)
     return dg.MaterializeResult(
         metadata=numbers,
         check_results=[dg.AssetCheckResult(check_name="error_lane_empty", passed=peek.depth == 0,
                                            metadata=numbers)],
     )
+
+
+def dead_letter_numbers(peek: QueuePeek, parked: Sequence[ErrorLaneEntry]) -> dict:
+    """``dead_letters`` metadata: ``depth`` (rows in the error lane, ``event.offline.list`` ERROR=1),
+    ``oldest`` (ISO time of its head, or None) and up to `EXAMPLES` parked messages from the ledger."""
+    examples = [{"message_id": entry.message_id, "object": f"{entry.entity_kind} {entry.entity_id}",
+                 "attempts": entry.attempts, "last_error": entry.last_error,
+                 "last_failed_at": entry.last_failed_at.isoformat()} for entry in parked[:EXAMPLES]]
+    return {"depth": peek.depth, "oldest": peek.head.timestamp.isoformat() if peek.head else None,
+            "examples": examples}

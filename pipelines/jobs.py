@@ -1,23 +1,45 @@
-"""Jobs: the change sync, the full resync and the error-lane drain over the same CRM assets (they
-differ only in the reserve op's mode), the reconciliation, and the fleet's health checks; schedules
-for the last three.
+"""Jobs: the change sync, the full resync and the error-lane drain of one portal over the same CRM
+assets (they differ only in the reserve op's mode), the reconciliation, the fleet's health checks and
+the token hygiene; schedules for the maintenance.
+
+The scheduled maintenance (error-lane drain, reconciliation) runs N portals per run
+(`pipelines.fleet`): a run per portal per tick would queue a thousand runs at once ahead of the change
+syncs. The single-portal jobs stay for an operator launching one partition by hand.
 
 Each runs in one process: per-step processes cost seconds each on a small machine, and the steps
 hand each other files, not memory.
 """
 
+import shutil
+
 import dagster as dg
 
 from connectors.state.hygiene import refresh_quiet_portals
-from pipelines.assets import CRM_ASSET_KEYS, SyncConfig
-from pipelines.health import dead_letters, reconciliation
-from pipelines.partitions import portals
-from pipelines.resources import Bitrix24Resource
+from connectors.sync.reconcile import reconcile
+from pipelines.assets import CRM_ASSET_KEYS, WAREHOUSE_POOL, SyncConfig, portal_sync
+from pipelines.fleet import (
+    SCAN_MAX_RUNTIME_S,
+    FleetConfig,
+    FleetSyncConfig,
+    drain_error_lane_portals,
+    drain_error_lanes_job,
+    fleet_schedule,
+    for_each_portal,
+    warehouse_writes,
+)
+from pipelines.health import (
+    FLEET_MAINTENANCE_CHECKS,
+    RECONCILIATION,
+    dead_letters,
+    reconciliation,
+    reconciliation_numbers,
+)
+from pipelines.resources import Bitrix24Resource, WarehouseResource
 
 # A run whose worker died (OOM, kill -9) is stopped by run monitoring after its maximum runtime at the
 # latest; a retry then recovers its reservations. Sync and drain runs take the instance's
-# (dagster.yaml run_monitoring.max_runtime_seconds, far above a normal sync); these carry their own.
-SCAN_MAX_RUNTIME_S = 21600  # a full scan of a big portal at 2 requests/s takes hours
+# (dagster.yaml run_monitoring.max_runtime_seconds, far above a normal sync); scans carry their own
+# (pipelines.fleet.SCAN_MAX_RUNTIME_S).
 
 # The sync graph's assets without their checks: the fleet checks run in the health_checks job, so a
 # sync every few seconds never leaves the tables showing checks in progress.
@@ -53,26 +75,55 @@ RECONCILE_JOB = dg.define_asset_job(
 )
 HEALTH_JOB = dg.define_asset_job(
     "health_checks",
-    # The fleet checks sit on the watermark and the entity assets (pipelines.health.health_checks).
-    selection=dg.AssetSelection.checks_for_assets(*CRM_ASSET_KEYS),
+    # The fleet checks sit on the watermark and the entity assets (pipelines.health.health_checks), and
+    # on reconciliation and dead_letters (their per-portal checks run with those assets, not here).
+    selection=dg.AssetSelection.checks_for_assets(*CRM_ASSET_KEYS)
+    | dg.AssetSelection.checks(*FLEET_MAINTENANCE_CHECKS),
     description="Evaluate the fleet's health checks: every portal current, no stuck reservation, "
-                "every value in its column's type.",
+                "every value in its column's type, no portal drifting, no dead letters.",
     executor_def=dg.in_process_executor,
 )
 
 
-def _every_portal(job, cron: str, name: str) -> dg.ScheduleDefinition:
-    @dg.schedule(job=job, cron_schedule=cron, name=name, default_status=dg.DefaultScheduleStatus.RUNNING)
-    def _schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest]:
-        keys = context.instance.get_dynamic_partitions(portals.name)
-        stamp = context.scheduled_execution_time.isoformat()
-        return [dg.RunRequest(run_key=f"{name}:{key}:{stamp}", partition_key=key) for key in keys]
-
-    return _schedule
+class FleetReconcileConfig(FleetConfig):
+    repair: bool = True  # upsert missing and stale objects, tombstone the ones the portal lacks
 
 
-RECONCILE_SCHEDULE = _every_portal(RECONCILE_JOB, "17 * * * *", "hourly_reconciliation")
-ERROR_LANE_SCHEDULE = _every_portal(ERROR_LANE_JOB, "*/15 * * * *", "error_lane_drain")
+@dg.op(pool=WAREHOUSE_POOL, tags={"kind": "bitrix24"})
+def reconcile_portal_group(context: dg.OpExecutionContext, config: FleetReconcileConfig,
+                           bitrix24: Bitrix24Resource, warehouse: WarehouseResource) -> dg.Output[dict]:
+    """Compare every configured portal's ids and modification times with the warehouse and repair the
+    drift, each under its drain claim; one ``reconciliation`` materialization per portal with the
+    counts (``drift`` > 0 fails the fleet check ``every_portal_in_sync``)."""
+    writes = warehouse_writes(warehouse)
+
+    def work(portal: str) -> list[dg.AssetMaterialization]:
+        # DuckDB: the whole scan under the file's one writer, since a repair commits in the middle of it.
+        with writes, portal_sync(context, bitrix24, warehouse, portal=portal, release=True,
+                                 release_on_error=True) as sync:
+            reports = reconcile(sync, repair=config.repair)
+        shutil.rmtree(sync.staging_dir, ignore_errors=True)
+        return [dg.AssetMaterialization(RECONCILIATION, partition=portal,
+                                        metadata=reconciliation_numbers(reports, config.repair))]
+
+    return for_each_portal(context, config, work)
+
+
+@dg.job(name="reconcile_portals", executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": str(SCAN_MAX_RUNTIME_S)},
+        description="Reconcile several portals in one run (ids and modification times against the warehouse; "
+                    "repairs drift); each portal is its own partition.")
+def reconcile_portals_job():
+    reconcile_portal_group()
+
+
+RECONCILE_SCHEDULE = fleet_schedule(
+    reconcile_portals_job, reconcile_portal_group.name, FleetReconcileConfig, "17 * * * *", "hourly_reconciliation",
+    "Hourly: reconcile every loaded portal, N portals per run (Bitrix24Resource.maintenance_portals_per_run).")
+ERROR_LANE_SCHEDULE = fleet_schedule(
+    drain_error_lanes_job, drain_error_lane_portals.name, FleetSyncConfig, "*/15 * * * *", "error_lane_drain",
+    "Every 15 minutes: retry the error lanes of every loaded portal, N portals per run "
+    "(Bitrix24Resource.maintenance_portals_per_run).")
 HEALTH_SCHEDULE = dg.ScheduleDefinition(name="health_checks_every_5_minutes", job=HEALTH_JOB,
                                         cron_schedule="*/5 * * * *",
                                         default_status=dg.DefaultScheduleStatus.RUNNING)

@@ -37,6 +37,9 @@ class Bitrix24Resource(dg.ConfigurableResource):
     # Portals with pending rows are drained together, up to this many per run (pipelines.fleet): a
     # run per portal costs seconds of process start and dozens of event-log rows.
     portals_per_run: int = 25
+    # Scheduled maintenance (error-lane drain, reconciliation, reference refresh) likewise: a schedule
+    # tick asks for ceil(portals / this) runs instead of one per portal.
+    maintenance_portals_per_run: int = 25
 
     def state(self) -> StateStore:
         return open_state_store(self.state_store)

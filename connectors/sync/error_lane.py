@@ -2,8 +2,9 @@
 
 A message leaves the lane only when its object loads or when an operator gives it up on purpose
 (DESIGN §3 step 7). ``discard`` records who and why in the warehouse's ``_error_lane`` ledger; the
-next ``drain_error_lane`` run then acknowledges the row without loading it. A later change of the
-same object is a newer occurrence and is loaded as usual.
+next error-lane drain (``drain_error_lanes``, or ``drain_error_lane`` for one portal) then
+acknowledges the row without loading it. A later change of the same object is a newer occurrence
+and is loaded as usual.
 
     python -m connectors.sync.error_lane list --portal acme.bitrix24.com --warehouse wh.duckdb
     python -m connectors.sync.error_lane discard --portal acme.bitrix24.com --warehouse wh.duckdb \\
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not parked in the error lane of {args.portal}: {', '.join(unknown)}", file=sys.stderr)
             return 2
         count = warehouse.discard(args.portal, args.message_ids, by=args.by, reason=args.reason)
-        print(f"discarded {count} message(s); the next drain_error_lane run acknowledges them")
+        print(f"discarded {count} message(s); the next error-lane drain acknowledges them")
         return 0
 
 

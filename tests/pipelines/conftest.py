@@ -39,3 +39,19 @@ def resources_for(emu: ThreadEmulator, state_path: Path, warehouse: Path | str) 
     return {"bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
                                          oauth_token_url=emu.token_url, state_store=str(state_path)),
             "warehouse": WarehouseResource(url=str(warehouse))}
+
+
+def install_portals(emu: ThreadEmulator, state_path: Path, names: list[str], counts: dict[str, int]) -> dict[str, str]:
+    """``{emulator portal name: portal key}``: each portal created with ``counts`` objects of each kind,
+    the app installed on it and saved as the receiver would."""
+    keys = {}
+    for number, name in enumerate(names):
+        emu.create_portal(name, plan="professional", seed=number, counts=counts, smart_process_types=0)
+        tokens = emu.install(emu.client_id, portal=name)
+        key = keys[name] = portal_key(tokens["client_endpoint"])
+        with open_state_store(state_path) as state:
+            state.save_portal(Portal(key=key, member_id=tokens["member_id"], domain=tokens["domain"],
+                                     client_endpoint=tokens["client_endpoint"],
+                                     application_token=tokens["application_token"], installed_at=datetime.now(UTC)))
+            state.save_token(key, tokens)
+    return keys

@@ -8,22 +8,20 @@ Real parts: the emulator hosting four portals over loopback HTTP, a DuckDB file,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
 
-from connectors.receiver import portal_key
-from connectors.state import Portal, open_state_store
+from connectors.state import open_state_store
 from emulator.portal import User
 from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.definitions import build_definitions
 from pipelines.fleet import FleetSyncConfig
 from pipelines.partitions import portals
-from pipelines.resources import Bitrix24Resource, WarehouseResource
 from tests.ground_truth import TABLES, compare, duckdb_rows
+from tests.pipelines.conftest import install_portals, resources_for
 
 NAMES = ["north", "south", "east", "west"]
 COUNTS = {"deal": 40, "contact": 20, "company": 10, "lead": 20, "activity": 20, "item": 0}
@@ -35,32 +33,16 @@ def emu() -> Iterator[ThreadEmulator]:
         yield running
 
 
-def install_portals(emu: ThreadEmulator, state_path: Path) -> dict[str, str]:
-    """``{emulator portal name: portal key}``, each installed and saved as the receiver would."""
-    keys = {}
-    for number, name in enumerate(NAMES):
-        emu.create_portal(name, plan="professional", seed=number, counts=COUNTS, smart_process_types=0)
-        tokens = emu.install(emu.client_id, portal=name)
-        key = keys[name] = portal_key(tokens["client_endpoint"])
-        with open_state_store(state_path) as state:
-            state.save_portal(Portal(key=key, member_id=tokens["member_id"], domain=tokens["domain"],
-                                     client_endpoint=tokens["client_endpoint"],
-                                     application_token=tokens["application_token"], installed_at=datetime.now(UTC)))
-            state.save_token(key, tokens)
-    return keys
-
-
 def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
         emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
     state_path, warehouse_path = tmp_path / "state.sqlite3", str(tmp_path / "wh.duckdb")
-    keys = install_portals(emu, state_path)
-    defs = build_definitions({
-        "bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
-                                     oauth_token_url=emu.token_url, state_store=str(state_path)),
-        "warehouse": WarehouseResource(url=warehouse_path)})
+    keys = install_portals(emu, state_path, NAMES, COUNTS)
+    defs = build_definitions(resources_for(emu, state_path, warehouse_path))
     instance.add_dynamic_partitions(portals.name, list(keys.values()))
-    for key in keys.values():
-        assert defs.resolve_job_def("full_resync").execute_in_process(instance=instance, partition_key=key).success
+    bootstrap = defs.resolve_job_def("full_resync_portals").execute_in_process(
+        instance=instance, run_config=dg.RunConfig(ops={"full_resync_portal_group": FleetSyncConfig(
+            portals=list(keys.values()))}))
+    assert bootstrap.success and bootstrap.output_for_node("full_resync_portal_group") == {"failed": []}
 
     for name in NAMES:
         emu.write("deal", "update", 1, {"TITLE": f"changed in {name}"}, portal=name)
@@ -81,7 +63,7 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
                        for asset in ("sync_watermark", "deals", "contacts")}
     [output] = [event for event in result.all_node_events if event.event_type_value == "STEP_OUTPUT"]
     metadata = {key: value.value for key, value in output.step_output_data.metadata.items()}
-    assert metadata["failed"] == [keys["south"]] and metadata["skipped"] == 1 and metadata["drained"] == 2
+    assert metadata["failed"] == [keys["south"]] and metadata["skipped"] == 1 and metadata["done"] == 2
 
     # The failed portal's claim was released; once the portal answers again it is drained on its own.
     emu.clear_faults(portal="south")
@@ -104,11 +86,8 @@ def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(
 def test_a_fleet_run_refreshes_the_reference_data_of_each_portal_whose_queue_says_it_changed(
         emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance) -> None:
     state_path, warehouse_path = tmp_path / "state.sqlite3", str(tmp_path / "wh.duckdb")
-    keys = install_portals(emu, state_path)
-    defs = build_definitions({
-        "bitrix24": Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
-                                     oauth_token_url=emu.token_url, state_store=str(state_path)),
-        "warehouse": WarehouseResource(url=warehouse_path)})
+    keys = install_portals(emu, state_path, NAMES, COUNTS)
+    defs = build_definitions(resources_for(emu, state_path, warehouse_path))
     chosen = {name: keys[name] for name in ("north", "south")}
     instance.add_dynamic_partitions(portals.name, list(chosen.values()))
     for key in chosen.values():

@@ -1,11 +1,10 @@
 """The reference assets as Dagster runs them: the ``reference_refresh`` job for one portal partition
 loads the dimensions (two requests), appends the stage history, and a second run adds only what is
-new; its schedule asks for one run per known portal."""
+new. (The schedule's multi-portal runs: tests/pipelines/test_fleet_maintenance.py.)"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -20,7 +19,6 @@ from pipelines.reference import (
     REFERENCE_JOB,
     deal_product_rows,
     reference_data,
-    reference_refresh_schedule,
     stage_history,
 )
 from tests.pipelines.conftest import install_default_portal, resources_for
@@ -37,7 +35,7 @@ def definitions(emu: ThreadEmulator, tmp_path: Path) -> tuple[dg.Definitions, st
     key = install_default_portal(emu, state_path)
     defs = dg.Definitions(
         assets=[reference_data, stage_history, deal_product_rows], jobs=[REFERENCE_JOB],
-        schedules=[reference_refresh_schedule], resources=resources_for(emu, state_path, tmp_path / "wh.duckdb"))
+        resources=resources_for(emu, state_path, tmp_path / "wh.duckdb"))
     return defs, key
 
 
@@ -69,11 +67,3 @@ def test_the_reference_job_loads_dimensions_and_appends_new_stage_history(
     with duckdb.connect(str(snapshot), read_only=True) as analyst:
         assert analyst.sql("SELECT count(*) FROM analytics.users").fetchall() == [(9,)]
 
-
-def test_the_schedule_asks_for_one_run_per_portal(emu: ThreadEmulator, tmp_path: Path,
-                                                  instance: dg.DagsterInstance) -> None:
-    instance.add_dynamic_partitions(portals.name, ["a.bitrix24.com", "b.bitrix24.com"])
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=datetime(2026, 1, 1, tzinfo=UTC))
-    requests = reference_refresh_schedule(context)
-    assert sorted(request.partition_key for request in requests) == ["a.bitrix24.com", "b.bitrix24.com"]
-    assert len({request.run_key for request in requests}) == 2

@@ -90,7 +90,7 @@ def test_a_sync_materializes_the_watermark_and_only_the_tables_it_changed(
 
     checks = health(defs, instance)
     assert {name for name, _ in checks} == {"sync_watermark", "deals", "contacts", "companies", "leads",
-                                            "activities", "smart_process_items"}
+                                            "activities", "smart_process_items", "reconciliation", "dead_letters"}
     assert all(evaluation.passed for evaluation in checks.values()), checks
 
 
