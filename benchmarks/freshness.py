@@ -101,7 +101,7 @@ def measure(mode: str, changes: int, workdir: Path, dequeue_interval: int | None
         snapshot = workdir / "warehouse.snapshot.duckdb"
         with running_stack(emu, workdir, str(warehouse), extra_env=env, push=(mode == "push"),
                            instance_settings=settings, code_location="benchmarks.freshness_location") as stack:
-            stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 600, "the full resync")
+            stack.wait_until(stack.loaded_portals, 600, "the full resync")
             stack.wait_until_drained()
             latencies: list[float] = []
             moments: list[tuple[float, float]] = []

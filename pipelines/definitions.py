@@ -13,7 +13,8 @@ from datetime import timedelta
 import dagster as dg
 
 from pipelines.assets import FRESHNESS_WINDOW, crm_assets, offline_queue
-from pipelines.fleet import drain_error_lanes_job, full_resync_portals_job, sync_portals_job
+from pipelines.bootstrap import full_resync_portals_job
+from pipelines.fleet import drain_error_lanes_job, sync_portals_job
 from pipelines.health import dead_letters, health_checks, reconciliation
 from pipelines.jobs import (
     ERROR_LANE_JOB,

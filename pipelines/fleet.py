@@ -184,16 +184,6 @@ def drain_error_lane_portals(context: dg.OpExecutionContext, config: FleetSyncCo
         context, config, bitrix24, warehouse, SyncMode.ERROR_LANE, writes, portal, also=dead_letters))
 
 
-@dg.op(pool=WAREHOUSE_POOL, tags={"kind": "bitrix24"})
-def full_resync_portal_group(context: dg.OpExecutionContext, config: FleetSyncConfig,
-                             bitrix24: Bitrix24Resource, warehouse: WarehouseResource) -> dg.Output[dict]:
-    """Bind every configured portal's offline events, then scan each entity kind and tombstone what
-    the portal lacks (the bootstrap of new portals, or a repair)."""
-    writes = warehouse_writes(warehouse)
-    return for_each_portal(context, config, lambda portal: drain(
-        context, config, bitrix24, warehouse, SyncMode.FULL_RESYNC, writes, portal))
-
-
 @dg.job(name="sync_portals", executor_def=dg.in_process_executor,
         description="Drain the offline-event queues of several portals in one run (the sensor groups them); "
                     "each portal is reported as its own partition.")
@@ -206,14 +196,6 @@ def sync_portals_job():
                     "and report each portal's dead letters; each portal is its own partition.")
 def drain_error_lanes_job():
     drain_error_lane_portals()
-
-
-@dg.job(name="full_resync_portals", executor_def=dg.in_process_executor,
-        tags={"dagster/max_runtime": str(SCAN_MAX_RUNTIME_S)},
-        description="Bind the offline events of several portals, then scan every entity and tombstone what "
-                    "each portal lacks; each portal is its own partition.")
-def full_resync_portals_job():
-    full_resync_portal_group()
 
 
 def maintained_portals(instance: dg.DagsterInstance, bitrix24: Bitrix24Resource) -> list[str]:

@@ -1,6 +1,6 @@
 """Reference data, stage history and deal product rows as Dagster assets, refreshed on a schedule by
-``refresh_reference_portals`` runs of N portals each (`pipelines.fleet`); the single-portal
-``reference_refresh`` job is for the first load after a portal's full resync and for operators.
+``refresh_reference_portals`` runs of N portals each (`pipelines.fleet`), and as part of a new portal's
+bootstrap (`pipelines.bootstrap`); the single-portal ``reference_refresh`` job is for operators.
 
 ``reference_data`` replaces a portal's dimensions (users, departments, statuses and stages,
 pipelines, smart-process types, currencies, user fields and list items, the column dictionary) in
@@ -14,7 +14,7 @@ about three requests per portal per run when little changed.
 """
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import dagster as dg
 
@@ -34,7 +34,7 @@ from pipelines.fleet import FleetConfig, fleet_schedule, for_each_portal, wareho
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 
-REFERENCE_CRON = "*/15 * * * *"  # and once right after a portal's first full resync (the sensor asks)
+REFERENCE_CRON = "*/15 * * * *"  # and as part of a portal's bootstrap (pipelines.bootstrap)
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 REFERENCE_DATA = asset_key("reference_data")
 STAGE_HISTORY = asset_key("stage_history")
@@ -128,18 +128,22 @@ def refresh_reference_portal_group(context: dg.OpExecutionContext, config: Fleet
     analysts' views, append new stage history, re-read the product rows of changed deals; each of the
     three materialized for the portal's partition. No drain claim: nothing here reads the queue."""
     writes = warehouse_writes(warehouse)
+    return for_each_portal(context, config, lambda portal: refresh_portal(portal, bitrix24, warehouse, writes))
 
-    def work(portal: str) -> list[dg.AssetMaterialization]:
-        # DuckDB: one portal at a time (one writer per file), since each step commits as it reads.
-        with writes, _connected(portal, bitrix24, warehouse) as (client, wh):
-            refresh = refresh_reference(client, wh, portal)
-            history = _stage_history(client, wh, portal)
-            products = sync_product_rows(client, wh, portal)
-        return [dg.AssetMaterialization(REFERENCE_DATA, partition=portal, metadata=reference_numbers(refresh)),
-                dg.AssetMaterialization(STAGE_HISTORY, partition=portal, metadata=stage_history_numbers(history)),
-                dg.AssetMaterialization(DEAL_PRODUCT_ROWS, partition=portal, metadata=product_row_numbers(products))]
 
-    return for_each_portal(context, config, work)
+def refresh_portal(portal: str, bitrix24: Bitrix24Resource, warehouse: WarehouseResource,
+                   writes: AbstractContextManager) -> list[dg.AssetMaterialization]:
+    """Refresh one portal's reference data (and the analysts' views), stage history and product rows;
+    returns their three materializations for the portal's partition. ``writes`` is what the run's
+    portals take turns on (`pipelines.fleet.warehouse_writes`). API and warehouse errors propagate."""
+    # DuckDB: one portal at a time (one writer per file), since each step commits as it reads.
+    with writes, _connected(portal, bitrix24, warehouse) as (client, wh):
+        refresh = refresh_reference(client, wh, portal)
+        history = _stage_history(client, wh, portal)
+        products = sync_product_rows(client, wh, portal)
+    return [dg.AssetMaterialization(REFERENCE_DATA, partition=portal, metadata=reference_numbers(refresh)),
+            dg.AssetMaterialization(STAGE_HISTORY, partition=portal, metadata=stage_history_numbers(history)),
+            dg.AssetMaterialization(DEAL_PRODUCT_ROWS, partition=portal, metadata=product_row_numbers(products))]
 
 
 @dg.job(name="refresh_reference_portals", executor_def=dg.in_process_executor,

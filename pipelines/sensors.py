@@ -22,15 +22,15 @@ from pydantic import BaseModel, Field
 from connectors.bitrix24 import Bitrix24Error, QueuePeek
 from connectors.state import Portal, PortalProgress, SensorPortalState, StateStore
 from pipelines.assets import ACTIVE_RUN_STATUSES, OFFLINE_QUEUE, SYNC_WATERMARK
-from pipelines.fleet import PORTALS_TAG, FleetSyncConfig, sync_portals_job
+from pipelines.bootstrap import full_resync_portals_job
+from pipelines.fleet import FAILED_TAG, PORTALS_TAG, FleetSyncConfig, sync_portals_job
 from pipelines.jobs import FULL_RESYNC_JOB
 from pipelines.partitions import portals
-from pipelines.reference import REFERENCE_JOB
 from pipelines.resources import Bitrix24Resource
 
 POLLS_PER_TICK = 20  # fallback peeks per tick, round-robin over the portals
 RESYNC_ATTEMPTS = 3  # full resyncs asked again after Dagster's own retries gave up
-SYNC_PRIORITY = "10"  # dagster/priority of sync_portals runs; other runs have 0
+SYNC_PRIORITY = "10"  # dagster/priority of sync_portals runs; bootstraps have 0, maintenance -1 (pipelines.fleet)
 RESYNCS_SEEN = 100  # ended full-resync runs remembered in the cursor (run update times are to the second)
 
 
@@ -48,7 +48,7 @@ class SensorCursor(BaseModel):
 
 
 @dg.sensor(
-    jobs=[FULL_RESYNC_JOB, sync_portals_job, REFERENCE_JOB],
+    jobs=[full_resync_portals_job, sync_portals_job],
     # Every second counts toward change -> row (benchmarks/freshness.py); a tick reads the state store
     # and peeks a bounded number of portals, so ticking often stays cheap.
     minimum_interval_seconds=2,
@@ -76,10 +76,10 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
 
     known = set(context.instance.get_dynamic_partitions(portals.name))
     new_partitions = sorted(set(active) - known)
-    requests = _full_resyncs(context, active, watch, changed)
+    requests = _full_resyncs(context, active, watch, changed, bitrix24.portals_per_run)
 
     busy = _portals_with_active_runs(context)
-    requests += _failed_resyncs_again(context, cursor, watch, busy, changed)
+    requests += _failed_resyncs_again(context, cursor, watch, busy, changed, bitrix24.portals_per_run)
     candidates = [key for key, portal_state in watch.items() if portal_state.pending]
     candidates += _due_for_polling(watch, exclude=set(candidates), every_s=bitrix24.peek_interval_s)
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
@@ -149,33 +149,72 @@ def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunReq
         requests.append(dg.RunRequest(
             job_name=sync_portals_job.name, run_key=f"sync_portals:{digest}",
             run_config=dg.RunConfig(ops={"drain_portals": FleetSyncConfig(portals=keys)}),
-            # Ahead of maintenance (drains, reconciliation, reference refreshes) in the run queue: those
-            # are per portal and come in bursts; a sync waiting behind them is what users notice.
+            # Ahead of bootstraps and maintenance (drains, reconciliation, reference refreshes) in the run
+            # queue: a sync waiting behind them is what users notice.
             tags={PORTALS_TAG: ",".join(keys), "dagster/priority": SYNC_PRIORITY}))
     return requests
 
 
 def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal],
-                  watch: dict[str, SensorPortalState], changed: set[str]) -> list[dg.RunRequest]:
-    """A new (or re-installed) portal gets one full resync: bind its events and load everything.
+                  watch: dict[str, SensorPortalState], changed: set[str], per_run: int) -> list[dg.RunRequest]:
+    """New (or re-installed) portals get a full resync, ``per_run`` portals per ``full_resync_portals``
+    run (`pipelines.bootstrap`: bind the events, load everything, then the reference data).
 
-    The request is repeated (Dagster drops a run key it has seen) until a run with its key exists, so a
+    A portal counts as bootstrapped once a resync run created after its install names it (its
+    partition, or its key in the run's portals tag). Until then it is asked for again on every tick,
+    under the same run key while the group is the same (Dagster drops a run key it has seen), so a
     tick that dies between saving state and submitting its runs cannot leave a portal unloaded."""
-    requests = []
-    for key, portal in active.items():
-        installed = portal.installed_at.isoformat() if portal.installed_at else "unknown"
-        if watch[key].bootstrapped == installed:
-            continue
-        run_key = f"full_resync:{key}:{installed}"
-        if context.instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1):
+    new = {key: portal.installed_at.isoformat() if portal.installed_at else "unknown"
+           for key, portal in active.items() if watch[key].bootstrapped != (
+               portal.installed_at.isoformat() if portal.installed_at else "unknown")}
+    if not new:
+        return []
+    named = _resync_runs_naming(context, new)
+    waiting = []
+    for key, installed in new.items():
+        if key in named:
             watch[key].bootstrapped = installed
             changed.add(key)
         else:
-            requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key, run_key=run_key))
-            # Then its reference data and the analysts' views (queued behind the resync: one run per
-            # portal at a time), rather than waiting for the schedule.
-            requests.append(dg.RunRequest(job_name=REFERENCE_JOB.name, partition_key=key,
-                                          run_key=f"reference_refresh:{key}:{installed}"))
+            waiting.append((key, f"{key}:{installed}"))
+    return _resync_requests(waiting, per_run)
+
+
+def _resync_runs_naming(context: dg.SensorEvaluationContext, new: dict[str, str], succeeded: bool = False) -> set[str]:
+    """Of the ``new`` portals (key -> installed_at ISO or "unknown"), those a full resync run created
+    after their install names: grouped runs by their portals tag, single-portal ones by partition.
+    ``succeeded``: only runs that succeeded, and not for the portals they list as failed."""
+    installs = {key: None if installed == "unknown" else datetime.fromisoformat(installed)
+                for key, installed in new.items()}
+    known = [moment for moment in installs.values() if moment is not None]
+    since = min(known) if known and len(known) == len(installs) else None
+    named: set[str] = set()
+    for job in (full_resync_portals_job.name, FULL_RESYNC_JOB.name):
+        statuses = [dg.DagsterRunStatus.SUCCESS] if succeeded else None
+        for record in context.instance.get_run_records(dg.RunsFilter(job_name=job, created_after=since,
+                                                                     statuses=statuses)):
+            tags = record.dagster_run.tags
+            failed = set(tags.get(FAILED_TAG, "").split(",")) if succeeded else set()
+            for key in [*tags.get(PORTALS_TAG, "").split(","), tags.get("dagster/partition", "")]:
+                if key in installs and key not in failed and (
+                        installs[key] is None or record.create_timestamp >= installs[key]):
+                    named.add(key)
+    return named
+
+
+def _resync_requests(waiting: list[tuple[str, str]], per_run: int) -> list[dg.RunRequest]:
+    """``full_resync_portals`` runs of up to ``per_run`` portals; ``waiting`` is (portal, what makes
+    this request unique: its install and attempt), hashed into the run key."""
+    requests = []
+    for start in range(0, len(waiting), max(1, per_run)):
+        group = waiting[start:start + max(1, per_run)]
+        keys = [key for key, _ in group]
+        digest = hashlib.sha256("|".join(unique for _, unique in group).encode()).hexdigest()[:24]
+        requests.append(dg.RunRequest(
+            job_name=full_resync_portals_job.name, run_key=f"full_resync_portals:{digest}",
+            run_config=dg.RunConfig(ops={"full_resync_portal_group": FleetSyncConfig(portals=keys)}),
+            # The portals count as busy for later ticks: no change sync while their bootstrap waits or runs.
+            tags={PORTALS_TAG: ",".join(keys)}))
     return requests
 
 
@@ -200,17 +239,14 @@ def _why_not_current(context: dg.SensorEvaluationContext, state: StateStore, por
 def _resync_completed(context: dg.SensorEvaluationContext, state: StateStore, portal_state: SensorPortalState,
                       progress: PortalProgress | None) -> bool:
     """Whether the full resync of the portal's current install completed. Runs record it
-    (`connectors.sync.steps`); for portals resynced before they did, a successful ``full_resync`` run
-    of the partition created after the install counts, and is recorded so it is asked once."""
+    (`connectors.sync.steps`); for portals resynced before they did, a successful resync run created
+    after the install that names the portal counts, and is recorded so it is asked once."""
     installed = portal_state.bootstrapped
     if installed is None:
         return False
     if progress is not None and progress.resynced == installed:
         return True
-    after = None if installed == "unknown" else datetime.fromisoformat(installed)
-    done = context.instance.get_runs(dg.RunsFilter(
-        job_name=FULL_RESYNC_JOB.name, statuses=[dg.DagsterRunStatus.SUCCESS], created_after=after,
-        tags={"dagster/partition": portal_state.portal}), limit=1)
+    done = _resync_runs_naming(context, {portal_state.portal: installed}, succeeded=True)
     if done:
         state.record_progress(portal_state.portal, resynced=installed)
     return bool(done)
@@ -243,33 +279,45 @@ def _due_for_polling(watch: dict[str, SensorPortalState], exclude: set[str], eve
 
 def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCursor,
                           watch: dict[str, SensorPortalState], busy: set[str],
-                          changed: set[str]) -> list[dg.RunRequest]:
-    """A full resync that ended without success and will not be retried by Dagster is asked for again,
-    a bounded number of times (beyond that, hourly reconciliation repairs and the UI shows the failures)."""
+                          changed: set[str], per_run: int) -> list[dg.RunRequest]:
+    """Portals whose full resync ended without success, and will not be retried by Dagster, are asked
+    for again, a bounded number of times each (beyond that, hourly reconciliation repairs and the UI
+    shows the failures): every portal of a grouped run that failed or was canceled, the portals a
+    successful grouped run lists as failed (``bitrix24/failed_portals``), the partition of a failed
+    single-portal run."""
     since = cursor.checked_until
     cursor.checked_until = time.time()
     if since is None:
         return []
     # Run update times are stored to the second: look a little further back, skip what was seen.
-    ended = [run for run in context.instance.get_runs(filters=dg.RunsFilter(
-        job_name=FULL_RESYNC_JOB.name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
-        updated_after=datetime.fromtimestamp(since - 2, UTC))) if run.run_id not in cursor.resyncs_seen]
+    ended = [run for job in (full_resync_portals_job.name, FULL_RESYNC_JOB.name)
+             for run in context.instance.get_runs(filters=dg.RunsFilter(
+                 job_name=job, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED,
+                                         dg.DagsterRunStatus.SUCCESS],
+                 updated_after=datetime.fromtimestamp(since - 2, UTC)))
+             if run.run_id not in cursor.resyncs_seen]
+    ended = [run for run in ended if run.status is not dg.DagsterRunStatus.SUCCESS or run.tags.get(FAILED_TAG)]
     cursor.resyncs_seen = [*cursor.resyncs_seen, *(run.run_id for run in ended)][-RESYNCS_SEEN:]
     max_retries = context.instance.run_retries_max_retries if context.instance.run_retries_enabled else 0
-    requests = []
+    again: list[tuple[str, str]] = []
     for run in ended:
-        key = run.tags.get("dagster/partition")
         retry_number = int(run.tags.get("dagster/retry_number", "0"))
-        if (key not in watch or key in busy or watch[key].resync_attempts >= RESYNC_ATTEMPTS
-                or (run.status is dg.DagsterRunStatus.FAILURE and retry_number < max_retries)):
-            continue
-        watch[key].resync_attempts += 1
-        changed.add(key)
-        attempt = watch[key].resync_attempts
-        context.log.warning(f"portal {key}: full resync ended {run.status.value}; asking again ({attempt})")
-        requests.append(dg.RunRequest(job_name=FULL_RESYNC_JOB.name, partition_key=key,
-                                      run_key=f"full_resync:{key}:{watch[key].bootstrapped}:{attempt}"))
-    return requests
+        if run.status is dg.DagsterRunStatus.FAILURE and retry_number < max_retries:
+            continue  # Dagster's run retries re-execute it
+        if run.status is dg.DagsterRunStatus.SUCCESS:
+            keys = run.tags[FAILED_TAG].split(",")
+        else:
+            keys = [*run.tags.get(PORTALS_TAG, "").split(","), run.tags.get("dagster/partition", "")]
+        for key in dict.fromkeys(keys):
+            if key not in watch or key in busy or watch[key].resync_attempts >= RESYNC_ATTEMPTS:
+                continue
+            watch[key].resync_attempts += 1
+            changed.add(key)
+            attempt = watch[key].resync_attempts
+            context.log.warning(f"portal {key}: full resync ended without success ({run.status.value}, run "
+                                f"{run.run_id}); asking again ({attempt})")
+            again.append((key, f"{key}:{watch[key].bootstrapped}:{attempt}"))
+    return _resync_requests(again, per_run)
 
 
 def _portals_with_active_runs(context: dg.SensorEvaluationContext) -> set[str]:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 def synced() -> bool:
                     runs = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
                     return sum(run.job_name == "sync_portals" for run in runs) >= 3 and any(
-                        run.job_name == "full_resync" for run in runs)
+                        run.job_name == "full_resync_portals" for run in runs)
 
                 wait_until(synced, 600, "the full resync and three syncs")
                 # The UI greets a new instance with a newsletter dialog over every page; mark it seen.

@@ -22,6 +22,7 @@ from connectors.receiver.app import portal_key
 from emulator.testing import RunningEmulator
 from emulator.world import DEFAULT_PORTAL
 from pipelines.demo import REPO, Processes, demo_environment, free_port, wait_for
+from pipelines.fleet import FAILED_TAG, PORTALS_TAG
 
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -42,6 +43,14 @@ class Stack:
     def runs(self, job: str | None = None, statuses: list[dg.DagsterRunStatus] | None = None) -> list[dg.DagsterRun]:
         with self.instance() as instance:
             return list(instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=statuses or [])))
+
+    def loaded_portals(self) -> list[str]:
+        """Portals a successful bootstrap run (``full_resync_portals``) loaded, less its failed part."""
+        loaded: list[str] = []
+        for run in self.runs("full_resync_portals", [dg.DagsterRunStatus.SUCCESS]):
+            failed = set(run.tags.get(FAILED_TAG, "").split(","))
+            loaded += [key for key in run.tags[PORTALS_TAG].split(",") if key not in failed]
+        return loaded
 
     def wait_until(self, condition, timeout_s: float, what, poll_s: float = 2.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -44,13 +44,13 @@ def test_changes_made_in_the_portal_reach_the_warehouse_through_dagster(
         warehouse = str(tmp_path / "warehouse.duckdb") if backend == "duckdb" else \
             f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}schema={pg_schema}"
         with running_stack(emu, tmp_path, warehouse) as stack:
-            stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 300,
+            stack.wait_until(stack.loaded_portals, 300,
                              "the full resync of the newly installed portal")
             emu.start_activity(15, seed=3)
             time.sleep(20)
             emu.stop_activity()
             stack.wait_until_drained()
-            portal = stack.runs("full_resync")[0].tags["dagster/partition"]
+            portal = stack.loaded_portals()[0]
             assert [r for r in stack.runs() if r.status.value == "FAILURE"] == []
 
         rows_of = (duckdb_rows(warehouse, portal) if backend == "duckdb"
@@ -71,11 +71,11 @@ def test_a_sync_run_killed_at_any_step_is_recovered_by_the_next_run(tmp_path: Pa
         warehouse = str(tmp_path / "warehouse.duckdb")
         with running_stack(emu, tmp_path, warehouse, extra_env=crash_env,
                            instance_settings=fast_monitoring) as stack:
-            stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 300, "the full resync")
+            stack.wait_until(stack.loaded_portals, 300, "the full resync")
             emu.start_activity(30, seed=4)
             time.sleep(6)
             emu.stop_activity()
             stack.wait_until(lambda: (tmp_path / "crashed").exists(), 120, f"a run to reach {failpoint}")
             stack.wait_until_drained(timeout_s=300)
-            portal = stack.runs("full_resync")[0].tags["dagster/partition"]
+            portal = stack.loaded_portals()[0]
         assert compare(emu, duckdb_rows(warehouse, portal)) == []

@@ -67,12 +67,12 @@ def test_every_check_passes_on_a_healthy_stack_and_freshness_goes_red_when_the_p
         with running_stack(emu, tmp_path, warehouse, code_location="tests.e2e.short_window",
                            extra_env={"FRESHNESS_DAEMON_INTERVAL_SECONDS": "5"}) as stack:
             instance = stack.instance()
-            stack.wait_until(lambda: any(r.is_success for r in stack.runs("full_resync")), 300, "the full resync")
+            stack.wait_until(stack.loaded_portals, 300, "the full resync")
             emu.start_activity(3, seed=11)
             time.sleep(60)
             emu.stop_activity()
             stack.wait_until_drained()
-            portal = stack.runs("full_resync")[0].tags["dagster/partition"]
+            portal = stack.loaded_portals()[0]
 
             runs = [launch_and_wait(stack, "health_checks"),
                     launch_and_wait(stack, "reconcile", portal, timeout_s=300),

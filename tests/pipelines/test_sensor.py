@@ -76,9 +76,10 @@ def test_a_new_portal_becomes_a_partition_with_a_full_resync(emu: ThreadEmulator
     key = install(emu, state_path)
     with dg.instance_for_test() as instance:
         result = evaluate(instance, resource_for(emu, state_path))
-        # Its full resync, then its reference data and the analysts' views.
-        assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("full_resync", key),
-                                                                                 ("reference_refresh", key)]
+        # Its full resync (then its reference data and the analysts' views, in the same run).
+        [request] = result.run_requests
+        assert request.job_name == "full_resync_portals" and request.tags["bitrix24/portals"] == key
+        assert request.run_config["ops"]["full_resync_portal_group"]["config"]["portals"] == [key]
         assert instance.get_dynamic_partitions("bitrix24_portal") == [key]
 
         # The next tick does not ask again.
@@ -94,7 +95,7 @@ def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
     bind_deal_events(resource, key)
     with dg.instance_for_test() as instance:
         first = evaluate(instance, resource)
-        assert [r.job_name for r in first.run_requests] == ["full_resync", "reference_refresh"]  # queue empty
+        assert [r.job_name for r in first.run_requests] == ["full_resync_portals"]  # queue empty
 
         emu.world.portal("default").crm.write("deal", "update", 3, {"TITLE": "changed"}, Origin(user_id=2))
         with open_state_store(state_path) as state:
@@ -198,7 +199,7 @@ def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
     resource = resource_for(emu, state_path)
     with dg.instance_for_test() as instance:
         first = evaluate(instance, resource)
-        assert len(first.run_requests) == 2000  # one full resync and one reference refresh each, asked once
+        assert len(first.run_requests) == 40  # full resyncs of 25 new portals per run, asked once
         with open_state_store(state_path) as state:
             for key in keys[:5]:
                 state.record_signal(key)
@@ -220,9 +221,26 @@ def test_a_full_resync_that_ended_without_success_is_asked_again_once(emu: Threa
     resource = resource_for(emu, state_path)
     with dg.instance_for_test() as instance:
         first = evaluate(instance, resource)
-        instance.add_run(dg.DagsterRun(job_name="full_resync", run_id=make_new_run_id(),
-                                       status=dg.DagsterRunStatus.CANCELED, tags={"dagster/partition": key}))
+        instance.add_run(dg.DagsterRun(job_name="full_resync_portals", run_id=make_new_run_id(),
+                                       status=dg.DagsterRunStatus.CANCELED, tags={"bitrix24/portals": key}))
         second = evaluate(instance, resource, first.cursor)
-        assert [(r.job_name, r.partition_key) for r in second.run_requests] == [("full_resync", key)]
+        assert [(r.job_name, r.tags["bitrix24/portals"]) for r in second.run_requests] == [("full_resync_portals", key)]
         third = evaluate(instance, resource, second.cursor)
         assert [r.job_name for r in third.run_requests] == []
+
+
+def test_portals_a_grouped_resync_lists_as_failed_are_asked_again_and_the_others_are_not(
+        emu: ThreadEmulator, tmp_path: Path) -> None:
+    state_path = tmp_path / "state.sqlite3"
+    tokens = emu.install_tokens()
+    keys = [install(emu, state_path, key=f"portal-{number}.example.com", tokens=tokens) for number in range(3)]
+    resource = resource_for(emu, state_path)
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource)  # one run for the three
+        assert [r.tags["bitrix24/portals"] for r in first.run_requests] == [",".join(keys)]
+        instance.add_run(dg.DagsterRun(job_name="full_resync_portals", run_id=make_new_run_id(),
+                                       status=dg.DagsterRunStatus.SUCCESS,
+                                       tags={"bitrix24/portals": ",".join(keys), "bitrix24/failed_portals": keys[1]}))
+        second = evaluate(instance, resource, first.cursor)
+        assert [r.tags["bitrix24/portals"] for r in second.run_requests] == [keys[1]]
+        assert [r.job_name for r in evaluate(instance, resource, second.cursor).run_requests] == []

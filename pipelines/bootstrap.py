@@ -1,0 +1,50 @@
+"""A new portal's first load, for many portals per run: ``full_resync_portals`` binds each portal's
+offline events, scans every entity kind (tombstoning what the portal lacks), then loads its
+reference data, stage history and product rows, so the analysts' views answer as soon as the run ends.
+
+The sensor asks for these runs (up to ``Bitrix24Resource.portals_per_run`` new portals each): one run
+per new portal cost seconds of process start each, and 100 new portals took about 19 minutes that way
+(benchmarks/fleet_bootstrap.py measures the grouped load). Each portal is its own partition, and a
+portal whose resync fails fails only its part (the sensor asks again for it, a bounded number of times).
+"""
+
+from contextlib import AbstractContextManager
+
+import dagster as dg
+
+from connectors.sync.staging import SyncMode
+from pipelines.assets import WAREHOUSE_POOL
+from pipelines.fleet import SCAN_MAX_RUNTIME_S, FleetSyncConfig, drain, for_each_portal, warehouse_writes
+from pipelines.reference import refresh_portal
+from pipelines.resources import Bitrix24Resource, WarehouseResource
+
+
+@dg.op(pool=WAREHOUSE_POOL, tags={"kind": "bitrix24"})
+def full_resync_portal_group(context: dg.OpExecutionContext, config: FleetSyncConfig,
+                             bitrix24: Bitrix24Resource, warehouse: WarehouseResource) -> dg.Output[dict]:
+    """For every configured portal, several at a time: bind its offline events, scan each entity kind
+    and tombstone what the portal lacks, then load its reference data (the bootstrap of new portals,
+    or a repair)."""
+    writes = warehouse_writes(warehouse)
+    return for_each_portal(context, config, lambda portal: _bootstrap(context, config, bitrix24, warehouse,
+                                                                      writes, portal))
+
+
+def _bootstrap(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bitrix24Resource,
+               warehouse: WarehouseResource, writes: AbstractContextManager,
+               portal: str) -> list[dg.AssetMaterialization]:
+    loaded = drain(context, config, bitrix24, warehouse, SyncMode.FULL_RESYNC, writes, portal)
+    try:
+        return loaded + refresh_portal(portal, bitrix24, warehouse, writes)
+    except Exception as error:  # the CRM data is in; the 15-minute schedule refreshes reference data
+        context.log.warning(f"portal {portal}: loaded, but its reference data could not be refreshed "
+                            f"({type(error).__name__}: {error}); the scheduled refresh retries")
+        return loaded
+
+
+@dg.job(name="full_resync_portals", executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": str(SCAN_MAX_RUNTIME_S)},
+        description="Bind the offline events of several portals, scan every entity and tombstone what each "
+                    "portal lacks, then load its reference data; each portal is its own partition.")
+def full_resync_portals_job():
+    full_resync_portal_group()
