@@ -8,6 +8,7 @@ per new portal cost seconds of process start each, and 100 new portals took abou
 portal whose resync fails fails only its part (the sensor asks again for it, a bounded number of times).
 """
 
+import time
 from contextlib import AbstractContextManager
 
 import dagster as dg
@@ -17,6 +18,9 @@ from pipelines.assets import WAREHOUSE_POOL
 from pipelines.fleet import SCAN_MAX_RUNTIME_S, FleetSyncConfig, drain, for_each_portal, warehouse_writes
 from pipelines.reference import refresh_portal
 from pipelines.resources import Bitrix24Resource, WarehouseResource
+
+CLAIM_WAIT_S = 300  # a change sync holding the portal's drain claim ends in seconds
+CLAIM_POLL_S = 5
 
 
 @dg.op(pool=WAREHOUSE_POOL, tags={"kind": "bitrix24"})
@@ -30,10 +34,25 @@ def full_resync_portal_group(context: dg.OpExecutionContext, config: FleetSyncCo
                                                                       writes, portal))
 
 
+class PortalBusy(Exception):
+    """Another run held the portal's drain claim for longer than a bootstrap waits."""
+
+
 def _bootstrap(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bitrix24Resource,
                warehouse: WarehouseResource, writes: AbstractContextManager,
                portal: str) -> list[dg.AssetMaterialization]:
-    loaded = drain(context, config, bitrix24, warehouse, SyncMode.FULL_RESYNC, writes, portal)
+    """The portal's full resync, then its reference data. A run draining the portal (a change sync
+    started before its resync was asked for) is waited for: skipping would leave the portal unloaded
+    while its run succeeds. Raises `PortalBusy` (the portal's part fails; the sensor asks again)."""
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        try:
+            loaded = drain(context, config, bitrix24, warehouse, SyncMode.FULL_RESYNC, writes, portal)
+            break
+        except dg.RetryRequested:
+            if time.monotonic() >= deadline:
+                raise PortalBusy(f"another run held the portal's drain claim for {CLAIM_WAIT_S} s") from None
+            time.sleep(CLAIM_POLL_S)
     try:
         return loaded + refresh_portal(portal, bitrix24, warehouse, writes)
     except Exception as error:  # the CRM data is in; the 15-minute schedule refreshes reference data

@@ -79,7 +79,9 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
     requests = _full_resyncs(context, active, watch, changed, bitrix24.portals_per_run)
 
     busy = _portals_with_active_runs(context)
-    requests += _failed_resyncs_again(context, cursor, watch, busy, changed, bitrix24.portals_per_run)
+    requests += _failed_resyncs_again(context, cursor, watch, changed, bitrix24.portals_per_run)
+    # A portal whose resync is asked for now gets no change sync beside it: the resync reads everything.
+    busy.update(*(request.tags[PORTALS_TAG].split(",") for request in requests))
     candidates = [key for key, portal_state in watch.items() if portal_state.pending]
     candidates += _due_for_polling(watch, exclude=set(candidates), every_s=bitrix24.peek_interval_s)
     events: list[dg.AssetMaterialization | dg.AssetObservation] = []
@@ -174,6 +176,7 @@ def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal]
     for key, installed in new.items():
         if key in named:
             watch[key].bootstrapped = installed
+            watch[key].resync_attempts = 0  # a new install's resync gets its own attempts
             changed.add(key)
         else:
             waiting.append((key, f"{key}:{installed}"))
@@ -278,8 +281,8 @@ def _due_for_polling(watch: dict[str, SensorPortalState], exclude: set[str], eve
 
 
 def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCursor,
-                          watch: dict[str, SensorPortalState], busy: set[str],
-                          changed: set[str], per_run: int) -> list[dg.RunRequest]:
+                          watch: dict[str, SensorPortalState], changed: set[str],
+                          per_run: int) -> list[dg.RunRequest]:
     """Portals whose full resync ended without success, and will not be retried by Dagster, are asked
     for again, a bounded number of times each (beyond that, hourly reconciliation repairs and the UI
     shows the failures): every portal of a grouped run that failed or was canceled, the portals a
@@ -309,7 +312,8 @@ def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCur
         else:
             keys = [*run.tags.get(PORTALS_TAG, "").split(","), run.tags.get("dagster/partition", "")]
         for key in dict.fromkeys(keys):
-            if key not in watch or key in busy or watch[key].resync_attempts >= RESYNC_ATTEMPTS:
+            # Asked for even while another run drains the portal: the resync waits for its claim.
+            if key not in watch or watch[key].resync_attempts >= RESYNC_ATTEMPTS:
                 continue
             watch[key].resync_attempts += 1
             changed.add(key)

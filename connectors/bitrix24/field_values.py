@@ -79,19 +79,28 @@ def plain(value: Any) -> Any:
     return value
 
 
-def wire_value(value: Any) -> Any:
-    """A value as sent in ``fields[...]``: empty string for null (clears the field), ISO 8601 times
-    with their offset, a list for a multiple field.
+def wire_value(value: Any, column_type: ColumnType | None = None) -> Any:
+    """A value as sent in ``fields[...]`` of a field of ``column_type`` (None: by the value alone):
+    empty string for null (clears the field), ISO 8601 times with their offset, a date field's day
+    alone, a list for a multiple field.
 
     * A time without a zone is taken as UTC and sent with ``+00:00``, as `same_value` compares it:
       sent bare, the portal would read it in its server zone (facts §4.7) and the value
       stored would differ from the one asked for by that offset.
     * An empty list (or one of empties only) is sent as ``""``: a batch command is a PHP query
       string, where an empty array has no parameter at all, so ``[]`` would leave the field as it
-      was instead of clearing it (`connectors.bitrix24.batch.encode_query`)."""
+      was instead of clearing it (`connectors.bitrix24.batch.encode_query`).
+    * A date field gets its day: a query's DATE often arrives as a midnight timestamp, which sent
+      with ``+00:00`` would be stored as the day before on a portal west of UTC.
+    * A time given as text is parsed like a time value, so one without a zone is sent as UTC too."""
     value = plain(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if column_type is ColumnType.DATE and isinstance(value, date):
+        return (value.date() if isinstance(value, datetime) else value).isoformat()
+    if column_type is ColumnType.TIMESTAMP and isinstance(value, str):
+        moment = _moment(value)
+        return moment.isoformat() if moment is not None else value
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
     if isinstance(value, date):
@@ -99,7 +108,7 @@ def wire_value(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, list | tuple):
-        items = [wire_value(item) for item in value]
+        items = [wire_value(item, column_type) for item in value]
         return [item for item in items if item != ""] or ""
     if isinstance(value, bool | int | float | str):
         return value

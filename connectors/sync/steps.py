@@ -65,7 +65,7 @@ from connectors.bitrix24 import (
     schema_from_fields,
 )
 from connectors.bitrix24.entities import Action
-from connectors.bitrix24.errors import ApiError, Forbidden, InvalidArgument, MethodNotFound
+from connectors.bitrix24.errors import ApiError, Forbidden, InsufficientScope, InvalidArgument, MethodNotFound
 from connectors.bitrix24.fetch import scan_kinds
 from connectors.bitrix24.lookups import TYPES, invalidated_by
 from connectors.bitrix24.redaction import redact
@@ -475,7 +475,7 @@ def _reread_reference(sync: PortalSync, fetched: Fetched, names: list[str]) -> N
              fetched.reference_events, ", ".join(names[:5]))
     try:
         reference = load_reference(sync.client)
-    except REFUSALS as error:
+    except REFERENCE_REFUSALS as error:
         log.error("portal %s: reference data changed, but the portal refused to read it (%s); the rows are "
                   "acknowledged without a refresh, the scheduled refresh retries and reports it",
                   sync.portal, redact(str(error)))
@@ -505,6 +505,9 @@ def _slices(sync: PortalSync, plans: Mapping[str, tuple[np.ndarray, pd.Series]],
 # Everything else (transport faults, malformed bodies, limits, 5xx, authentication) says nothing
 # about the objects: it fails the step, and the retry re-reads the same reservation.
 REFUSALS = (NotFound, Forbidden, InvalidArgument, MethodNotFound)
+# Reading reference data may also be refused for a scope the app lacks (``department``, ``user``):
+# that must not hold up the CRM changes queued with the event (the scheduled refresh reports it).
+REFERENCE_REFUSALS = (*REFUSALS, InsufficientScope)
 
 
 def _fetch_slice(sync: PortalSync, fetched: Fetched, index: EventIndex, piece: ChangePlan) -> dict[str, FetchResult]:
@@ -715,11 +718,31 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
             # With the journal's mark below: a reservation is never *loaded* (so never acknowledged,
             # even by a later run's recovery) before the refresh its rows asked for is stored.
             committed.reference_rows = write_dimensions(_sql_warehouse(sync), sync.portal, reference)
-            rebuild_analytics(_sql_warehouse(sync))
         if fetched.reserved.process_ids:
             tx.mark_loaded(sync.portal, fetched.reserved.process_ids)
+    if reference:
+        _rebuild_analysts_views(sync)
     failpoint("after_commit")
     return committed.write(sync.staging_dir / "committed.json")
+
+
+ANALYTICS_LOCK_WAIT_S = 10
+
+
+def _rebuild_analysts_views(sync: PortalSync) -> None:
+    """Rebuild the analysts' views (new columns, labels) after a reference refresh, in a transaction
+    of its own that waits at most `ANALYTICS_LOCK_WAIT_S` for locks: an analyst's transaction left
+    open on a view would otherwise hold the portal's change sync indefinitely (the rebuild replaces
+    the views' schema). The views read the dimensions live, so only new columns wait, for the next
+    refresh, when this gives up."""
+    warehouse = _sql_warehouse(sync)
+    try:
+        with warehouse.transaction():
+            warehouse.limit_lock_wait(ANALYTICS_LOCK_WAIT_S)
+            rebuild_analytics(warehouse)
+    except Exception as error:  # optional here: the data is committed, the scheduled refresh rebuilds
+        log.warning("portal %s: the analysts' views were not rebuilt after the reference refresh (%s); "
+                    "the next refresh rebuilds them", sync.portal, redact(str(error))[:300])
 
 
 def _sql_warehouse(sync: PortalSync) -> SqlWarehouse:

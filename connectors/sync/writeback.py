@@ -342,7 +342,8 @@ def _plan(spec: WriteBackSpec, catalog: _Catalog, warehouse: Warehouse, portal: 
             differences = tuple((name, record.get(name), value) for name, value in wanted.items()
                                 if not same_value(value, record.get(name), schema_types[name]))
             if differences:
-                change = Change(kind, entity_id, {name: wire_value(new) for name, _, new in differences},
+                change = Change(kind, entity_id, {name: wire_value(new, schema_types[name])
+                                                  for name, _, new in differences},
                                 differences)
                 if refused.get((kind.key, entity_id)) == _hash(fields_json(change.fields)):
                     log.info("write-back %s: %s %s not sent again: the same values failed last time",

@@ -108,6 +108,9 @@ class PostgresWarehouse(SqlWarehouse):
         finally:
             self._query("SELECT pg_advisory_unlock(hashtextextended(%(key)s, 0))", key)
 
+    def limit_lock_wait(self, seconds: float) -> None:
+        self._execute(f"SET LOCAL lock_timeout = {int(seconds * 1000)}")
+
     def _lock_ddl(self) -> None:
         # Two runs (different portals) may meet a new table or user field at the same moment;
         # CREATE/ALTER ... IF NOT EXISTS still races in the catalog, so DDL takes a lock per schema.

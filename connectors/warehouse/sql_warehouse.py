@@ -195,6 +195,10 @@ class SqlWarehouse(Warehouse):
             raise TableNotFound(f"no table {table!r}; create it with ensure_table first")
         return table
 
+    def limit_lock_wait(self, seconds: float) -> None:
+        """Inside a transaction: make its statements give up (raise) after waiting ``seconds`` for a
+        lock another session holds. Nothing on an engine whose file has one writer (DuckDB)."""
+
     # -- exclusive sections ---------------------------------------------------------------------
 
     @contextmanager

@@ -75,3 +75,16 @@ def test_an_empty_list_clears_a_multiple_field_with_an_empty_string(empty) -> No
     assert wire_value(empty) == ""
     assert encode_query({"fields": {"UF_CRM_TAGS": wire_value(empty)}}) == "fields[UF_CRM_TAGS]="
     assert wire_value(["a", None, "b"]) == ["a", "b"]
+
+
+def test_a_date_field_gets_its_day_and_a_time_as_text_is_sent_with_its_zone() -> None:
+    """A query's DATE arrives as a midnight timestamp; sent as UTC midnight, a portal west of UTC
+    would store the day before. A zone-less time given as text is UTC like any other."""
+    midnight = pd.Timestamp("2025-05-01T00:00:00")
+    assert wire_value(midnight, ColumnType.DATE) == "2025-05-01"
+    assert wire_value(date(2025, 5, 1), ColumnType.DATE) == "2025-05-01"
+    assert wire_value([midnight, None], ColumnType.DATE) == ["2025-05-01"]
+    assert wire_value("2025-05-01T10:00:00", ColumnType.TIMESTAMP) == "2025-05-01T10:00:00+00:00"
+    assert wire_value("2025-05-01T10:00:00+03:00", ColumnType.TIMESTAMP) == "2025-05-01T07:00:00+00:00"
+    assert wire_value("soon", ColumnType.TIMESTAMP) == "soon"  # the portal refuses it, reported per row
+    assert wire_value(midnight) == "2025-05-01T00:00:00+00:00"  # a time field: UTC

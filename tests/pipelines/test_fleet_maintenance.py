@@ -9,16 +9,19 @@ the state store on SQLite.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.utils import make_new_run_id
 
 from connectors.state import Portal, open_state_store
 from connectors.warehouse import open_warehouse
 from emulator.testing import ThreadEmulator, run_emulator
+from pipelines import bootstrap
 from pipelines.assets import SYNC_WATERMARK
 from pipelines.definitions import build_definitions
 from pipelines.fleet import FAILED_TAG, MAINTAINED_TAG, FleetConfig, FleetSyncConfig
@@ -187,3 +190,33 @@ def test_the_maintenance_schedules_ask_for_n_portals_per_run_below_the_change_sy
         assert [request.tags[MAINTAINED_TAG].split(",") for request in requests] == groups
         assert all(int(request.tags["dagster/priority"]) < int(SYNC_PRIORITY) for request in requests)
         assert len({request.run_key for request in requests}) == len(requests)
+
+
+def test_a_bootstrap_waits_for_a_run_that_drains_the_portal_instead_of_skipping_it(
+        emu: ThreadEmulator, tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change sync started just before the portal's resync holds its drain claim; skipping the portal
+    would end the bootstrap run as a success with the portal never loaded."""
+    monkeypatch.setattr(bootstrap, "CLAIM_POLL_S", 0.2)
+    state_path, warehouse_path = tmp_path / "state.sqlite3", str(tmp_path / "wh.duckdb")
+    keys = install_portals(emu, state_path, ["north"], COUNTS)
+    defs = build_definitions(resources_for(emu, state_path, warehouse_path))
+    instance.add_dynamic_partitions(portals.name, list(keys.values()))
+    syncing = dg.DagsterRun(job_name="sync_portals", run_id=make_new_run_id(), status=dg.DagsterRunStatus.STARTED)
+    instance.add_run(syncing)
+    with open_state_store(state_path) as state:
+        assert state.claim_drain(keys["north"], syncing.run_id, lambda owner: True)
+
+    def sync_ends() -> None:
+        with open_state_store(state_path) as state:
+            state.release_drain(keys["north"], syncing.run_id)
+
+    timer = threading.Timer(1.5, sync_ends)
+    timer.start()
+    try:
+        result, loaded = run(defs, instance, "full_resync_portals", "full_resync_portal_group",
+                             FleetSyncConfig(portals=list(keys.values())))
+    finally:
+        timer.cancel()
+    assert result.output_for_node("full_resync_portal_group") == {"failed": []}
+    assert loaded[keys["north"]]["sync_watermark"]["mode"] == "full_resync"
+    assert compare(emu, duckdb_rows(warehouse_path, keys["north"]), portal="north", tables=TABLES) == []

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from connectors.bitrix24 import Bitrix24Client
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp
 from connectors.bitrix24.reference import REFERENCE_EVENTS
 from connectors.sync import failpoints
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
@@ -25,7 +25,7 @@ from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 from emulator.crm.origin import Origin
 from emulator.portal import User
-from emulator.testing import ThreadEmulator
+from emulator.testing import ThreadEmulator, run_emulator
 from tests.reference.conftest import PORTAL
 
 
@@ -175,3 +175,30 @@ def sync_process(emu: ThreadEmulator, tmp_path: Path, warehouse: Path, failpoint
     if failpoint is None and done.returncode:
         raise AssertionError(done.stderr[-3000:])
     return done.returncode
+
+
+def test_an_app_without_a_reference_scope_still_loads_the_crm_changes_queued_with_the_event(
+        tmp_path: Path) -> None:
+    """docs/reference-data.md: a portal that refuses the reference read (here: the app lacks the
+    ``department`` scope) has its reference rows acknowledged without a refresh; the CRM change queued
+    beside them must load, not fail every run."""
+    with run_emulator(limits=False) as emu:
+        emu.register_app("noscope", "secret-noscope-app", scopes=["crm", "user"])
+        emu.install("noscope")
+        tokens = FileTokenStore(tmp_path / "tokens")
+        tokens.save(PORTAL, emu.install_tokens(client_id="noscope", client_secret="secret-noscope-app"))
+        app = OAuthApp("noscope", "secret-noscope-app", token_url=emu.token_url)
+        with Bitrix24Client(app.session(PORTAL, tokens)) as client, DuckDBWarehouse(tmp_path / "wh.duckdb") as wh:
+            run_once(PortalSync(PORTAL, client, wh, tmp_path / "s0"), "full_resync")
+            crm = emu.world.portal(PORTAL).crm
+            crm.add_user_field("deal", "REGION", "string", label="Region")
+            crm.write("deal", "update", 2, {"TITLE": "changed by a user"}, Origin(user_id=2))
+            assert {row["EVENT_NAME"] for row in emu.queue() if row["CONNECTOR_ID"] == DEFAULT_CONNECTOR} == {
+                "ONCRMDEALUPDATE", "ONCRMDEALUSERFIELDADD"}
+
+            run_once(PortalSync(PORTAL, client, wh, tmp_path / "s1"), "changes")
+
+            assert wh.query(f"SELECT title FROM {wh.relation('deals')} WHERE portal = %(p)s AND id = 2",
+                            {"p": PORTAL}) == [("changed by a user",)]
+            assert [row for row in emu.queue() if row["CONNECTOR_ID"] == DEFAULT_CONNECTOR] == []
+
