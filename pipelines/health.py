@@ -144,13 +144,9 @@ def _latest_per_portal(instance: dg.DagsterInstance, key: dg.AssetKey, since: da
                             f"{RECONCILE_LOOKBACK.total_seconds() / 3600:g} hours) found no drift; lists the "
                             "portals that drifted (the scan repaired what it found).")
 def every_portal_in_sync(context: dg.AssetCheckExecutionContext, bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
-    with bitrix24.state() as state:
-        installed = {portal.key for portal in state.portals()}
-    latest = _latest_per_portal(context.instance, RECONCILIATION, datetime.now(UTC) - RECONCILE_LOOKBACK)
-    drifting = {key: int(latest[key].get("drift") or 0) for key in sorted(installed & set(latest))
-                if latest[key].get("drift")}
+    reconciled, drifting = _per_portal_counts(context, bitrix24, RECONCILIATION, RECONCILE_LOOKBACK, "drift")
     return dg.AssetCheckResult(passed=not drifting, metadata={
-        "portals_reconciled": len(installed & set(latest)), "portals_drifting": len(drifting),
+        "portals_reconciled": reconciled, "portals_drifting": len(drifting),
         "drifting": dg.MetadataValue.json(dict(list(drifting.items())[:EXAMPLES]))})
 
 
@@ -160,14 +156,21 @@ def every_portal_in_sync(context: dg.AssetCheckExecutionContext, bitrix24: Bitri
                             "lane; lists the portals with dead letters and how many.")
 def every_error_lane_empty(context: dg.AssetCheckExecutionContext,
                            bitrix24: Bitrix24Resource) -> dg.AssetCheckResult:
+    drained, waiting = _per_portal_counts(context, bitrix24, DEAD_LETTERS, ERROR_LANE_LOOKBACK, "depth")
+    return dg.AssetCheckResult(passed=not waiting, metadata={
+        "portals_drained": drained, "portals_with_dead_letters": len(waiting),
+        "dead_letters": dg.MetadataValue.json(dict(list(waiting.items())[:EXAMPLES]))})
+
+
+def _per_portal_counts(context: dg.AssetCheckExecutionContext, bitrix24: Bitrix24Resource, asset: dg.AssetKey,
+                       lookback: timedelta, count: str) -> tuple[int, dict[str, int]]:
+    """Over the installed portals whose ``asset`` was materialized within ``lookback``: how many there
+    are, and ``{portal: its latest materialization's count metadata}`` for those where it is not 0."""
     with bitrix24.state() as state:
         installed = {portal.key for portal in state.portals()}
-    latest = _latest_per_portal(context.instance, DEAD_LETTERS, datetime.now(UTC) - ERROR_LANE_LOOKBACK)
-    waiting = {key: int(latest[key].get("depth") or 0) for key in sorted(installed & set(latest))
-               if latest[key].get("depth")}
-    return dg.AssetCheckResult(passed=not waiting, metadata={
-        "portals_drained": len(installed & set(latest)), "portals_with_dead_letters": len(waiting),
-        "dead_letters": dg.MetadataValue.json(dict(list(waiting.items())[:EXAMPLES]))})
+    latest = _latest_per_portal(context.instance, asset, datetime.now(UTC) - lookback)
+    seen = sorted(installed & set(latest))
+    return len(seen), {key: int(latest[key][count]) for key in seen if latest[key].get(count)}
 
 
 FLEET_MAINTENANCE_CHECKS = [every_portal_in_sync, every_error_lane_empty]

@@ -138,22 +138,30 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
 
 
 def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunRequest]:
-    """``sync_portals`` runs of up to ``per_run`` portals each (one portal alone gets one too), their
-    keys in a tag so later ticks and schedules see them busy.
+    """``sync_portals`` runs of up to ``per_run`` portals each (one portal alone gets one too); ``ready``
+    is (portal, its pending state), hashed into the run key.
 
     Not the partitioned ``sync`` job: its run plans every entity asset of the portal, so each table
     would show as materializing on every sync; ``sync_portals`` reports only what changed."""
+    # Ahead of bootstraps and maintenance (drains, reconciliation, reference refreshes) in the run
+    # queue: a sync waiting behind them is what users notice.
+    return _grouped_requests(sync_portals_job, "drain_portals", ready, per_run, {"dagster/priority": SYNC_PRIORITY})
+
+
+def _grouped_requests(job: dg.JobDefinition, op: str, items: list[tuple[str, str]], per_run: int,
+                      tags: dict[str, str] | None = None) -> list[dg.RunRequest]:
+    """Runs of ``job`` over up to ``per_run`` portals each (``op``'s `FleetSyncConfig`); ``items`` are
+    (portal, what makes its request unique), hashed into the run key, so a tick evaluated twice asks
+    once. The portals are in a tag, so later ticks and schedules see them busy."""
     requests = []
-    for start in range(0, len(ready), max(1, per_run)):
-        group = ready[start:start + max(1, per_run)]
+    for start in range(0, len(items), max(1, per_run)):
+        group = items[start:start + max(1, per_run)]
         keys = [key for key, _ in group]
-        digest = hashlib.sha256("|".join(pending for _, pending in group).encode()).hexdigest()[:24]
+        digest = hashlib.sha256("|".join(unique for _, unique in group).encode()).hexdigest()[:24]
         requests.append(dg.RunRequest(
-            job_name=sync_portals_job.name, run_key=f"sync_portals:{digest}",
-            run_config=dg.RunConfig(ops={"drain_portals": FleetSyncConfig(portals=keys)}),
-            # Ahead of bootstraps and maintenance (drains, reconciliation, reference refreshes) in the run
-            # queue: a sync waiting behind them is what users notice.
-            tags={PORTALS_TAG: ",".join(keys), "dagster/priority": SYNC_PRIORITY}))
+            job_name=job.name, run_key=f"{job.name}:{digest}",
+            run_config=dg.RunConfig(ops={op: FleetSyncConfig(portals=keys)}),
+            tags={PORTALS_TAG: ",".join(keys), **(tags or {})}))
     return requests
 
 
@@ -180,7 +188,7 @@ def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal]
             changed.add(key)
         else:
             waiting.append((key, f"{key}:{installed}"))
-    return _resync_requests(waiting, per_run)
+    return _grouped_requests(full_resync_portals_job, "full_resync_portal_group", waiting, per_run)
 
 
 def _resync_runs_naming(context: dg.SensorEvaluationContext, new: dict[str, str], succeeded: bool = False) -> set[str]:
@@ -203,22 +211,6 @@ def _resync_runs_naming(context: dg.SensorEvaluationContext, new: dict[str, str]
                         installs[key] is None or record.create_timestamp >= installs[key]):
                     named.add(key)
     return named
-
-
-def _resync_requests(waiting: list[tuple[str, str]], per_run: int) -> list[dg.RunRequest]:
-    """``full_resync_portals`` runs of up to ``per_run`` portals; ``waiting`` is (portal, what makes
-    this request unique: its install and attempt), hashed into the run key."""
-    requests = []
-    for start in range(0, len(waiting), max(1, per_run)):
-        group = waiting[start:start + max(1, per_run)]
-        keys = [key for key, _ in group]
-        digest = hashlib.sha256("|".join(unique for _, unique in group).encode()).hexdigest()[:24]
-        requests.append(dg.RunRequest(
-            job_name=full_resync_portals_job.name, run_key=f"full_resync_portals:{digest}",
-            run_config=dg.RunConfig(ops={"full_resync_portal_group": FleetSyncConfig(portals=keys)}),
-            # The portals count as busy for later ticks: no change sync while their bootstrap waits or runs.
-            tags={PORTALS_TAG: ",".join(keys)}))
-    return requests
 
 
 def _peek(bitrix24: Bitrix24Resource, state: StateStore, portal: str) -> QueuePeek:
@@ -321,7 +313,7 @@ def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCur
             context.log.warning(f"portal {key}: full resync ended without success ({run.status.value}, run "
                                 f"{run.run_id}); asking again ({attempt})")
             again.append((key, f"{key}:{watch[key].bootstrapped}:{attempt}"))
-    return _resync_requests(again, per_run)
+    return _grouped_requests(full_resync_portals_job, "full_resync_portal_group", again, per_run)
 
 
 def _portals_with_active_runs(context: dg.SensorEvaluationContext) -> set[str]:
