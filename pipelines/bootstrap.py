@@ -15,7 +15,7 @@ import dagster as dg
 
 from connectors.sync.staging import SyncMode
 from pipelines.assets import WAREHOUSE_POOL
-from pipelines.fleet import SCAN_MAX_RUNTIME_S, FleetSyncConfig, drain, for_each_portal, warehouse_writes
+from pipelines.fleet import SCAN_MAX_RUNTIME_S, FleetSyncConfig, drain, fleet_job, for_each_portal, warehouse_writes
 from pipelines.reference import refresh_portal
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 
@@ -61,9 +61,7 @@ def _bootstrap(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24
         return loaded
 
 
-@dg.job(name="full_resync_portals", executor_def=dg.in_process_executor,
-        tags={"dagster/max_runtime": str(SCAN_MAX_RUNTIME_S)},
-        description="Bind the offline events of several portals, scan every entity and tombstone what each "
-                    "portal lacks, then load its reference data; each portal is its own partition.")
-def full_resync_portals_job():
-    full_resync_portal_group()
+full_resync_portals_job = fleet_job(
+    "full_resync_portals", full_resync_portal_group,
+    "Bind the offline events of several portals, scan every entity and tombstone what each portal lacks, then "
+    "load its reference data; each portal is its own partition.", SCAN_MAX_RUNTIME_S)

@@ -184,18 +184,22 @@ def drain_error_lane_portals(context: dg.OpExecutionContext, config: FleetSyncCo
         context, config, bitrix24, warehouse, SyncMode.ERROR_LANE, writes, portal, also=dead_letters))
 
 
-@dg.job(name="sync_portals", executor_def=dg.in_process_executor,
-        description="Drain the offline-event queues of several portals in one run (the sensor groups them); "
-                    "each portal is reported as its own partition.")
-def sync_portals_job():
-    drain_portals()
+def fleet_job(name: str, op: dg.OpDefinition, description: str, max_runtime_s: int | None = None) -> dg.JobDefinition:
+    """A multi-portal job of the one ``op`` (its config: a `FleetConfig`), in one process like every
+    job here; ``max_runtime_s`` for the scans, which outlast the instance's run limit."""
+    return dg.GraphDefinition(name=name, node_defs=[op], description=description).to_job(
+        executor_def=dg.in_process_executor,
+        tags={"dagster/max_runtime": str(max_runtime_s)} if max_runtime_s else None)
 
 
-@dg.job(name="drain_error_lanes", executor_def=dg.in_process_executor,
-        description="Retry the objects parked in the error lanes of several portals (event.offline.get error=1) "
-                    "and report each portal's dead letters; each portal is its own partition.")
-def drain_error_lanes_job():
-    drain_error_lane_portals()
+sync_portals_job = fleet_job(
+    "sync_portals", drain_portals,
+    "Drain the offline-event queues of several portals in one run (the sensor groups them); each portal is "
+    "reported as its own partition.")
+drain_error_lanes_job = fleet_job(
+    "drain_error_lanes", drain_error_lane_portals,
+    "Retry the objects parked in the error lanes of several portals (event.offline.get error=1) and report each "
+    "portal's dead letters; each portal is its own partition.")
 
 
 def maintained_portals(instance: dg.DagsterInstance, bitrix24: Bitrix24Resource) -> list[str]:
@@ -209,7 +213,7 @@ def maintained_portals(instance: dg.DagsterInstance, bitrix24: Bitrix24Resource)
 
 
 def fleet_schedule(job: dg.JobDefinition, op_name: str, config_type: type[FleetConfig], cron: str, name: str,
-                   description: str, tags: dict[str, str] | None = None) -> dg.ScheduleDefinition:
+                   description: str) -> dg.ScheduleDefinition:
     """A schedule asking, per tick, for ceil(P / N) runs of ``job`` over the P `maintained_portals`,
     N = ``Bitrix24Resource.maintenance_portals_per_run``, each below the change syncs in the run queue."""
 
@@ -224,7 +228,7 @@ def fleet_schedule(job: dg.JobDefinition, op_name: str, config_type: type[FleetC
             yield dg.RunRequest(
                 run_key=f"{name}:{stamp}:{number}",
                 run_config=dg.RunConfig(ops={op_name: config_type(portals=group)}),
-                tags={MAINTAINED_TAG: ",".join(group), "dagster/priority": MAINTENANCE_PRIORITY, **(tags or {})})
+                tags={MAINTAINED_TAG: ",".join(group), "dagster/priority": MAINTENANCE_PRIORITY})
 
     return _schedule
 

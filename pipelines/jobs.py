@@ -23,6 +23,7 @@ from pipelines.fleet import (
     FleetSyncConfig,
     drain_error_lane_portals,
     drain_error_lanes_job,
+    fleet_job,
     fleet_schedule,
     for_each_portal,
     warehouse_writes,
@@ -109,12 +110,10 @@ def reconcile_portal_group(context: dg.OpExecutionContext, config: FleetReconcil
     return for_each_portal(context, config, work)
 
 
-@dg.job(name="reconcile_portals", executor_def=dg.in_process_executor,
-        tags={"dagster/max_runtime": str(SCAN_MAX_RUNTIME_S)},
-        description="Reconcile several portals in one run (ids and modification times against the warehouse; "
-                    "repairs drift); each portal is its own partition.")
-def reconcile_portals_job():
-    reconcile_portal_group()
+reconcile_portals_job = fleet_job(
+    "reconcile_portals", reconcile_portal_group,
+    "Reconcile several portals in one run (ids and modification times against the warehouse; repairs drift); "
+    "each portal is its own partition.", SCAN_MAX_RUNTIME_S)
 
 
 RECONCILE_SCHEDULE = fleet_schedule(

@@ -30,7 +30,7 @@ from connectors.sync.reference import (
 from connectors.warehouse.reference import ensure_reference_tables
 from connectors.warehouse.sql_warehouse import SqlWarehouse
 from pipelines.assets import GROUP, WAREHOUSE_POOL, asset_key
-from pipelines.fleet import FleetConfig, fleet_schedule, for_each_portal, warehouse_writes
+from pipelines.fleet import FleetConfig, fleet_job, fleet_schedule, for_each_portal, warehouse_writes
 from pipelines.partitions import portals
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 
@@ -146,11 +146,10 @@ def refresh_portal(portal: str, bitrix24: Bitrix24Resource, warehouse: Warehouse
             dg.AssetMaterialization(DEAL_PRODUCT_ROWS, partition=portal, metadata=product_row_numbers(products))]
 
 
-@dg.job(name="refresh_reference_portals", executor_def=dg.in_process_executor,
-        description="Refresh the reference data, stage history and deal product rows of several portals in one "
-                    "run; each portal is its own partition.")
-def refresh_reference_portals_job():
-    refresh_reference_portal_group()
+refresh_reference_portals_job = fleet_job(
+    "refresh_reference_portals", refresh_reference_portal_group,
+    "Refresh the reference data, stage history and deal product rows of several portals in one run; each portal "
+    "is its own partition.")
 
 
 # There are no Bitrix24 events for most reference data (docs/reference-data.md): a schedule refreshes it.

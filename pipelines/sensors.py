@@ -174,9 +174,8 @@ def _full_resyncs(context: dg.SensorEvaluationContext, active: dict[str, Portal]
     partition, or its key in the run's portals tag). Until then it is asked for again on every tick,
     under the same run key while the group is the same (Dagster drops a run key it has seen), so a
     tick that dies between saving state and submitting its runs cannot leave a portal unloaded."""
-    new = {key: portal.installed_at.isoformat() if portal.installed_at else "unknown"
-           for key, portal in active.items() if watch[key].bootstrapped != (
-               portal.installed_at.isoformat() if portal.installed_at else "unknown")}
+    new = {key: portal.install_stamp for key, portal in active.items()
+           if watch[key].bootstrapped != portal.install_stamp}
     if not new:
         return []
     named = _resync_runs_naming(context, new)
@@ -200,8 +199,8 @@ def _resync_runs_naming(context: dg.SensorEvaluationContext, new: dict[str, str]
     known = [moment for moment in installs.values() if moment is not None]
     since = min(known) if known and len(known) == len(installs) else None
     named: set[str] = set()
+    statuses = [dg.DagsterRunStatus.SUCCESS] if succeeded else None
     for job in (full_resync_portals_job.name, FULL_RESYNC_JOB.name):
-        statuses = [dg.DagsterRunStatus.SUCCESS] if succeeded else None
         for record in context.instance.get_run_records(dg.RunsFilter(job_name=job, created_after=since,
                                                                      statuses=statuses)):
             tags = record.dagster_run.tags

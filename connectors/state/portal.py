@@ -41,6 +41,12 @@ class Portal:
     def __post_init__(self) -> None:
         check_portal_key(self.key)
 
+    @property
+    def install_stamp(self) -> str:
+        """This install, as the sensor and the runs record it: ``installed_at`` in ISO 8601, or
+        ``"unknown"`` when the install time was not recorded."""
+        return self.installed_at.isoformat() if self.installed_at else "unknown"
+
 
 @dataclass
 class SensorPortalState:

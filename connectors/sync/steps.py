@@ -813,7 +813,7 @@ def _report_progress(sync: PortalSync, reserved: Reserved) -> None:
     installed = None
     if reserved.mode == SyncMode.FULL_RESYNC:
         portal = sync.state.portal(sync.portal)
-        installed = portal.installed_at.isoformat() if portal and portal.installed_at else "unknown"
+        installed = portal.install_stamp if portal else "unknown"
     # Up to the ledger's page size: the sensor only needs to know whether any wait.
     sync.state.record_progress(sync.portal, parked=len(sync.warehouse.error_lane(sync.portal)), resynced=installed)
 

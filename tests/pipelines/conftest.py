@@ -12,7 +12,7 @@ import pytest
 
 from connectors.receiver import portal_key
 from connectors.state import Portal, open_state_store
-from emulator.testing import ThreadEmulator
+from emulator.testing import ThreadEmulator, run_emulator
 from pipelines.resources import Bitrix24Resource, WarehouseResource
 
 
@@ -20,6 +20,13 @@ from pipelines.resources import Bitrix24Resource, WarehouseResource
 def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test(temp_dir=str(tmp_path)) as test_instance:
         yield test_instance
+
+
+@pytest.fixture
+def emu() -> Iterator[ThreadEmulator]:
+    """The emulator with its seeded default portal, no rate limits (a test file may define its own)."""
+    with run_emulator(limits=False) as running:
+        yield running
 
 
 def install_default_portal(emu: ThreadEmulator, state_path: Path) -> str:

@@ -7,16 +7,14 @@ Real parts: the emulator hosting four portals over loopback HTTP, a DuckDB file,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 
 from connectors.state import open_state_store
 from emulator.portal import User
-from emulator.testing import ThreadEmulator, run_emulator
+from emulator.testing import ThreadEmulator
 from pipelines.definitions import build_definitions
 from pipelines.fleet import FleetSyncConfig
 from pipelines.partitions import portals
@@ -25,12 +23,6 @@ from tests.pipelines.conftest import install_portals, resources_for
 
 NAMES = ["north", "south", "east", "west"]
 COUNTS = {"deal": 40, "contact": 20, "company": 10, "lead": 20, "activity": 20, "item": 0}
-
-
-@pytest.fixture
-def emu() -> Iterator[ThreadEmulator]:
-    with run_emulator(limits=False) as running:
-        yield running
 
 
 def test_one_run_drains_many_portals_and_a_failing_portal_fails_only_its_part(

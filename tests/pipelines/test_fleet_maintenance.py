@@ -10,7 +10,6 @@ the state store on SQLite.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from dagster._core.utils import make_new_run_id
 
 from connectors.state import Portal, open_state_store
 from connectors.warehouse import open_warehouse
-from emulator.testing import ThreadEmulator, run_emulator
+from emulator.testing import ThreadEmulator
 from pipelines import bootstrap
 from pipelines.assets import SYNC_WATERMARK
 from pipelines.definitions import build_definitions
@@ -34,12 +33,6 @@ from tests.pipelines.conftest import install_portals, resources_for
 
 NAMES = ["north", "south", "east", "west"]
 COUNTS = {"deal": 30, "contact": 10, "company": 5, "lead": 10, "activity": 10, "item": 0}
-
-
-@pytest.fixture
-def emu() -> Iterator[ThreadEmulator]:
-    with run_emulator(limits=False) as running:
-        yield running
 
 
 def run(defs: dg.Definitions, instance: dg.DagsterInstance, job: str, op: str,

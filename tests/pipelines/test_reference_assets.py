@@ -4,15 +4,13 @@ new. (The schedule's multi-portal runs: tests/pipelines/test_fleet_maintenance.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import pytest
 
 from emulator.crm.origin import Origin
-from emulator.testing import ThreadEmulator, run_emulator
+from emulator.testing import ThreadEmulator
 from pipelines.assets import asset_key
 from pipelines.partitions import portals
 from pipelines.reference import (
@@ -22,12 +20,6 @@ from pipelines.reference import (
     stage_history,
 )
 from tests.pipelines.conftest import install_default_portal, resources_for
-
-
-@pytest.fixture
-def emu() -> Iterator[ThreadEmulator]:
-    with run_emulator(limits=False) as running:
-        yield running
 
 
 def definitions(emu: ThreadEmulator, tmp_path: Path) -> tuple[dg.Definitions, str]:

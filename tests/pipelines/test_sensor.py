@@ -8,28 +8,20 @@ HTTP calls because it peeks only signalled portals and a bounded round-robin sli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from dagster._core.utils import make_new_run_id
 
 from connectors.bitrix24 import EntityRegistry
 from connectors.receiver import portal_key
 from connectors.state import Portal, open_state_store
 from emulator.events import Origin
-from emulator.testing import ThreadEmulator, run_emulator
+from emulator.testing import ThreadEmulator
 from pipelines.definitions import defs
 from pipelines.resources import Bitrix24Resource
 from pipelines.sensors import POLLS_PER_TICK, RESYNC_ATTEMPTS, offline_events_sensor
-
-
-@pytest.fixture
-def emu() -> Iterator[ThreadEmulator]:
-    with run_emulator(limits=False) as running:
-        yield running
 
 
 def install(emu: ThreadEmulator, state_path: Path, key: str | None = None, tokens: dict | None = None) -> str:
