@@ -21,9 +21,9 @@ as separate ops (or in one process) and a crash between any two leaves a state t
 Queue rows that say reference data changed (a user field, a list item, a smart-process type, a new
 user: `connectors.bitrix24.reference.REFERENCE_EVENTS`) carry no CRM object to re-read: fetch reads
 every dimension for them (two requests, once per run) and stages it, commit replaces the dimensions
-and rebuilds the analysts' views in the transaction that marks the reservations *loaded*, so a row
-is never acknowledged before its refresh is in the warehouse, and a crash before that commit leaves
-the rows reserved for the next run to read and refresh again.
+in the transaction that marks the reservations *loaded* (then rebuilds the analysts' views in one of
+its own), so a row is never acknowledged before its refresh is in the warehouse, and a crash before
+that commit leaves the rows reserved for the next run to read and refresh again.
 
 A full resync (bootstrap) uses the same steps: fetch binds the events (in the request that reads
 the first page of every kind, binds first) and scans every kind, commit also tombstones ids the scan
@@ -670,7 +670,7 @@ def _park(fetched: Fetched, index: EventIndex, key: str, errors: Mapping[int, st
 
 def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
     """Upserts chunk by chunk, then tombstones, error lane, the reference data fetch staged (if the
-    queue said it changed; with the analysts' views rebuilt) and the journal's *loaded* mark in one
+    queue said it changed; the analysts' views are rebuilt after it) and the journal's *loaded* mark in one
     transaction (DESIGN §3 step 5); memory holds one chunk at a time."""
     fetched = Fetched.read(fetched_path)
     committed = Committed(fetched_file=str(fetched_path))
