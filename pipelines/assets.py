@@ -66,7 +66,9 @@ class SyncConfig(dg.Config):
     """The reserve op's settings; the jobs set ``mode`` (`connectors.sync.steps.MODES`)."""
 
     mode: str = "changes"
-    max_events: int = 25_000  # per run; the sensor starts another run for the rest
+    # Queue rows per run; the sensor starts another run for the rest. The step-by-step job reserves at
+    # most connectors.sync.steps.ROUND_EVENTS (25,000) of them, bounding its memory.
+    max_events: int = 25_000
 
 
 RunContext = dg.OpExecutionContext | dg.AssetExecutionContext

@@ -61,7 +61,9 @@ class FleetConfig(dg.Config):
 class FleetSyncConfig(FleetConfig):
     """A queue drain over several portals."""
 
-    max_events: int = 25_000  # per portal; the sensor starts another run for the rest
+    # Queue rows per portal per run, worked through in rounds of connectors.sync.steps.ROUND_EVENTS
+    # (memory stays bounded); the sensor starts another run for the rest.
+    max_events: int = 25_000
 
 
 @dataclass
@@ -137,14 +139,10 @@ def drain(context: dg.OpExecutionContext, config: FleetSyncConfig, bitrix24: Bit
     with portal_sync(context, bitrix24, warehouse, config.max_events, portal=portal, release=True,
                      release_on_error=True) as sync:
         # Reserve and ack write the journal, commit the rows; fetch only reads (the long part of a scan).
-        with writes:
-            reserved = steps.reserve(sync, mode)
-        fetched_path = steps.fetch(sync, reserved)
-        with writes:
-            committed = steps.commit(sync, fetched_path)
-        with writes:
-            cleared = steps.ack(sync, committed)
-        events = _materializations(portal, committed, cleared) + (also(sync) if also is not None else [])
+        # A backlog above steps.ROUND_EVENTS is worked through in rounds, each reported as it lands.
+        events = [event for done in steps.run_rounds(sync, mode, writes)
+                  for event in _materializations(portal, done.committed, done.cleared)]
+        events += also(sync) if also is not None else []
     # Only after portal_sync closed (it writes the run's HTTP tally there). A failed portal's files
     # stay for debugging until its next run has recovered its reservations and sweeps them.
     shutil.rmtree(sync.staging_dir, ignore_errors=True)

@@ -18,7 +18,7 @@ from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLi
 from connectors.state import open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import default_staging_root, read_json, run_staging_dir
-from connectors.sync.steps import RUN_MODES, run_once
+from connectors.sync.steps import RUN_MODES, run_rounds
 from connectors.warehouse import open_warehouse
 
 
@@ -56,8 +56,15 @@ def main() -> None:
                 open_warehouse(args.warehouse, schema=args.schema, publish_every=args.snapshot_every) as warehouse:
             sync = PortalSync(args.portal, client, warehouse, staging, connector=args.connector,
                               max_events=args.max_events)
-            committed = read_json(run_once(sync, args.mode))
-            print(json.dumps({"tables": committed["tables"], "usage": client.usage.snapshot()["http_requests"]}))
+            tables: dict[str, dict] = {}
+            rounds = 0
+            for done in run_rounds(sync, args.mode):
+                rounds += 1
+                for name, outcome in read_json(done.committed)["tables"].items():
+                    total = tables.setdefault(name, {"table": outcome["table"]})
+                    for key in ("rows_upserted", "rows_ignored_older", "tombstones", "events"):
+                        total[key] = total.get(key, 0) + outcome[key]
+            print(json.dumps({"tables": tables, "rounds": rounds, "usage": client.usage.snapshot()["http_requests"]}))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -63,7 +63,9 @@ class PortalSync:
     warehouse: Warehouse
     staging_dir: Path  # this run's hand-over directory: <root>/<portal>/<run> (connectors.sync.staging)
     connector: str = DEFAULT_CONNECTOR
-    max_events: int = 25_000  # per run; a bigger backlog is worked off by the following runs
+    # Queue rows per run (`steps.run_rounds` takes them ROUND_EVENTS at a time); a bigger backlog is
+    # worked off by the following runs.
+    max_events: int = 25_000
     # Sibling run directories still needed (a run retried from failure reads its parent's files).
     keep_staging: tuple[str, ...] = ()
     # Where look-ups are cached between runs; without one they are kept in this process only.

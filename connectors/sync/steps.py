@@ -37,8 +37,10 @@ Memory is bounded by one chunk: events go to disk as reserved and are read back 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,6 +86,7 @@ from connectors.sync.staging import (
     iter_events,
     read_json,
     read_staged_dimensions,
+    run_staging_dir,
     schema_from_json,
     schema_to_json,
     stage_dimensions,
@@ -107,6 +110,10 @@ RUN_MODES = (SyncMode.CHANGES, SyncMode.FULL_RESYNC, SyncMode.ERROR_LANE)
 JOURNAL_KEEP = timedelta(days=7)  # acked journal entries kept for inspection, then pruned
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"  # `SyncRun.status`
 REREAD_GROUP = 50 * 20  # reservations re-read per round after a crash (20 requests), staged before the next
+# Queue rows a run holds at once (its event index and plan grow with them, ~200 bytes a row at the
+# peak); a run asked for more works through them in rounds (`run_rounds`). At 25,000 a round is a
+# default run, and its 10 fetch requests of 2,500 stay well inside the 10,000-changes bound per round.
+ROUND_EVENTS = 25_000
 
 
 def run_mode(mode: SyncMode | str) -> SyncMode:
@@ -151,9 +158,10 @@ class _Staged:
 def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
     """Recover unfinished work, then reserve new rows; returns the manifest for `fetch`.
 
-    Requests: one per 2,500 rows reserved (the last sub-call's extra row tells a full queue from a
-    dry one, so no empty reserve is sent); recovery look-ups only after a run that did not finish.
-    Raises `ValueError` for a mode a run cannot start with.
+    Reserves at most ``min(sync.max_events, ROUND_EVENTS)`` new rows (a bigger backlog is the next
+    round's or run's). Requests: one per 2,500 rows reserved (the last sub-call's extra row tells a
+    full queue from a dry one, so no empty reserve is sent); recovery look-ups only after a run that
+    did not finish. Raises `ValueError` for a mode a run cannot start with.
     """
     mode = run_mode(mode)
     before = _requests(sync)
@@ -173,11 +181,13 @@ def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
     staged = _Staged(sync, reserved)
     # A drain also takes back the reservations that kept failed messages (journalled *parked*).
     _recover(sync, reserved, staged, parked_too=mode is SyncMode.ERROR_LANE, orphans=unfinished_run)
-    while reserved.event_count < sync.max_events:
-        want = min(CHUNK, sync.max_events - reserved.event_count)
+    # At most one round's rows (the step-by-step jobs run one round; `run_rounds` the rest).
+    limit = min(sync.max_events, ROUND_EVENTS)
+    while reserved.event_count < limit:
+        want = min(CHUNK, limit - reserved.event_count)
         # The probe row only helps a batch after which the run would ask again; the batch that
-        # reaches max_events stops the run anyway, and without it the run's ids fill whole fetches.
-        probe = reserved.event_count + want < sync.max_events
+        # reaches the limit stops the run anyway, and without it the run's ids fill whole fetches.
+        probe = reserved.event_count + want < limit
         try:
             take = sync.queue.reserve_errors if mode is SyncMode.ERROR_LANE else sync.queue.reserve
             result = take(want, probe=probe)
@@ -768,11 +778,64 @@ def _absent_ids(sync: PortalSync, part: TablePart) -> list[int]:
 # --- ack -------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Round:
+    """One pass of reserve -> fetch -> commit -> ack inside a run (`run_rounds`)."""
+
+    sync: PortalSync  # this round's: its own staging directory and row of the sync log
+    committed: Path  # the round's committed manifest (its numbers, for reports)
+    cleared: int  # reservations acknowledged
+
+
+def run_rounds(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES,
+               writes: AbstractContextManager | None = None) -> Iterator[Round]:
+    """The run's four steps in this process, repeated in rounds of at most `ROUND_EVENTS` queue rows
+    until ``sync.max_events`` rows are taken or the queue is dry; yields each round after its ack.
+
+    Why rounds: a run holds its reserved rows' index and plan in memory, so a run asked to drain a
+    million queued changes would grow with the backlog (issue 13 goal 3). Each round is a run of its
+    own to the journal and the sync log (run id ``<run>.<n>:<portal>``, staging directory
+    ``<run>.<n>``), so a crash between rounds leaves exactly what a crash between two runs leaves,
+    and the next round (or run) recovers it the same way. A full resync is one round (it reserves
+    nothing; its scan streams in chunks already).
+
+    ``writes``: entered around reserve, commit and ack (the steps that write; fetch only reads), e.g.
+    a writer-pool slot. Errors of the steps propagate; the rounds before have been acknowledged."""
+    mode = run_mode(mode)
+    writes = writes if writes is not None else nullcontext()
+    taken, number = 0, 0
+    while True:
+        limit = min(ROUND_EVENTS, sync.max_events - taken) if mode is not SyncMode.FULL_RESYNC else sync.max_events
+        part = replace(sync, max_events=limit, staging_dir=_round_dir(sync.staging_dir, number))
+        with writes:
+            reserved_path = reserve(part, mode)
+        fetched_path = fetch(part, reserved_path)
+        with writes:
+            committed = commit(part, fetched_path)
+        with writes:
+            cleared = ack(part, committed)
+        events = Reserved.read(reserved_path).event_count
+        yield Round(part, committed, cleared)
+        if number:
+            shutil.rmtree(part.staging_dir, ignore_errors=True)  # round 0's is the caller's to remove
+        taken += events
+        number += 1
+        # Fewer rows than asked for: the queue is dry (or what is left failed to reserve this time).
+        if mode is SyncMode.FULL_RESYNC or events < limit or taken >= sync.max_events:
+            return
+
+
+def _round_dir(run_dir: Path, number: int) -> Path:
+    """Round 0 works in the run's staging directory, round n in its sibling ``<run>.<n>``."""
+    if number == 0:
+        return run_dir
+    return run_staging_dir(run_dir.parent.parent, run_dir.parent.name, f"{run_dir.name}.{number}")
+
+
 def run_once(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
-    """All four steps in this process; returns the committed manifest (for its numbers)."""
-    committed = commit(sync, fetch(sync, reserve(sync, mode)))
-    ack(sync, committed)
-    return committed
+    """Every round of a run in this process (`run_rounds`); returns the last round's committed
+    manifest (for its numbers: with one round, the run's)."""
+    return list(run_rounds(sync, mode))[-1].committed  # at least one round, a few dozen at most
 
 
 def ack(sync: PortalSync, committed_path: str | Path) -> int:

@@ -19,6 +19,7 @@ import pytest
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OfflineQueue
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
+from connectors.sync import steps
 from connectors.sync.steps import run_once
 from connectors.warehouse import open_warehouse
 from emulator.events import Origin
@@ -177,3 +178,36 @@ def test_a_crashed_error_lane_drain_is_recovered_by_the_next_run(
 
     assert our_queue(emu) == []
     assert compare(emu, duckdb_rows(str(warehouse))) == []
+
+
+def test_a_run_asked_for_more_than_a_round_drains_in_rounds_each_its_own_run_in_the_sync_log(
+        emu: ThreadEmulator, tokens: FileTokenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Memory stays bounded by one round's rows whatever max_events is (issue 13 goal 3); a round of
+    # 200 here stands for the 25,000 of production.
+    monkeypatch.setattr(steps, "ROUND_EVENTS", 200)
+    warehouse_path = tmp_path / "wh.duckdb"
+    sync_once(emu, tokens, warehouse_path, tmp_path / "s0", mode="full_resync")
+    change_many_objects(emu)
+    queued = len(our_queue(emu))
+    assert queued > 600
+
+    app = app_keys(emu)
+    run_dir = tmp_path / "staging" / PORTAL / "run1"
+    with Bitrix24Client(app.session(PORTAL, tokens)) as client, open_warehouse(warehouse_path) as warehouse:
+        sync = PortalSync(PORTAL, client, warehouse, run_dir, max_events=100_000)
+        rounds = list(steps.run_rounds(sync))
+        logged = warehouse.runs(PORTAL, limit=50)
+
+    # ceil(queued / 200) full or partial rounds, plus at most one that finds the queue dry.
+    assert -(-queued // 200) <= len(rounds) <= -(-queued // 200) + 1
+    assert sum(done.cleared for done in rounds) > 0
+    assert our_queue(emu) == []
+    assert compare(emu, duckdb_rows(str(warehouse_path))) == []
+    # Each round is a run to the journal and the sync log, each succeeded.
+    ours = [run for run in logged if run.run_id.startswith("run1")]
+    assert sorted(run.run_id for run in ours) == sorted(
+        ["run1:default"] + [f"run1.{number}:default" for number in range(1, len(rounds))])
+    assert {run.status for run in ours} == {"succeeded"}
+    assert max(run.events for run in ours) <= 200
+    # Later rounds' directories are gone; the run's own is its caller's to remove.
+    assert sorted(path.name for path in run_dir.parent.iterdir()) == ["run1"]
