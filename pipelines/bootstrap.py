@@ -2,7 +2,7 @@
 offline events, scans every entity kind (tombstoning what the portal lacks), then loads its
 reference data, stage history and product rows, so the analysts' views answer as soon as the run ends.
 
-The sensor asks for these runs (up to ``Bitrix24Resource.portals_per_run`` new portals each): one run
+The sensor asks for these runs (up to ``Bitrix24Resource.bootstrap_portals_per_run`` new portals each): one run
 per new portal cost seconds of process start each, and 100 new portals took about 19 minutes that way
 (benchmarks/fleet_bootstrap.py measures the grouped load). Each portal is its own partition, and a
 portal whose resync fails fails only its part (the sensor asks again for it, a bounded number of times).

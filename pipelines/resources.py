@@ -36,7 +36,14 @@ class Bitrix24Resource(dg.ConfigurableResource):
     confirm_current_every_s: float = 120.0
     # Portals with pending rows are drained together, up to this many per run (pipelines.fleet): a
     # run per portal costs seconds of process start and dozens of event-log rows.
-    portals_per_run: int = 25
+    portals_per_run: int = 50
+    # sync_portals runs queued or running at once; while that many are, pending portals wait for the
+    # next run, which then takes more of them (up to portals_per_run). Raise it with the machines that
+    # run them (deploy/): on one 2-core machine more runs only share the same CPU.
+    sync_runs_in_flight: int = 4
+    # New portals per full_resync_portals run: a real portal's first load takes minutes to hours, and a
+    # run's portals share its max runtime (pipelines.bootstrap).
+    bootstrap_portals_per_run: int = 25
     # Scheduled maintenance (error-lane drain, reconciliation, reference refresh) likewise: a schedule
     # tick asks for ceil(portals / this) runs instead of one per portal.
     maintenance_portals_per_run: int = 25

@@ -76,10 +76,11 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
 
     known = set(context.instance.get_dynamic_partitions(portals.name))
     new_partitions = sorted(set(active) - known)
-    requests = _full_resyncs(context, active, watch, changed, bitrix24.portals_per_run)
+    requests = _full_resyncs(context, active, watch, changed, bitrix24.bootstrap_portals_per_run)
 
-    busy = _portals_with_active_runs(context)
-    requests += _failed_resyncs_again(context, cursor, watch, changed, bitrix24.portals_per_run)
+    active_runs = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN_STATUSES)))
+    busy = _portals_of(active_runs)
+    requests += _failed_resyncs_again(context, cursor, watch, changed, bitrix24.bootstrap_portals_per_run)
     # A portal whose resync is asked for now gets no change sync beside it: the resync reads everything.
     busy.update(*(request.tags[PORTALS_TAG].split(",") for request in requests))
     candidates = [key for key, portal_state in watch.items() if portal_state.pending]
@@ -88,21 +89,24 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
     peeked: dict[str, QueuePeek] = {}
     progress = state.progress()
     unconfirmed: dict[str, str] = {}  # quiet portals not confirmed current, and why
-    ready: list[tuple[str, str]] = []  # (portal, its pending state) with rows to drain
+    ready: list[tuple[str, str]] = []  # (portal, what its rows look like) with rows to drain
     for key in candidates:
         portal_state = watch[key]
-        changed.add(key)
         if key in busy:
-            portal_state.pending = True  # its run will see the rows; look again when it is done
+            continue  # its run will see the rows; a pending portal stays pending until it is done
+        changed.add(key)
+        if portal_state.pending:
+            # A push said rows are queued: trusted without a peek. Peeking every signalled portal
+            # one by one took a thousand portals' tick past Dagster's 60-second limit, and a tick
+            # that times out saves nothing, so the next one timed out on the same signals.
+            ready.append((key, "signalled"))
             continue
         portal_state.polled_at = time.time()
         try:
             peek = _peek(bitrix24, state, key)
         except Bitrix24Error as error:
             context.log.warning(f"portal {key}: peek failed: {error}")
-            portal_state.pending = True
-            continue
-        portal_state.pending = False
+            continue  # peeked again when next due
         peeked[key] = peek
         confirm_due = time.time() - (portal_state.confirmed_at or 0.0) >= bitrix24.confirm_current_every_s
         if not peek.depth and key in known and confirm_due:
@@ -116,13 +120,9 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
                 events.append(dg.AssetMaterialization(SYNC_WATERMARK, partition=key, metadata={
                     "confirmed_by": "sensor", "lag_s": 0.0, "events": 0}))
         if peek.depth:
-            # The key follows the pending state and counts launches: a tick evaluated twice asks
-            # once, and a run that failed on the same rows does not block the next (run keys are
-            # never reused, failed runs included).
-            portal_state.launches += 1
-            head = peek.head.row_id if peek.head else 0
-            ready.append((key, f"{key}:{head}:{peek.depth}:{portal_state.launches}"))
-    requests += _sync_requests(ready, bitrix24.portals_per_run)
+            ready.append((key, f"{peek.head.row_id if peek.head else 0}:{peek.depth}"))
+    in_flight = sum(1 for run in active_runs if run.job_name == sync_portals_job.name)
+    requests += _sync_requests(watch, ready, in_flight, bitrix24)
     if peeked:
         events.append(_queue_observation(peeked, unconfirmed))
     # Saved before the tick's result is handed back: a tick that dies later re-reads the same signals
@@ -137,15 +137,34 @@ def _tick(context: dg.SensorEvaluationContext, bitrix24: Bitrix24Resource, state
     )
 
 
-def _sync_requests(ready: list[tuple[str, str]], per_run: int) -> list[dg.RunRequest]:
-    """``sync_portals`` runs of up to ``per_run`` portals each (one portal alone gets one too); ``ready``
-    is (portal, its pending state), hashed into the run key.
+def _sync_requests(watch: dict[str, SensorPortalState], ready: list[tuple[str, str]], in_flight: int,
+                   bitrix24: Bitrix24Resource) -> list[dg.RunRequest]:
+    """``sync_portals`` runs for the ``ready`` portals ((portal, what its rows look like)), up to
+    ``portals_per_run`` each, while fewer than ``sync_runs_in_flight`` such runs are queued or running
+    (``in_flight`` are). Portals beyond that stay pending, least recently launched first next time:
+    under load the runs grow toward ``portals_per_run`` instead of multiplying, since every run costs
+    seconds of process start whatever it drains (benchmarks/scale.py).
 
     Not the partitioned ``sync`` job: its run plans every entity asset of the portal, so each table
     would show as materializing on every sync; ``sync_portals`` reports only what changed."""
+    per_run = max(1, bitrix24.portals_per_run)
+    room = max(0, bitrix24.sync_runs_in_flight - in_flight) * per_run
+    ready = sorted(ready, key=lambda item: (watch[item[0]].polled_at or 0.0, item[0]))
+    launched: list[tuple[str, str]] = []
+    for key, rows in ready:
+        portal_state = watch[key]
+        if len(launched) >= room:
+            portal_state.pending = True  # drained by a later run; no peek needed then
+            continue
+        # The key follows the rows and counts launches: a tick evaluated twice asks once, and a run
+        # that failed on the same rows does not block the next (run keys are never reused).
+        portal_state.pending = False
+        portal_state.launches += 1
+        portal_state.polled_at = time.time()  # handled now: not due for a fallback peek soon
+        launched.append((key, f"{key}:{rows}:{portal_state.launches}"))
     # Ahead of bootstraps and maintenance (drains, reconciliation, reference refreshes) in the run
     # queue: a sync waiting behind them is what users notice.
-    return _grouped_requests(sync_portals_job, "drain_portals", ready, per_run, {"dagster/priority": SYNC_PRIORITY})
+    return _grouped_requests(sync_portals_job, "drain_portals", launched, per_run, {"dagster/priority": SYNC_PRIORITY})
 
 
 def _grouped_requests(job: dg.JobDefinition, op: str, items: list[tuple[str, str]], per_run: int,
@@ -315,7 +334,7 @@ def _failed_resyncs_again(context: dg.SensorEvaluationContext, cursor: SensorCur
     return _grouped_requests(full_resync_portals_job, "full_resync_portal_group", again, per_run)
 
 
-def _portals_with_active_runs(context: dg.SensorEvaluationContext) -> set[str]:
-    runs = context.instance.get_runs(filters=dg.RunsFilter(statuses=list(ACTIVE_RUN_STATUSES)))
+def _portals_of(runs: list[dg.DagsterRun]) -> set[str]:
+    """The portals ``runs`` work on: single-portal runs by partition, grouped ones by their tag."""
     busy = {run.tags["dagster/partition"] for run in runs if "dagster/partition" in run.tags}
     return busy.union(*(run.tags[PORTALS_TAG].split(",") for run in runs if run.tags.get(PORTALS_TAG)))

@@ -8,6 +8,7 @@ HTTP calls because it peeks only signalled portals and a bounded round-robin sli
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,9 +59,9 @@ def evaluate(instance: dg.DagsterInstance, resource: Bitrix24Resource, cursor: s
     return result
 
 
-def resource_for(emu: ThreadEmulator, state_path: Path) -> Bitrix24Resource:
+def resource_for(emu: ThreadEmulator, state_path: Path, **settings) -> Bitrix24Resource:
     return Bitrix24Resource(client_id=emu.client_id, client_secret=emu.client_secret,
-                            oauth_token_url=f"{emu.url}/oauth/token/", state_store=str(state_path))
+                            oauth_token_url=f"{emu.url}/oauth/token/", state_store=str(state_path), **settings)
 
 
 def test_a_new_portal_becomes_a_partition_with_a_full_resync(emu: ThreadEmulator, tmp_path: Path) -> None:
@@ -95,10 +96,18 @@ def test_pending_rows_start_one_sync_run_and_are_observed_without_being_read(
         emu.reset_stats()
         second = evaluate(instance, resource, first.cursor)
 
+        # A push is trusted: the sync is asked for without a look at the queue.
         [request] = second.run_requests
         assert request.job_name == "sync_portals" and request.tags["bitrix24/portals"] == key
         assert request.run_config["ops"]["drain_portals"]["config"]["portals"] == [key]
-        [observation] = second.asset_events  # one for the fleet, not one per portal
+        assert emu.stats()["http_requests"] == 0, emu.stats()["methods"]
+
+        # A portal's fallback peek (push lost, or none) observes the queue and asks for a sync too.
+        polling = resource_for(emu, state_path, peek_interval_s=0.0)
+        third = evaluate(instance, polling, second.cursor)
+        [request] = third.run_requests
+        assert request.job_name == "sync_portals" and request.tags["bitrix24/portals"] == key
+        [observation] = third.asset_events  # one for the fleet, not one per portal
         assert observation.asset_key == dg.AssetKey(["bitrix24", "offline_queue"])
         assert isinstance(observation, dg.AssetObservation)
         assert observation.metadata["depth"].value == 1
@@ -201,16 +210,56 @@ def test_a_tick_over_a_thousand_portals_makes_a_bounded_number_of_http_calls(
                 state.record_signal(key)
         emu.reset_stats()
         second = evaluate(instance, resource, first.cursor)
-        # The first tick's 20 due portals were busy (their resync was just asked for) and are peeked
-        # now, with the next 20 due: bounded by the round-robin slice, not by the number of portals.
-        assert emu.stats()["http_requests"] <= 5 + 2 * POLLS_PER_TICK, emu.stats()["methods"]
+        # The 5 signalled portals are trusted without a peek; 20 due ones are peeked: bounded by the
+        # round-robin slice, not by the number of portals (plus one look-up of the plan's features).
+        assert emu.stats()["http_requests"] <= POLLS_PER_TICK + 1, emu.stats()["methods"]
+        assert [r.tags["bitrix24/portals"] for r in second.run_requests] == [",".join(keys[:5])]
         # Per-portal state lives in the state store; the cursor does not grow with the portals.
         assert len(second.cursor) < 300, second.cursor
         with open_state_store(state_path) as state:
             states = state.sensor_states()
         assert len(states) == 1000 and all(states[key].bootstrapped for key in keys)
-        peeked = {*keys[:2 * POLLS_PER_TICK]}  # 20 due per tick, least recently peeked first; the 5 among them
-        assert {key for key, portal_state in states.items() if portal_state.polled_at} == peeked
+        # The 5 launched, then the 20 least recently peeked of the others.
+        assert {key for key, portal_state in states.items() if portal_state.polled_at} == {*keys[:5 + POLLS_PER_TICK]}
+
+
+def test_a_thousand_signalled_portals_wait_for_a_few_big_runs_and_none_is_starved(
+        emu: ThreadEmulator, tmp_path: Path) -> None:
+    """Every signal at once (a thousand portals changing within one tick): the tick must finish well
+    inside Dagster's 60-second limit (it once peeked each portal, timed out, and saved nothing, so every
+    later tick timed out on the same signals), and it asks for at most ``sync_runs_in_flight`` runs of
+    ``portals_per_run``; the rest wait, and go first once those runs have ended."""
+    state_path = tmp_path / "state.sqlite3"
+    tokens = emu.install_tokens()
+    keys = [install(emu, state_path, key=f"portal-{number:04d}.example.com", tokens=tokens)
+            for number in range(1000)]
+    resource = resource_for(emu, state_path, portals_per_run=50, sync_runs_in_flight=4)
+    with dg.instance_for_test() as instance:
+        first = evaluate(instance, resource)  # bootstraps, ended at once
+        with open_state_store(state_path) as state:
+            for key in keys:
+                state.record_signal(key)
+        emu.reset_stats()
+        started = time.monotonic()
+        second = evaluate(instance, resource, first.cursor, status=dg.DagsterRunStatus.STARTED)
+        assert time.monotonic() - started < 20
+        assert emu.stats()["http_requests"] <= POLLS_PER_TICK + 1
+        launched = [r.tags["bitrix24/portals"].split(",") for r in second.run_requests]
+        assert [len(group) for group in launched] == [50, 50, 50, 50]
+
+        # While those four are in flight, nothing more is asked; every other portal stays pending.
+        third = evaluate(instance, resource, second.cursor)
+        assert third.run_requests == []
+        with open_state_store(state_path) as state:
+            pending = {key for key, portal_state in state.sensor_states().items() if portal_state.pending}
+        assert pending == set(keys) - {key for group in launched for key in group}
+
+        # Once they end, the next runs take portals that waited, not the ones just drained.
+        for run in instance.get_runs(filters=dg.RunsFilter(job_name="sync_portals")):
+            instance.report_run_canceled(run)  # ended (how does not matter to the sensor)
+        fourth = evaluate(instance, resource, third.cursor, status=dg.DagsterRunStatus.STARTED)
+        again = {key for r in fourth.run_requests for key in r.tags["bitrix24/portals"].split(",")}
+        assert len(again) == 200 and again <= pending
 
 
 def test_a_full_resync_that_ended_without_success_is_asked_again_once(emu: ThreadEmulator, tmp_path: Path) -> None:
