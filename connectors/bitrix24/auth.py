@@ -29,6 +29,7 @@ from connectors.bitrix24.errors import (
     TransportError,
 )
 from connectors.bitrix24.redaction import MASK, redact, register_secret
+from connectors.bitrix24.tls import tls_context
 
 DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 
@@ -249,7 +250,7 @@ class OAuthSession:
         # the secret and the refresh token stay out of URLs and access logs.
         form = {"grant_type": "refresh_token", "client_id": self.app.client_id,
                 "client_secret": self.app.client_secret, "refresh_token": refresh_token}
-        http = self._http or httpx.Client(timeout=30.0)
+        http = self._http or httpx.Client(timeout=30.0, verify=tls_context())
         try:
             response = http.post(self.app.token_url, data=form)
         except httpx.HTTPError as exc:

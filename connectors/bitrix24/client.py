@@ -34,6 +34,7 @@ from connectors.bitrix24.errors import (
 from connectors.bitrix24.redaction import install_log_filter, redact
 from connectors.bitrix24.retry import RetryPolicy, is_retry_safe
 from connectors.bitrix24.throttle import RateLimits, Throttle
+from connectors.bitrix24.tls import tls_context
 from connectors.bitrix24.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class Bitrix24Client:
         self.usage = Usage()
         self._rng = random.Random(seed)
         self._http = httpx.Client(
-            timeout=timeout, transport=transport, follow_redirects=False,
+            timeout=timeout, transport=transport, follow_redirects=False, verify=tls_context(),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
             headers={"Accept": "application/json", "User-Agent": "bitrix24-warehouse-connector"},
         )

@@ -29,6 +29,7 @@ from connectors.bitrix24.auth import DEFAULT_TOKEN_URL, OAuthApp
 from connectors.bitrix24.errors import Bitrix24Error
 from connectors.bitrix24.redaction import MASK, redact, register_secret
 from connectors.bitrix24.retry import RetryPolicy
+from connectors.bitrix24.tls import tls_context
 
 DEFAULT_SERVER_ENDPOINT = "https://oauth.bitrix.info/rest/"
 # The portal waits for our answer to its callback: a few quick tries, then 503 and the portal retries.
@@ -203,7 +204,9 @@ class InstallVerifier:
         raise InstallUnverifiable(f"the OAuth server's app.info failed {self.retry.attempts} times (last: {reason})")
 
     def _client(self) -> AbstractContextManager[httpx.Client]:
-        return nullcontext(self._http) if self._http is not None else httpx.Client(timeout=self.timeout_s)
+        if self._http is not None:
+            return nullcontext(self._http)
+        return httpx.Client(timeout=self.timeout_s, verify=tls_context())
 
 
 class _AuthQueryFilter(logging.Filter):

@@ -1,9 +1,10 @@
 """PostgreSQL as the state store, for deployments where processes run on several machines.
 
-Each call opens its own connection: the store is used by short-lived calls from several processes,
-and a connection shared across a fork would be unusable in the child. The exception is the request
-bucket, updated once per Bitrix24 request: those statements reuse a few idle connections of this
-process (`close` closes them).
+Calls reuse a few idle connections of this process (`close` closes them): a sync run makes about
+twenty calls per portal (claims, tokens, the look-up cache, the request bucket once per Bitrix24
+request), and a connection each cost a PostgreSQL backend start each, which at a thousand portals was
+a large share of the machine (benchmarks/scale.py). Connections are kept per process: a connection
+shared across a fork would be unusable in the child.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class PostgresStateStore(SqlStateStore):
     def __init__(self, dsn: str, *, schema: str = DEFAULT_SCHEMA) -> None:
         self.schema = check_identifier(schema)
         self._dsn = dsn
-        # Bucket updates come once per Bitrix24 request: they reuse idle connections instead of
-        # opening one each. Kept per process (a forked child must not share its parent's sockets).
+        # Idle connections for the next calls, kept per process (a forked child must not share its
+        # parent's sockets).
         self._idle: list[psycopg.Connection] = []
         self._idle_lock = threading.Lock()
         self._idle_pid = os.getpid()
@@ -54,7 +55,8 @@ class PostgresStateStore(SqlStateStore):
 
     @contextmanager
     def _session(self, *, write: bool) -> Iterator[Run]:
-        with psycopg.connect(self._dsn, autocommit=True) as connection, connection.transaction():
+        """One transaction on an idle connection of this process (or a new one)."""
+        with self._connection() as connection, connection.transaction():
 
             def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
                 cursor = connection.execute(sql, params)
@@ -64,38 +66,48 @@ class PostgresStateStore(SqlStateStore):
 
     @contextmanager
     def _bucket_session(self) -> Iterator[Run]:
+        """Statements in autocommit (one statement, one transaction), as the request bucket needs."""
+        with self._connection() as connection:
+
+            def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
+                cursor = connection.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+
+            yield run
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """An idle connection of this process, checked, or a fresh one; back to the idle ones after a
+        clean exit, closed after an error (its state is unknown)."""
         with self._idle_lock:
             if self._idle_pid != os.getpid():
                 self._idle, self._idle_pid = [], os.getpid()
             connection = self._idle.pop() if self._idle else None
-        reused = connection is not None and not connection.closed
-        if not reused:
+        if connection is not None and (connection.closed or not self._usable(connection)):
+            connection.close()
+            connection = None
+        if connection is None:
             connection = psycopg.connect(self._dsn, autocommit=True)
-
-        def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
-            nonlocal connection, reused
-            try:
-                cursor = connection.execute(sql, params)  # autocommit: one statement, one transaction
-            except psycopg.OperationalError:
-                if not reused:
-                    raise
-                # An idle connection the server dropped (restart, idle timeout): one fresh try. Had
-                # the lost statement committed, the bucket counts one request too many: harmless.
-                connection.close()
-                connection, reused = psycopg.connect(self._dsn, autocommit=True), False
-                cursor = connection.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
-
         try:
-            yield run
+            yield connection
         except BaseException:
-            connection.close()  # its state is unknown; the next call opens a fresh one
+            connection.close()
             raise
         with self._idle_lock:
-            if self._idle_pid == os.getpid() and len(self._idle) < _MAX_IDLE_CONNECTIONS:
+            if self._idle_pid == os.getpid() and len(self._idle) < _MAX_IDLE_CONNECTIONS and not connection.closed:
                 self._idle.append(connection)
                 return
         connection.close()
+
+    @staticmethod
+    def _usable(connection: psycopg.Connection) -> bool:
+        """Whether an idle connection still answers: the server may have dropped it (a restart, an
+        idle timeout). One round trip, far cheaper than the connection it saves."""
+        try:
+            connection.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
 
     def _serialize_signals(self, run: Run) -> None:
         # READ COMMITTED writers could otherwise commit sequence numbers out of order, and a reader
@@ -104,7 +116,7 @@ class PostgresStateStore(SqlStateStore):
             {"key": f"connectors.state signals {self.schema}"})
 
     def close(self) -> None:
-        """Close the idle bucket connections; every other call opens and closes its own."""
+        """Close this process's idle connections."""
         with self._idle_lock:
             idle, self._idle = (self._idle, []) if self._idle_pid == os.getpid() else ([], [])
         for connection in idle:
