@@ -26,6 +26,7 @@ from pipelines.fleet import (
     fleet_job,
     fleet_schedule,
     for_each_portal,
+    portals_with_parked_messages,
     warehouse_writes,
 )
 from pipelines.health import (
@@ -121,8 +122,8 @@ RECONCILE_SCHEDULE = fleet_schedule(
     "Hourly: reconcile every loaded portal, N portals per run (Bitrix24Resource.maintenance_portals_per_run).")
 ERROR_LANE_SCHEDULE = fleet_schedule(
     drain_error_lanes_job, drain_error_lane_portals.name, FleetSyncConfig, "*/15 * * * *", "error_lane_drain",
-    "Every 15 minutes: retry the error lanes of every loaded portal, N portals per run "
-    "(Bitrix24Resource.maintenance_portals_per_run).")
+    "Every 15 minutes: retry the error lanes of the loaded portals whose runs reported parked messages, N portals "
+    "per run (Bitrix24Resource.maintenance_portals_per_run).", portals=portals_with_parked_messages)
 HEALTH_SCHEDULE = dg.ScheduleDefinition(name="health_checks_every_5_minutes", job=HEALTH_JOB,
                                         cron_schedule="*/5 * * * *",
                                         default_status=dg.DefaultScheduleStatus.RUNNING)
