@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OfflineQueue
-from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync import steps
+from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.steps import run_once
 from connectors.warehouse import open_warehouse
 from emulator.events import Origin
