@@ -96,6 +96,12 @@ class BatchResult:
         self.nexts.update(other.nexts)
         self.times.update(other.times)
 
+    def part(self, keys: Iterable[str]) -> BatchResult:
+        """The outcome of the commands ``keys`` only (to keep a few answers of a big batch)."""
+        wanted = set(keys)
+        return BatchResult(*({key: value for key, value in found.items() if key in wanted}
+                             for found in (self.results, self.errors, self.totals, self.nexts, self.times)))
+
     def ok(self, key: str) -> bool:
         return key in self.results and key not in self.errors
 

@@ -8,8 +8,9 @@ come back was deleted or is no longer visible, which is an answer (tombstone), n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from connectors.bitrix24.batch import MAX_COMMANDS, BatchResult, Command, chunked, in_groups, result_ref
@@ -131,13 +132,19 @@ class _Chain:
     """One kind's keyset scan inside `scan_kinds`."""
 
     kind: EntityKind
+    first: str  # the command key of its counted first page
     last_id: int = 0
     pages_left: int | None = None  # planned from the first page's ``total``; None = until a short page
     done: bool = False
 
 
+# Kinds found from a lead's answer, and the lead commands they need before their count.
+MoreKinds = Callable[[], tuple[Sequence[EntityKind], Mapping[str, Command]]]
+
+
 def scan_kinds(client: Bitrix24Client, kinds: Sequence[EntityKind], *,
-               lead: Mapping[str, Command] | None = None) -> Iterator[tuple[str | None, Any]]:
+               lead: Mapping[str, Command] | None = None,
+               more: MoreKinds | None = None) -> Iterator[tuple[str | None, Any]]:
     """Every entity of every kind in ``kinds``, the kinds packed into shared requests.
 
     The first request(s) carry the ``lead`` commands (e.g. ``event.bind``: a batch runs its commands
@@ -148,35 +155,36 @@ def scan_kinds(client: Bitrix24Client, kinds: Sequence[EntityKind], *,
     A kind whose planned pages are all full is finished: rows created after its count come in through
     the offline queue, bound before the count (DESIGN §3). A short page ends a kind early.
 
-    Yields ``(None, BatchResult)`` once (the lead commands' outcome, if any), then
-    ``(kind.key, rows)`` per kind and request, rows in ascending id order (at most 2,500).
-    Raises `MalformedResponse` if a scan does not advance.
+    ``more`` is called once, after the lead's outcome has been yielded (so the caller has taken it),
+    for kinds known only from that answer (smart-process types from a ``crm.type.list`` in the lead)
+    and a lead of their own: the next request(s) carry that lead, then those kinds' counted first
+    pages, and fill the room left with pages of the kinds under way. Kinds found late cost their
+    commands, not a request of their own.
+
+    Yields ``(None, BatchResult)`` once per non-empty lead (``lead``'s, then ``more``'s, each before
+    any rows of its kinds) with the outcome of its commands, then ``(kind.key, rows)`` per kind and
+    request, rows in ascending id order (at most 2,500). Raises `MalformedResponse` if a scan does
+    not advance.
     """
-    chains = [_Chain(kind) for kind in kinds]
-    commands: dict[str, Command] = dict(lead or {})
-    for index, chain in enumerate(chains):
-        params = _list_params(chain.kind, {f">{chain.kind.id_field}": 0})
-        params["order"] = {chain.kind.id_field: "ASC"}
-        params["start"] = 0  # counted: the answer's total plans the pages
-        commands[f"first{index}"] = Command(chain.kind.list_method, params)
+    chains = [_Chain(kind, f"first{index}") for index, kind in enumerate(kinds)]
     outcome = BatchResult({}, {}, {}, {}, {})
-    for part in chunked(commands):
+    for part in chunked({**(lead or {}), **_first_pages(chains)}):
         outcome.absorb(client.batch(part))
     if lead:
-        yield None, outcome
-    for index, chain in enumerate(chains):
-        rows = _advance(chain, outcome.result(f"first{index}"))
-        total = outcome.totals.get(f"first{index}")
-        if not chain.done and total is not None:
-            chain.pages_left = max(0, -(-(total - PAGE_SIZE) // PAGE_SIZE))
-            chain.done = chain.pages_left == 0
-        if rows:
-            yield chain.kind.key, rows
-    while active := [chain for chain in chains if not chain.done]:
+        yield None, outcome.part(lead)
+    later_kinds, later_lead = more() if more is not None else ((), {})
+    starting = [_Chain(kind, f"first{len(chains) + index}") for index, kind in enumerate(later_kinds)]
+    # Sent ahead of any page, in this order: the later lead, then the later kinds' counts.
+    pending = {**later_lead, **_first_pages(starting)}
+    lead_left, later_outcome = set(later_lead), BatchResult({}, {}, {}, {}, {})
+    yield from _started(chains, outcome)
+    while pending or any(not chain.done for chain in chains):
+        batch_commands = dict(islice(pending.items(), MAX_COMMANDS))
+        for key in batch_commands:
+            del pending[key]
         planned: dict[str, tuple[_Chain, int]] = {}  # command key -> (chain, position in its run)
-        batch_commands: dict[str, Command] = {}
-        room = MAX_COMMANDS
-        for number, chain in enumerate(active):
+        room = MAX_COMMANDS - len(batch_commands)
+        for number, chain in enumerate([chain for chain in chains if not chain.done]):
             if room == 0:
                 break
             pages = room if chain.pages_left is None else min(room, chain.pages_left)
@@ -191,6 +199,13 @@ def scan_kinds(client: Bitrix24Client, kinds: Sequence[EntityKind], *,
                 planned[key] = (chain, position)
             room -= pages
         outcome = client.batch(batch_commands)
+        if lead_left:
+            later_outcome.absorb(outcome.part(lead_left))
+            lead_left -= batch_commands.keys()
+            if not lead_left:
+                yield None, later_outcome
+        started = [chain for chain in starting if chain.first in batch_commands]
+        yield from _started(started, outcome)
         chunks: dict[str, list[dict]] = {}
         for key, (chain, _position) in planned.items():
             if chain.done:
@@ -200,12 +215,36 @@ def scan_kinds(client: Bitrix24Client, kinds: Sequence[EntityKind], *,
                 chain.pages_left -= 1
                 chain.done = chain.done or chain.pages_left == 0
             chunks.setdefault(chain.kind.key, []).extend(rows)
+        chains.extend(started)
         for key, rows in chunks.items():
             if rows:
                 yield key, rows
         # Let this request's parsed answer go before the next one arrives, so only one is alive at a
         # time (a 2,500-deal answer is ~25 MB of Python objects).
         outcome, chunks, rows = BatchResult({}, {}, {}, {}, {}), {}, []
+
+
+def _first_pages(chains: Sequence[_Chain]) -> dict[str, Command]:
+    """Each chain's first page, counted (``start=0``): the answer's ``total`` plans its pages."""
+    commands: dict[str, Command] = {}
+    for chain in chains:
+        params = _list_params(chain.kind, {f">{chain.kind.id_field}": 0})
+        params["order"] = {chain.kind.id_field: "ASC"}
+        params["start"] = 0
+        commands[chain.first] = Command(chain.kind.list_method, params)
+    return commands
+
+
+def _started(chains: Sequence[_Chain], outcome: BatchResult) -> Iterator[tuple[str, list[dict]]]:
+    """Each chain's first page from ``outcome``: its rows, and its remaining pages planned."""
+    for chain in chains:
+        rows = _advance(chain, outcome.result(chain.first))
+        total = outcome.totals.get(chain.first)
+        if not chain.done and total is not None:
+            chain.pages_left = max(0, -(-(total - PAGE_SIZE) // PAGE_SIZE))
+            chain.done = chain.pages_left == 0
+        if rows:
+            yield chain.kind.key, rows
 
 
 def _advance(chain: _Chain, result: Any) -> list[dict]:

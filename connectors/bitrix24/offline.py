@@ -115,20 +115,27 @@ class OfflineQueue:
 
         Kept in this process per endpoint and, when the queue has a ``cache``, in that cache for the
         other processes of the portal (`connectors.bitrix24.lookups`)."""
+        features = None if refresh else self.known_features()
+        if features is None:
+            features = features_from(self.client.batch(feature_commands()))
+            if self.cache is not None:
+                self.cache.put(FEATURES, asdict(features))
+            self.remember(features)
+        return features
+
+    def known_features(self) -> Features | None:
+        """The plan features if this process or the cache knows them (younger than an hour), else
+        None; never asks the portal."""
         # Keyed by where the calls go: two portals may share a name in different installations.
         key = self.client.credentials.grant().endpoint
         with _features_lock:
             cached = _features_cache.get(key)
-        if cached and not refresh and time.monotonic() - cached[0] < FEATURES_TTL_S:
+        if cached and time.monotonic() - cached[0] < FEATURES_TTL_S:
             return cached[1]
-        stored = None if refresh or self.cache is None else fresh(self.cache, FEATURES)
-        if stored is not None:
-            features = Features(**stored)
-        else:
-            outcome = self.client.batch(feature_commands())
-            features = features_from(outcome)
-            if self.cache is not None:
-                self.cache.put(FEATURES, asdict(features))
+        stored = None if self.cache is None else fresh(self.cache, FEATURES)
+        if stored is None:
+            return None
+        features = Features(**stored)
         self.remember(features)
         return features
 
@@ -151,6 +158,13 @@ class OfflineQueue:
             return ""
         return self.requested_connector
 
+    def assumed_connector(self) -> str:
+        """The connector key for calls sent before the features are known: `connector` if they are
+        cached, else the key asked for. A ``feature.get`` in the same batch tells whether it held:
+        if `connector` differs afterwards, the portal refused those calls (``WRONG_LICENSE``, facts
+        §2.2) and they must be sent again."""
+        return self.connector if self.known_features() is not None else self.requested_connector
+
     def bind(self, kinds: Iterable[EntityKind]) -> BindResult:
         """Bind every event of ``kinds`` offline with our connector key; bound ones are left alone.
 
@@ -172,17 +186,20 @@ class OfflineQueue:
             and str(row.get("connector_id") or "") == connector
         }
 
-    def bind_commands(self, kinds: Iterable[EntityKind], *, skip: Iterable[str] = ()) -> dict[str, Command]:
+    def bind_commands(self, kinds: Iterable[EntityKind], *, skip: Iterable[str] = (),
+                      connector: str | None = None) -> dict[str, Command]:
         """``event.bind`` (offline, our connector key) for every event of ``kinds`` not in ``skip``.
 
         Binding an event that is bound already is refused with "Handler already binded" and changes
         nothing (facts §2.3), so these may be sent without reading ``event.get`` first."""
-        return self.bind_event_commands((name for kind in kinds for name in kind.bind_events), skip=skip)
+        return self.bind_event_commands((name for kind in kinds for name in kind.bind_events), skip=skip,
+                                        connector=connector)
 
-    def bind_event_commands(self, names: Iterable[str], *, skip: Iterable[str] = ()) -> dict[str, Command]:
-        """``event.bind`` (offline, our connector key) for each event name not in ``skip``, keyed
-        ``bind_<NAME>`` for `bound_from`."""
-        connector = self.connector
+    def bind_event_commands(self, names: Iterable[str], *, skip: Iterable[str] = (),
+                            connector: str | None = None) -> dict[str, Command]:
+        """``event.bind`` (offline) for each event name not in ``skip``, keyed ``bind_<NAME>`` for
+        `bound_from`; with ``connector`` (e.g. `assumed_connector`) as the key, else `connector`."""
+        connector = self.connector if connector is None else connector
         skipped = {name.upper() for name in skip}
         wanted = [name for name in dict.fromkeys(name.upper() for name in names) if name not in skipped]
         return {f"bind_{name}": Command("event.bind", self._with_connector(

@@ -98,6 +98,13 @@ class PortalSync:
                                                      for type_id, title in types)
         return self._registry
 
+    def cached_kinds(self) -> list[EntityKind] | None:
+        """The registry's kinds if the smart-process types are cached (younger than `MAX_AGE`), else
+        None; never asks the portal (a full resync asks in its first scan request instead)."""
+        if self._registry is None and fresh(self.cache, TYPES) is None:
+            return None
+        return list(self.registry)
+
     def fields(self, kind: EntityKind) -> dict[str, dict]:
         """``kind``'s field descriptions (cached ``*.fields``), asked with everything else missing."""
         found = fresh(self.cache, fields_key(kind))
@@ -130,15 +137,17 @@ class PortalSync:
         if commands:
             self.take_lookups(commands, self.client.batch_all(commands))
 
-    def lookup_commands(self, kinds: Iterable[EntityKind], *, everything: bool = False) -> dict[str, Command]:
+    def lookup_commands(self, kinds: Iterable[EntityKind], *, everything: bool = False,
+                        events: bool = True) -> dict[str, Command]:
         """Commands for the fields of ``kinds`` that are missing or stale (with ``everything``, also
-        the features and the types), keyed ``lookup_*``; give their outcome to `take_lookups`."""
+        the features, the types and, unless ``events`` is False, which reference-data events are
+        bound), keyed ``lookup_*``; give their outcome to `take_lookups`."""
         commands: dict[str, Command] = {}
         if everything and fresh(self.cache, FEATURES) is None:
             commands.update({f"lookup_feature_{code}": command for code, command in feature_commands().items()})
         if everything and fresh(self.cache, TYPES) is None:
             commands["lookup_types"] = types_command()
-        if everything and fresh(self.cache, REFERENCE_BINDINGS) is None:
+        if everything and events and fresh(self.cache, REFERENCE_BINDINGS) is None:
             # What the portal can bind (`events`) and what we have bound (`event.get`), facts §2.5-§2.6.
             commands["lookup_events"] = Command("events", {})
             commands["lookup_handlers"] = Command("event.get", {})
@@ -200,21 +209,32 @@ class PortalSync:
         present = self.queue.bound_offline(outcome.results.get("lookup_handlers"))
         return {"listed": wanted, "missing": [name for name in wanted if name not in present]}
 
-    def reference_bind_commands(self) -> dict[str, Command]:
+    def reference_bind_commands(self, connector: str | None = None) -> dict[str, Command]:
         """``event.bind`` commands for the reference-data events the portal lists and we have not
-        bound (from the cached look-up); empty when nothing is missing. A full resync sends them
-        in its first scan request, other runs with `bind_reference_events`."""
-        bindings = (self.cache.get(REFERENCE_BINDINGS) or ({}, None))[0]
-        return self.queue.bind_event_commands(bindings.get("missing", []))
+        bound (from the cached look-up; empty when nothing is missing), or for every one of
+        `REFERENCE_EVENTS` when that look-up is not cached: binds are idempotent and an event the
+        portal does not list is refused on its own (facts §2.3), so sending them blind costs no
+        request where reading ``events`` first would. A full resync sends them in its first scan
+        request, other runs with `bind_reference_events`. ``connector``: as for `bind_event_commands`."""
+        bindings = fresh(self.cache, REFERENCE_BINDINGS)
+        names = REFERENCE_EVENTS if bindings is None else bindings.get("missing", [])
+        return self.queue.bind_event_commands(names, connector=connector)
 
     def reference_bound(self, commands: Mapping[str, Command], outcome: BatchResult) -> None:
-        """Take what the `reference_bind_commands` in ``outcome`` did: nothing is missing any more.
-        Raises the portal's refusal of a bind (other than "already bound")."""
-        result = self.queue.bound_from(commands, outcome)
+        """Take what the `reference_bind_commands` in ``outcome`` did: nothing is missing any more,
+        and what was bound (or was already) is listed. An event the portal does not list
+        (``ERROR_EVENT_NOT_FOUND``, e.g. ``ONUSERADD`` without the ``user`` scope) is not listed.
+        Raises the portal's refusal of a bind (other than "already bound" and "not found")."""
+        unlisted = {key for key, error in outcome.errors.items() if key in commands
+                    and error.code == "ERROR_EVENT_NOT_FOUND"}
+        result = self.queue.bound_from({key: command for key, command in commands.items()
+                                        if key not in unlisted}, outcome)
         bindings = (self.cache.get(REFERENCE_BINDINGS) or ({}, None))[0]
-        self.cache.put(REFERENCE_BINDINGS, {**bindings, "missing": []})
-        log.info("portal %s: bound %d reference-data events offline (%d already bound)", self.portal,
-                 len(result.bound), len(result.already_bound))
+        listed = {*bindings.get("listed", []), *result.bound, *result.already_bound}
+        self.cache.put(REFERENCE_BINDINGS, {**bindings, "listed": [name for name in REFERENCE_EVENTS if name in listed],
+                                            "missing": []})
+        log.info("portal %s: bound %d reference-data events offline (%d already bound, %d not listed)",
+                 self.portal, len(result.bound), len(result.already_bound), len(unlisted))
 
     def bind_reference_events(self) -> None:
         """Bind the missing reference-data events in one ``batch`` (none when nothing is missing: a

@@ -30,7 +30,10 @@ the first page of every kind, binds first) and scans every kind, commit also tom
 did not see, ack has nothing to clear.
 
 Requests (issue 13): look-ups (types, fields, features) come from the portal cache
-(`PortalSync.refresh`), so a change run of up to 2,500 changes costs reserve + fetch + clear.
+(`PortalSync.refresh`), so a change run of up to 2,500 changes costs reserve + fetch + clear. A full
+resync asks the missing ones in its first scan request instead, so N entities of the standard kinds
+on a fresh portal cost ceil(N / 2,500) + 1 requests (smart-process types, found from that request's
+answer, are bound and counted in the next one, in the room the pages leave).
 Memory is bounded by one chunk: events go to disk as reserved and are read back as columns.
 """
 
@@ -66,7 +69,8 @@ from connectors.bitrix24 import (
     frame_and_coercions,
     schema_from_fields,
 )
-from connectors.bitrix24.entities import Action
+from connectors.bitrix24.batch import BatchResult, Command
+from connectors.bitrix24.entities import STANDARD_KINDS, Action
 from connectors.bitrix24.errors import ApiError, Forbidden, InsufficientScope, InvalidArgument, MethodNotFound
 from connectors.bitrix24.fetch import scan_kinds
 from connectors.bitrix24.lookups import TYPES, invalidated_by
@@ -165,13 +169,16 @@ def reserve(sync: PortalSync, mode: SyncMode | str = SyncMode.CHANGES) -> Path:
     """
     mode = run_mode(mode)
     before = _requests(sync)
-    # Whatever look-up is stale (features, types, fields) is asked now, in one request.
-    sync.refresh()
+    if mode is not SyncMode.FULL_RESYNC:
+        # Whatever look-up is stale (features, types, fields) is asked now, in one request; a full
+        # resync asks them in its first scan request instead (`_scan_all`).
+        sync.refresh()
     reserved = Reserved(portal=sync.portal, mode=mode, run_id=sync.run_id,
                         started_at=datetime.now(UTC).isoformat())
     unfinished_run = _open_run(sync, reserved)
     if mode is SyncMode.FULL_RESYNC:
-        # Binding happens in fetch, in the request that reads the first pages (binds first).
+        # Binding happens in fetch, in the request that reads the first pages (binds first), with the
+        # look-ups.
         reserved.requests = _requests(sync) - before
         return reserved.write(sync.staging_dir / "reserved.json")
 
@@ -553,31 +560,91 @@ def _fetch_isolating(client: Bitrix24Client, kind: EntityKind,
             {**left_refused, **right_refused})
 
 
+@dataclass
+class _ScanLead:
+    """What a full scan sends ahead of the counts of ``kinds``: their ``event.bind`` commands (so a
+    row changed after a count reaches the queue, DESIGN §3), the reference-data binds, and the
+    look-ups the portal cache lacks (`PortalSync.lookup_commands`)."""
+
+    kinds: list[EntityKind]
+    connector: str  # the connector key the binds carry (`OfflineQueue.assumed_connector`)
+    binds: dict[str, Command]
+    reference_binds: dict[str, Command]
+    lookups: dict[str, Command]
+
+    @classmethod
+    def of(cls, sync: PortalSync, kinds: Sequence[EntityKind], *, first: bool) -> _ScanLead:
+        """The first request's lead (``first``: also features, types and the reference-data binds),
+        or the lead of kinds found from its answer (their binds and fields)."""
+        connector = sync.queue.assumed_connector()
+        binds = sync.queue.bind_commands(kinds, connector=connector)
+        reference = sync.reference_bind_commands(connector) if first else {}
+        return cls(list(kinds), connector, binds, {key: command for key, command in reference.items()
+                                                   if key not in binds},
+                   sync.lookup_commands(kinds, everything=first, events=False))
+
+    @property
+    def commands(self) -> dict[str, Command]:
+        return {**self.binds, **self.reference_binds, **self.lookups}
+
+    def take(self, sync: PortalSync, outcome: BatchResult) -> bool:
+        """Cache the look-ups and check the binds in ``outcome``; False if the binds carried a
+        connector key the plan turned out not to allow (they were refused: bind again). Raises a
+        refusal of a CRM bind; a refused reference-data bind is logged (the schedule covers it)."""
+        sync.take_lookups(self.lookups, outcome)
+        if sync.queue.connector != self.connector:
+            return False
+        bound = sync.queue.bound_from(self.binds, outcome)
+        log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
+                 len(bound.bound), len(bound.already_bound))
+        if self.reference_binds:
+            try:
+                sync.reference_bound(self.reference_binds, outcome)
+            except ApiError as error:
+                # Optional: the schedule refreshes reference data without them; the CRM binds stand.
+                log.warning("portal %s: binding reference-data events was refused (%s)", sync.portal,
+                            redact(str(error)))
+        return True
+
+
 def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
-    """Bind, then scan every kind, the kinds sharing requests (`scan_kinds`)."""
-    kinds = list(sync.registry)
-    seen: dict[str, list[np.ndarray]] = {kind.key: [] for kind in kinds}
+    """Bind, then scan every kind, the kinds sharing requests (`scan_kinds`).
+
+    Look-ups the portal cache lacks (a fresh portal's features, types and fields) ride in the first
+    scan request, ahead of the counts, instead of a request of their own (issue 13: ceil(N / 2,500)
+    + 1 requests for N entities of the standard kinds). The smart-process types are then known only
+    from that answer: their kinds are bound and counted in the next request, in the room the pages
+    leave (`scan_kinds` ``more``). With the features unknown the binds carry the connector key asked
+    for; a plan without ``rest_auth_connector`` refuses them, and the scan starts again with binds
+    that carry none (the first request's pages are dropped: read before a bind took effect)."""
+    known = sync.cached_kinds()
+    kinds = known if known is not None else list(STANDARD_KINDS)
+    leads = [_ScanLead.of(sync, kinds, first=True)]
+    later: list[EntityKind] = []
+
+    def smart_processes() -> tuple[list[EntityKind], dict[str, Command]]:
+        if known is not None:
+            return [], {}
+        standard = {kind.key for kind in kinds}
+        later.extend(kind for kind in sync.registry if kind.key not in standard)
+        if not later:
+            return [], {}
+        leads.append(_ScanLead.of(sync, later, first=False))
+        return later, leads[-1].commands
+
+    seen: dict[str, list[np.ndarray]] = defaultdict(list)
     numbers: dict[str, int] = defaultdict(int)
-    binds = sync.queue.bind_commands(kinds)
-    # The reference-data events the portal lists (look-ups, `events`) and we miss ride along.
-    reference_binds = {key: command for key, command in sync.reference_bind_commands().items() if key not in binds}
-    # Fields not cached yet (a smart-process type seen for the first time) ride in the same request.
-    lookups = sync.lookup_commands(kinds)
     parts: dict[str, TablePart] = {}
-    for key, rows in scan_kinds(sync.client, kinds, lead={**binds, **reference_binds, **lookups}):
+    scan = scan_kinds(sync.client, kinds, lead=leads[0].commands, more=smart_processes)
+    for key, rows in scan:
         if key is None:
-            bound = sync.queue.bound_from(binds, rows)
-            log.info("portal %s: bound %d offline events (%d already bound)", sync.portal,
-                     len(bound.bound), len(bound.already_bound))
-            if reference_binds:
-                try:
-                    sync.reference_bound(reference_binds, rows)
-                except ApiError as error:
-                    # Optional: the schedule refreshes reference data without them; the CRM binds stand.
-                    log.warning("portal %s: binding reference-data events was refused (%s)", sync.portal,
-                                redact(str(error)))
-            sync.take_lookups(lookups, rows)
-            parts = {kind.key: new_table_part(sync, kind) for kind in kinds}
+            lead = leads.pop(0)
+            if not lead.take(sync, rows):
+                scan.close()
+                log.warning("portal %s: the plan does not allow the connector key %r; binding without it "
+                            "and scanning again", sync.portal, lead.connector)
+                return _scan_all(sync, fetched)
+            parts.update((kind.key, new_table_part(sync, kind)) for kind in lead.kinds)
             continue
         kind, part = sync.registry[key], parts[key]
         frame, bad_ids = typed_frame(sync, kind, part, rows)
@@ -588,8 +655,8 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
         stage_frame(sync, part, frame, numbers[key])
         numbers[key] += 1
         failpoint("during_fetch")
-    for kind in kinds:
-        part = parts[kind.key] if parts else new_table_part(sync, kind)
+    for kind in [*kinds, *later]:
+        part = parts[kind.key]
         ids = np.concatenate(seen[kind.key]) if seen[kind.key] else np.empty(0, dtype="int64")
         ids_file = sync.staging_dir / f"{kind.table}.scanned{CHUNK_SUFFIX}"
         write_frame(ids_file, pd.DataFrame({"id": ids}))
