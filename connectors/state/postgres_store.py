@@ -57,23 +57,13 @@ class PostgresStateStore(SqlStateStore):
     def _session(self, *, write: bool) -> Iterator[Run]:
         """One transaction on an idle connection of this process (or a new one)."""
         with self._connection() as connection, connection.transaction():
-
-            def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
-                cursor = connection.execute(sql, params)
-                return cursor.fetchall() if cursor.description else []
-
-            yield run
+            yield _runner(connection)
 
     @contextmanager
     def _bucket_session(self) -> Iterator[Run]:
         """Statements in autocommit (one statement, one transaction), as the request bucket needs."""
         with self._connection() as connection:
-
-            def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
-                cursor = connection.execute(sql, params)
-                return cursor.fetchall() if cursor.description else []
-
-            yield run
+            yield _runner(connection)
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -144,3 +134,13 @@ class PostgresStateStore(SqlStateStore):
                 yield
             finally:
                 connection.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [key])
+
+
+def _runner(connection: psycopg.Connection) -> Run:
+    """A `Run` executing on ``connection``: the rows of a statement that returns some, else []."""
+
+    def run(sql: str, params: Mapping[str, object] | None) -> list[tuple]:
+        cursor = connection.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+    return run
