@@ -19,7 +19,9 @@ Costs are measured over the activity phase (first change to the last change land
 created, rows added to Dagster's ``event_logs``, HTTP requests and 503 answers the portals served
 (emulator stats), CPU seconds of the `dagster dev` process tree and the receiver (user + system of
 every process, including children that exited and were waited for; psutil), peak RSS of that tree
-(sum) and of its largest process. The PostgreSQL server's own CPU is not included.
+(sum) and of its largest process; then, to show whether the machine's CPU is the floor, the share of
+all cores busy over the phase and the CPU seconds of the emulator and of the PostgreSQL server (every
+backend, counted apart from the product's).
 
     python benchmarks/scale.py [--portals 10 100 1000] [--duration-s 300] [--max-bootstrap-s 1200]
 
@@ -125,6 +127,42 @@ def tree_usage(roots: Sequence[int]) -> Usage:
         except (psutil.NoSuchProcess, psutil.AccessDenied):  # exited meanwhile (ZombieProcess included)
             continue
     return Usage(time.time(), cpu, sum(rss), max(rss, default=0), len(rss))
+
+
+def postgres_roots() -> list[int]:
+    """The PostgreSQL server's main processes on this machine (a ``postgres`` process whose parent is
+    not one): `tree_usage` over them counts every backend, including those that exited."""
+    roots = []
+    for proc in psutil.process_iter(["name", "ppid"]):
+        try:
+            if proc.info["name"] == "postgres" and psutil.Process(proc.info["ppid"]).name() != "postgres":
+                roots.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return roots
+
+
+@dataclass(frozen=True)
+class MachineUsage:
+    """Where the machine's CPU went, as cumulative counters to subtract: the whole machine (busy and
+    total CPU seconds over every core), the emulator's process and the PostgreSQL server."""
+
+    busy_s: float
+    total_s: float
+    emulator_cpu_s: float
+    postgres_cpu_s: float
+
+    @classmethod
+    def now(cls, emulator_pid: int) -> MachineUsage:
+        times = psutil.cpu_times()._asdict()
+        # Linux counts guest time inside user time already; iowait is idle time waiting on disk.
+        total = sum(value for name, value in times.items() if name not in ("guest", "guest_nice"))
+        idle = times["idle"] + times.get("iowait", 0.0)
+        return cls(total - idle, total, tree_usage([emulator_pid]).cpu_s, tree_usage(postgres_roots()).cpu_s)
+
+    def busy_since(self, before: MachineUsage) -> float:
+        """Share of all cores' time that was not idle between ``before`` and this reading."""
+        return (self.busy_s - before.busy_s) / max(1e-9, self.total_s - before.total_s)
 
 
 class Sampler(threading.Thread):
@@ -242,6 +280,9 @@ class Activity:
     rss_peak_sum: int
     rss_peak_max: int
     generator_slip_s: float  # how far the writes fell behind their plan at worst
+    machine_busy: float = math.nan  # share of all cores' time not idle over the phase
+    emulator_cpu_s: float = math.nan
+    postgres_cpu_s: float = math.nan
     sensor_tick_s: list[float] = field(default_factory=list)
 
 
@@ -357,6 +398,7 @@ class Bench:
         http_before, s503_before = self.portal_stats()
         events_before = self.event_log_position()
         usage_before = self.sampler.now()
+        machine_before = MachineUsage.now(self.emu.process.pid)
         started = time.time()
         started_mono = time.monotonic()
         changes: list[Change] = []
@@ -382,6 +424,7 @@ class Bench:
             time.sleep(POLL_S)
         ended = time.time()
         usage_after = self.sampler.now()
+        machine_after = MachineUsage.now(self.emu.process.pid)
         events = self.event_rows_since(events_before)
         http_after, s503_after = self.portal_stats()
         runs = Counter(run.job_name for run in self.instance.get_runs(
@@ -402,7 +445,10 @@ class Bench:
             seconds=ended - started, runs=runs, event_rows=sum(events.values()), event_types=events,
             http_requests=http_after - http_before, status_503=s503_after - s503_before,
             cpu_s=usage_after.cpu_s - usage_before.cpu_s, rss_peak_sum=rss_sum, rss_peak_max=rss_max,
-            generator_slip_s=slip, sensor_tick_s=ticks)
+            generator_slip_s=slip, sensor_tick_s=ticks,
+            machine_busy=machine_after.busy_since(machine_before),
+            emulator_cpu_s=machine_after.emulator_cpu_s - machine_before.emulator_cpu_s,
+            postgres_cpu_s=machine_after.postgres_cpu_s - machine_before.postgres_cpu_s)
 
     def wait_until_idle(self, timeout_s: float) -> bool:
         """No run active, twice in a row, within ``timeout_s``; says whether that happened."""
@@ -470,6 +516,9 @@ class Result:
             "HTTP requests/change": a.http_requests / per_change,
             "503s": a.status_503,
             "CPU s/change": a.cpu_s / per_change,
+            "machine CPU busy %": 100.0 * a.machine_busy,
+            "emulator CPU s/change": a.emulator_cpu_s / per_change,
+            "PostgreSQL CPU s/change": a.postgres_cpu_s / per_change,
             "peak RSS tree MB": a.rss_peak_sum / 2**20,
             "peak RSS largest MB": a.rss_peak_max / 2**20,
         }
