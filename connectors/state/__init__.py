@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from connectors.state.errors import InvalidPortalKey, LockTimeout, StateStoreError, UnsupportedStateStore
 from connectors.state.interface import PortalTokens, StateStore
 from connectors.state.portal import Portal, PortalProgress, PortalStatus, SensorPortalState, check_portal_key
-from connectors.state.postgres_store import DEFAULT_SCHEMA, PostgresStateStore
 from connectors.state.sqlite_store import SQLiteStateStore
+
+if TYPE_CHECKING:
+    from connectors.state.postgres_store import PostgresStateStore
 
 __all__ = [
     "InvalidPortalKey",
@@ -31,6 +34,9 @@ __all__ = [
     "open_state_store",
 ]
 
+# The PostgreSQL schema the state store's tables live in unless told otherwise.
+DEFAULT_SCHEMA = "bitrix24_state"
+
 _SQLITE_URL = "sqlite:///"
 _POSTGRES_URLS = ("postgresql://", "postgres://")
 
@@ -39,6 +45,7 @@ def open_state_store(target: str | os.PathLike[str], *, schema: str = DEFAULT_SC
     """A SQLite file path (or ``sqlite:///path``), or a PostgreSQL DSN with ``schema``."""
     text = os.fspath(target)
     if text.startswith(_POSTGRES_URLS):
+        from connectors.state.postgres_store import PostgresStateStore
         return PostgresStateStore(text, schema=schema)
     if text.startswith(_SQLITE_URL):
         text = "/" + text.removeprefix(_SQLITE_URL)  # sqlite:///var/lib/s.sqlite3 -> /var/lib/s.sqlite3
@@ -46,3 +53,12 @@ def open_state_store(target: str | os.PathLike[str], *, schema: str = DEFAULT_SC
         # Only the scheme is echoed: the rest of a URL may hold a password.
         raise UnsupportedStateStore(f"unsupported state store URL scheme: {text.split('://', 1)[0]!r}")
     return SQLiteStateStore(text)
+
+
+def __getattr__(name: str) -> object:
+    # The PostgreSQL store is imported when first asked for: psycopg adds ~13 MB to every process,
+    # and a run on the embedded default (SQLite + DuckDB) never needs it (benchmarks/memory.py).
+    if name == "PostgresStateStore":
+        from connectors.state.postgres_store import PostgresStateStore
+        return PostgresStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

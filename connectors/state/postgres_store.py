@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from connectors.state import DEFAULT_SCHEMA
 from connectors.state.errors import LockTimeout
 from connectors.state.portal import check_portal_key
 from connectors.state.sql_store import Run, SqlStateStore
 from connectors.tables import check_identifier
 
-DEFAULT_SCHEMA = "bitrix24_state"
 _MAX_IDLE_CONNECTIONS = 4
 
 

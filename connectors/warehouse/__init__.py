@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
@@ -33,8 +34,10 @@ from connectors.warehouse.journal import (
     ParkedStatus,
     SyncRun,
 )
-from connectors.warehouse.postgres_warehouse import DEFAULT_SCHEMA, PostgresWarehouse
 from connectors.warehouse.writeback_ledger import PushEntry, PushStatus
+
+if TYPE_CHECKING:
+    from connectors.warehouse.postgres_warehouse import PostgresWarehouse
 
 __all__ = [
     "DuckDBWarehouse",
@@ -65,6 +68,9 @@ __all__ = [
     "open_warehouse",
 ]
 
+# The PostgreSQL schema the warehouse's tables live in unless told otherwise.
+DEFAULT_SCHEMA = "bitrix24"
+
 _DUCKDB_URL = "duckdb:///"
 _POSTGRES_URLS = ("postgresql://", "postgres://")
 
@@ -82,6 +88,7 @@ def open_warehouse(target: str | os.PathLike[str], *, schema: str = DEFAULT_SCHE
     """
     text = os.fspath(target)
     if text.startswith(_POSTGRES_URLS):
+        from connectors.warehouse.postgres_warehouse import PostgresWarehouse
         dsn, url_schema = _without_schema_parameter(text)
         return PostgresWarehouse(dsn, schema=url_schema or schema)
     if text.startswith(_DUCKDB_URL):
@@ -102,3 +109,12 @@ def _without_schema_parameter(url: str) -> tuple[str, str | None]:
         return url, None
     rest = urlencode([(name, value) for name, value in query if name != "schema"])
     return urlunsplit(parts._replace(query=rest)), schemas[-1]
+
+
+def __getattr__(name: str) -> object:
+    # The PostgreSQL warehouse is imported when first asked for: psycopg and pyarrow.csv add ~15 MB to
+    # every process, and a run on the embedded default (DuckDB) never needs them (benchmarks/memory.py).
+    if name == "PostgresWarehouse":
+        from connectors.warehouse.postgres_warehouse import PostgresWarehouse
+        return PostgresWarehouse
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,6 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pyarrow import feather
 
 from connectors.tables import ColumnType, TableSchema
@@ -95,7 +94,10 @@ def _read(table_name: str, rows: Rows) -> pa.Table:
             magic = file.read(len(_ARROW_FILE_MAGIC))
         # The sync's staged chunks are Arrow IPC (`connectors.sync.staging.write_frame`); callers may
         # still hand over Parquet. The file's own magic bytes say which, whatever its name.
-        return feather.read_table(rows) if magic == _ARROW_FILE_MAGIC else pq.read_table(rows)
+        if magic == _ARROW_FILE_MAGIC:
+            return feather.read_table(rows)
+        import pyarrow.parquet as pq  # only for chunks staged as Parquet (~9 MB when imported)
+        return pq.read_table(rows)
     raise FrameContractError(table_name, f"expected a DataFrame, Arrow table or Parquet path, "
                                          f"got {type(rows).__name__}")
 

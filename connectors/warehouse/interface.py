@@ -192,6 +192,11 @@ class Warehouse(ABC):
     def publish_snapshot(self) -> Path | None:
         """Publish the read-only copy for analysts now; None where the engine needs none."""
 
+    def release_memory(self) -> None:
+        """Give back what the engine caches in this process between steps (a no-op where the engine
+        lives in its own server). Called after a commit step; the next statement reads from disk."""
+        return None
+
     @abstractmethod
     def close(self) -> None: ...
 

@@ -21,14 +21,11 @@ import pyarrow.csv as csv
 from psycopg.conninfo import conninfo_to_dict
 
 from connectors.tables import ColumnType, TableSchema, check_identifier
-from connectors.warehouse import journal, versioning
+from connectors.warehouse import DEFAULT_SCHEMA, journal, versioning
 from connectors.warehouse.errors import WarehouseBusy
 from connectors.warehouse.frames import StagedRows, without_nul
 from connectors.warehouse.layout import TableNames, postgres_dialect, quote
 from connectors.warehouse.sql_warehouse import SqlWarehouse
-
-DEFAULT_SCHEMA = "bitrix24"
-
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,8 @@ file cannot be spilled until a checkpoint, so without one a long change run ends
 
 from __future__ import annotations
 
+import secrets
+
 from connectors.warehouse.duckdb_warehouse import DuckDBWarehouse
 from tests.warehouse.entities import PORTAL, deal_frame, deals_schema, later
 
@@ -43,3 +45,34 @@ def test_a_long_run_of_updates_stays_inside_the_memory_limit(tmp_path) -> None:
             (deals * (len(rounds) + 1), deals)]
         assert warehouse.query("SELECT current_setting('memory_limit')")[0][0].endswith("MiB")
     assert (tmp_path / "warehouse.duckdb.tmp").stat().st_mode & 0o077 == 0
+
+
+RELEASED = 8 * 1024 * 1024  # what release_memory lowers the limit to for a moment
+ROWS = 40_000  # with an incompressible kilobyte each: ~30 MB of cached blocks
+
+
+def _cached_bytes(warehouse: DuckDBWarehouse) -> int:
+    return warehouse.query("SELECT sum(memory_usage_bytes) FROM duckdb_memory()")[0][0]
+
+
+def test_release_memory_empties_the_buffer_pool_and_keeps_the_limit(tmp_path) -> None:
+    """Between a commit and the next round's fetch the table's cached blocks are given back."""
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:  # the default limit (96 MB)
+        for start in range(1, ROWS + 1, CHUNK):
+            frame = deal_frame(list(range(start, start + CHUNK)), stage="NEW", modified=later(0))
+            # An incompressible kilobyte per row, so the blocks DuckDB caches are many.
+            frame["_raw"] = [f'{raw[:-1]}, "PAD": "{secrets.token_hex(500)}"}}' for raw in frame["_raw"]]
+            with warehouse.transaction(publish=False) as tx:
+                tx.upsert(PORTAL, SCHEMA, frame)
+        warehouse.checkpoint()
+        assert warehouse.query("SELECT count(*) FROM deals WHERE length(_raw) > 1000") == [(ROWS,)]
+        before = _cached_bytes(warehouse)
+        assert before > 3 * RELEASED
+        limit = warehouse.query("SELECT current_setting('memory_limit')")
+
+        warehouse.release_memory()
+
+        assert _cached_bytes(warehouse) <= RELEASED
+        assert warehouse.query("SELECT current_setting('memory_limit')") == limit
+        # The data is read back from the file.
+        assert warehouse.query("SELECT count(*) FROM deals WHERE length(_raw) > 1000") == [(ROWS,)]

@@ -3,6 +3,8 @@ print a password."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -38,3 +40,13 @@ def test_a_postgres_dsn_opens_postgres_and_its_repr_hides_the_password() -> None
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as connection:
             connection.execute('DROP SCHEMA IF EXISTS "wh_test_repr" CASCADE')
+
+
+def test_a_run_on_the_embedded_default_does_not_load_the_postgresql_driver() -> None:
+    """psycopg (and pyarrow's CSV writer) cost ~15 MB in every run process (benchmarks/memory.py);
+    they are imported when a PostgreSQL store or warehouse is first opened, not before."""
+    probe = ("import sys, connectors.sync.__main__, pipelines.definitions; "
+             "print(sorted(m for m in ('psycopg', 'pyarrow.csv', 'pyarrow.parquet') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert loaded.stdout.strip() == "[]", loaded.stderr[-2000:]
