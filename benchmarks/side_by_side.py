@@ -17,8 +17,9 @@ seed, same counts), one after the other, on the same work:
 Every result is checked against the emulator's ground truth (ids, modification times, titles,
 deletions) and the table says so. The product runs its real code path: `connectors.sync.steps`
 (``run_once``: reserve -> fetch -> commit -> ack) with ``full_resync`` for a full load and
-``changes`` for the change run, typed, with history and upsert, into a DuckDB file. The peers are
-written as their users write them (``benchmarks/peers/``): fast_bitrix24's ``get_all`` without
+``changes`` for the change run, typed, with history and upsert, into a DuckDB file, with a SQLite
+state store (tokens, the portal's request bucket, the look-up cache) as deployed by default. The
+peers are written as their users write them (``benchmarks/peers/``): fast_bitrix24's ``get_all`` without
 ``order`` into a DataFrame and one ``CREATE TABLE AS`` (untyped); dlt with Bitrix24's ``next``
 cursor, no declared column types, ``replace`` then ``merge``; both follow changes by a
 ``>DATE_MODIFY`` high-water mark, which cannot see deletions.
@@ -88,19 +89,22 @@ class Outcome:
 
 def product_child(args: argparse.Namespace) -> None:
     """One sync run of the product (``run_once``) against the emulator; prints its figures as JSON."""
-    from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits
+    from connectors.bitrix24 import Bitrix24Client, OAuthApp, RateLimits, Throttle
+    from connectors.state import open_state_store
     from connectors.sync.portal import PortalSync
     from connectors.sync.steps import run_once
     from connectors.warehouse import open_warehouse
 
-    store = FileTokenStore(Path(args.tokens))
     app = OAuthApp(args.client_id, args.client_secret, token_url=args.token_url)
     # "none": a bucket the run never fills, so the client never waits (the emulator refuses nothing).
     limits = RateLimits.standard() if args.limits == "standard" else RateLimits(burst=10**9, drain_per_s=1e9)
     cpu, wall = time.process_time(), time.perf_counter()
-    with Bitrix24Client(app.session(PORTAL, store), limits=limits) as client, \
+    # As deployed by default: tokens, the portal's request bucket and the look-up cache in a SQLite state store.
+    with open_state_store(args.state_store) as state, \
+            Bitrix24Client(app.session(PORTAL, state.tokens),
+                           throttle=Throttle(limits, shared=state, portal=PORTAL)) as client, \
             open_warehouse(Path(args.warehouse)) as warehouse:
-        sync = PortalSync(PORTAL, client, warehouse, Path(args.staging))
+        sync = PortalSync(PORTAL, client, warehouse, Path(args.staging), state=state)
         committed = json.loads(Path(run_once(sync, args.mode)).read_text())
     rows = sum(table["rows_upserted"] for table in committed["tables"].values())
     print(json.dumps({"rows": rows, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
@@ -108,15 +112,16 @@ def product_child(args: argparse.Namespace) -> None:
 
 
 def run_product(emu: RunningEmulator, work_dir: Path, mode: str, limits: str) -> Outcome:
-    tokens = work_dir / "tokens"
-    if not tokens.exists():
-        from connectors.bitrix24 import FileTokenStore
+    state = work_dir / "state.sqlite3"
+    if not state.exists():
+        from connectors.state import open_state_store
 
-        FileTokenStore(tokens).save(PORTAL, emu.install_tokens())
+        with open_state_store(state) as store:
+            store.save_token(PORTAL, emu.install_tokens())
     staging = work_dir / f"staging-{mode}"
     return _child(emu, [sys.executable, str(Path(__file__).resolve()), "product", "--mode", mode,
                         "--limits", limits, "--token-url", emu.token_url, "--client-id", emu.client_id,
-                        "--client-secret", emu.client_secret, "--tokens", str(tokens),
+                        "--client-secret", emu.client_secret, "--state-store", str(state),
                         "--warehouse", str(work_dir / "product.duckdb"), "--staging", str(staging)])
 
 
@@ -314,7 +319,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
     child = sub.add_parser("product", help="(internal) one product run in this process")
-    for name in ("mode", "limits", "token-url", "client-id", "client-secret", "tokens", "warehouse", "staging"):
+    for name in ("mode", "limits", "token-url", "client-id", "client-secret", "state-store", "warehouse", "staging"):
         child.add_argument(f"--{name}", required=True)
     parser.add_argument("--deals-requests", type=int, default=20_000)
     parser.add_argument("--deals-cpu", type=int, default=100_000)

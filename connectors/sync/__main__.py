@@ -14,18 +14,23 @@ import shutil
 import uuid
 from pathlib import Path
 
-from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits, TokenStore
-from connectors.state import open_state_store
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits, Throttle
+from connectors.state import StateStore, open_state_store
 from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
 from connectors.sync.staging import default_staging_root, read_json, run_staging_dir
 from connectors.sync.steps import RUN_MODES, run_rounds
 from connectors.warehouse import open_warehouse
 
 
-def token_store(args: argparse.Namespace) -> TokenStore:
-    if args.tokens_dir:
-        return FileTokenStore(Path(args.tokens_dir))
-    return open_state_store(args.state_store or os.environ["B24_STATE_STORE"]).tokens
+def open_client(args: argparse.Namespace, app: OAuthApp, limits: RateLimits,
+                state: StateStore | None) -> Bitrix24Client:
+    """With a state store, as a Dagster run: its tokens, and the portal's one request bucket shared
+    with every other process of the deployment (facts §6.1). With ``--tokens-dir``, tokens in files
+    and a bucket of this process's own."""
+    if state is None:
+        return Bitrix24Client(app.session(args.portal, FileTokenStore(Path(args.tokens_dir))), limits=limits)
+    return Bitrix24Client(app.session(args.portal, state.tokens),
+                          throttle=Throttle(limits, shared=state, portal=args.portal))
 
 
 def main() -> None:
@@ -51,11 +56,13 @@ def main() -> None:
     app = OAuthApp.from_environment()
     limits = RateLimits(burst=args.burst, drain_per_s=args.drain_per_s)
     staging = run_staging_dir(args.staging_dir or default_staging_root(), args.portal, uuid.uuid4().hex)
+    # Look-ups (fields, types, plan) are cached in the state store between runs, as Dagster runs do.
+    state = None if args.tokens_dir else open_state_store(args.state_store or os.environ["B24_STATE_STORE"])
     try:
-        with Bitrix24Client(app.session(args.portal, token_store(args)), limits=limits) as client, \
+        with open_client(args, app, limits, state) as client, \
                 open_warehouse(args.warehouse, schema=args.schema, publish_every=args.snapshot_every) as warehouse:
             sync = PortalSync(args.portal, client, warehouse, staging, connector=args.connector,
-                              max_events=args.max_events)
+                              max_events=args.max_events, state=state)
             tables: dict[str, dict] = {}
             rounds = 0
             for done in run_rounds(sync, args.mode):
@@ -67,6 +74,8 @@ def main() -> None:
             print(json.dumps({"tables": tables, "rounds": rounds, "usage": client.usage.snapshot()["http_requests"]}))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if state is not None:
+            state.close()
 
 
 if __name__ == "__main__":

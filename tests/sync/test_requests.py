@@ -226,3 +226,31 @@ def test_a_plan_without_connector_keys_binds_without_one_when_its_features_were_
             run(fresh, store, state, tmp_path)
         assert fresh.queue() == []
         assert compare(fresh, duckdb_rows(str(tmp_path / "wh.duckdb"))) == []
+
+
+def test_the_command_line_with_a_state_store_caches_look_ups_and_shares_the_portal_bucket(
+        emu: ThreadEmulator, tokens: FileTokenStore, tmp_path: Path) -> None:
+    """`python -m connectors.sync --state-store` runs as a Dagster run does: the look-ups a full
+    resync asked are cached in the store, so the next change run costs reserve, fetch and clear."""
+    store_path = tmp_path / "state.sqlite3"
+    with open_state_store(str(store_path)) as store:
+        store.save_token(PORTAL, tokens.load(PORTAL))
+    env = {**os.environ, "B24_CLIENT_ID": emu.client_id, "B24_CLIENT_SECRET": emu.client_secret,
+           "B24_OAUTH_TOKEN_URL": f"{emu.url}/oauth/token/", "B24_STAGING_DIR": str(tmp_path / "staging")}
+    env.pop(failpoints.ENV, None)
+
+    def cli(mode: str) -> int:
+        emu.reset_stats()
+        done = subprocess.run(
+            [sys.executable, "-m", "connectors.sync", "--portal", PORTAL, "--warehouse", str(tmp_path / "wh.duckdb"),
+             "--state-store", str(store_path), "--mode", mode], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return emu.stats()["http_requests"]
+
+    cli("full_resync")
+    for entity_id in range(1, 101):
+        emu.world.portals[PORTAL].crm.write("deal", "update", entity_id, {"COMMENTS": "cli"}, Origin(user_id=2))
+    assert cli("changes") == 3
+    with open_state_store(str(store_path)) as store:
+        assert store.cached(PORTAL, "types") is not None
+    assert our_queue(emu) == []
