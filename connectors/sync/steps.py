@@ -77,6 +77,7 @@ from connectors.bitrix24.lookups import TYPES, invalidated_by
 from connectors.bitrix24.redaction import redact
 from connectors.bitrix24.reference import is_reference_event, load_reference
 from connectors.sync.failpoints import failpoint
+from connectors.sync.heap import give_back_freed_memory
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import (
     CHUNK_SUFFIX,
@@ -343,6 +344,7 @@ def fetch(sync: PortalSync, reserved_path: str | Path) -> Path:
         # Moved out of the reservation now, before anything can acknowledge it (facts §2.10).
         sync.queue.fail(process_id, message_ids, error_lane=reserved.mode == SyncMode.ERROR_LANE)
     fetched.requests = _requests(sync) - before
+    give_back_freed_memory()  # the answers and frames are staged: the commit should not sit on their heap
     return fetched.write(sync.staging_dir / "fetched.json")
 
 
@@ -802,6 +804,7 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
     # The next round's fetch does not read the warehouse: its peak should not sit on the table's
     # cached blocks (issue 13: one run under 400 MB whatever the backlog).
     sync.warehouse.release_memory()
+    give_back_freed_memory()
     failpoint("after_commit")
     return committed.write(sync.staging_dir / "committed.json")
 

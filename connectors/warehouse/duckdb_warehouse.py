@@ -49,10 +49,11 @@ SETTINGS = {"TimeZone": "UTC", "checkpoint_threshold": "256MB", "preserve_insert
 # kept its blocks cached and peaked at 1.3 GB. With a limit, blocks beyond it are evicted (table data
 # is re-read from the file, uncommitted or unchecked rows spill to the temp directory). 64 MB was too
 # little: draining a million changes into a million-row table failed in an UPDATE, which asked for
-# 16 MB while DuckDB held 47 MB of its 61 MB that it could not evict. 96 MB (was 128) keeps a run
-# under its 400 MB budget (a 100,000-deal load: 370 MB against 402) now that changes arrive in rounds
-# of 25,000 (connectors.sync.steps.run_rounds).
-DEFAULT_MEMORY_LIMIT_MB = 96
+# 16 MB while DuckDB held 47 MB of its 61 MB that it could not evict. 80 MB leaves room for that and
+# keeps a run under its 400 MB budget (benchmarks/memory.py, a million deals: full load 382 MB,
+# a million changes 387 MB; 400 and 401 with 96 MB), with changes arriving in rounds of 25,000
+# (connectors.sync.steps.run_rounds) and the pool emptied after each commit (`release_memory`).
+DEFAULT_MEMORY_LIMIT_MB = 80
 
 # What `DuckDBWarehouse.release_memory` lowers the limit to for a moment, above what cannot be evicted.
 _RELEASED_LIMIT_MB = 8

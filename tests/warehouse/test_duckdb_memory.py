@@ -14,7 +14,7 @@ from tests.warehouse.entities import PORTAL, deal_frame, deals_schema, later
 
 SCHEMA = deals_schema()
 CHUNK = 2_500
-MEMORY_LIMIT_MB = 64  # below the default (128), so the checkpoint rule has to work
+MEMORY_LIMIT_MB = 64  # below the default, so the checkpoint rule has to work
 
 
 def _heavy(ids: range, stage: str, minutes: int):
@@ -57,7 +57,7 @@ def _cached_bytes(warehouse: DuckDBWarehouse) -> int:
 
 def test_release_memory_empties_the_buffer_pool_and_keeps_the_limit(tmp_path) -> None:
     """Between a commit and the next round's fetch the table's cached blocks are given back."""
-    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:  # the default limit (96 MB)
+    with DuckDBWarehouse(tmp_path / "warehouse.duckdb") as warehouse:  # the default memory limit
         for start in range(1, ROWS + 1, CHUNK):
             frame = deal_frame(list(range(start, start + CHUNK)), stage="NEW", modified=later(0))
             # An incompressible kilobyte per row, so the blocks DuckDB caches are many.
