@@ -9,7 +9,7 @@ child's own high-water mark (``VmHWM``, read at its exit), so the emulator's mem
 2. the change backlog: every deal updated once (N queue rows), drained by ONE run with
    ``--max-events N`` (reserve -> fetch -> commit -> ack, all of it in that run).
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/memory.py [--entities 100000 1000000]``.
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/memory.py [--entities 100000 1000000] [--per-step]``.
 Prints per size ``peak_rss_mb_full_load_<n>=`` and ``peak_rss_mb_changes_<n>=``; the last lines are
 ``peak_rss_mb_full_load_1m=`` and ``peak_rss_mb_changes_1m=`` when 1,000,000 was measured.
 """
@@ -45,8 +45,33 @@ sys.argv = ["connectors.sync", *sys.argv[1:]]
 runpy.run_module("connectors.sync", run_name="__main__")
 """
 
+# With ``--per-step``: each step's own peak, the high-water mark reset before it (``clear_refs``), the
+# largest over the run's rounds; and the RSS after the imports. The run's overall peak is then the
+# largest of these, so the headline figures come from runs without this.
+PER_STEP = """
+import json, re, sys, time
+import connectors.sync.steps as steps
 
-def run_sync(emu: ThreadEmulator, scratch: Path, mode: str, max_events: int) -> dict:
+def _status(name):
+    return int(re.search(name + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+
+peaks = {"imports": _status("VmRSS")}
+for name in ("reserve", "fetch", "commit", "ack"):
+    def _wrapped(*args, _step=getattr(steps, name), _name=name, **kwargs):
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current RSS
+        try:
+            return _step(*args, **kwargs)
+        finally:
+            peaks[_name] = max(peaks.get(_name, 0), _status("VmHWM"))
+            peaks[_name + " (after)"] = _status("VmRSS")
+    setattr(steps, name, _wrapped)
+import atexit
+atexit.register(lambda: print("STEP_PEAKS_MB=" + json.dumps(peaks), file=sys.stderr))
+""" + RUNNER
+
+
+def run_sync(emu: ThreadEmulator, scratch: Path, mode: str, max_events: int, per_step: bool = False) -> dict:
     """One run of `python -m connectors.sync` in a child; its peak RSS (MB), wall time and output."""
     env = {**os.environ, "B24_CLIENT_ID": emu.client_id, "B24_CLIENT_SECRET": emu.client_secret,
            "B24_OAUTH_TOKEN_URL": f"{emu.url}/oauth/token/", "B24_STAGING_DIR": str(scratch / "staging"),
@@ -55,7 +80,8 @@ def run_sync(emu: ThreadEmulator, scratch: Path, mode: str, max_events: int) -> 
     started = time.perf_counter()
     with (scratch / f"{mode}.out").open("w+") as out, (scratch / f"{mode}.err").open("w+") as err:
         child = subprocess.Popen(
-            [sys.executable, "-c", RUNNER, "--portal", PORTAL, "--warehouse", str(scratch / "wh.duckdb"),
+            [sys.executable, "-c", PER_STEP if per_step else RUNNER, "--portal", PORTAL,
+             "--warehouse", str(scratch / "wh.duckdb"),
              "--tokens-dir", str(scratch / "tokens"), "--mode", mode, "--max-events", str(max_events),
              "--burst", "1000000", "--drain-per-s", "1000000"],
             env=env, cwd=REPO, stdout=out, stderr=err)
@@ -66,8 +92,10 @@ def run_sync(emu: ThreadEmulator, scratch: Path, mode: str, max_events: int) -> 
         if child.returncode != 0:
             raise RuntimeError(f"{mode} run failed ({child.returncode}):\n{err.read()[-3000:]}")
         summary = json.loads(out.read().strip().splitlines()[-1])
-        peak_kb = int(re.findall(r"VmHWM_KB=(\d+)", err.read())[-1])
-    return {"peak_rss_mb": peak_kb / 1024, "wall_s": wall, "summary": summary}
+        errors = err.read()
+        peak_kb = int(re.findall(r"VmHWM_KB=(\d+)", errors)[-1])
+        steps = json.loads(re.findall(r"STEP_PEAKS_MB=(.+)", errors)[-1]) if per_step else {}
+    return {"peak_rss_mb": peak_kb / 1024, "wall_s": wall, "summary": summary, "steps": steps}
 
 
 def change_every_deal(emu: ThreadEmulator, count: int) -> float:
@@ -81,7 +109,7 @@ def change_every_deal(emu: ThreadEmulator, count: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(count: int) -> dict:
+def measure(count: int, per_step: bool = False) -> dict:
     # Each size is measured in its own child of this script (main), so the emulators of the
     # sizes never share a process.
     seed = {"deal": count, "contact": 0, "company": 0, "lead": 0, "activity": 0, "item": 0}
@@ -89,23 +117,26 @@ def measure(count: int) -> dict:
             run_emulator(limits=False, plan="professional", counts=seed, seed=1) as emu:
         scratch = Path(scratch_dir)
         FileTokenStore(scratch / "tokens").save(PORTAL, emu.install_tokens())
-        full = run_sync(emu, scratch, "full_resync", 25_000)
+        full = run_sync(emu, scratch, "full_resync", 25_000, per_step)
         changed_s = change_every_deal(emu, count)
-        changes = run_sync(emu, scratch, "changes", count)
+        changes = run_sync(emu, scratch, "changes", count, per_step)
     return {"entities": count, "full_load": full, "changes": changes, "seed_changes_s": changed_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entities", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--per-step", action="store_true",
+                        help="also each step's own peak (reserve, fetch, commit, ack: the largest over the rounds)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, print JSON
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.per_step)))
         return
     results = []
     for count in args.entities:
-        done = subprocess.run([sys.executable, __file__, "--one", str(count)], capture_output=True, text=True,
+        flags = ["--per-step"] if args.per_step else []
+        done = subprocess.run([sys.executable, __file__, "--one", str(count), *flags], capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
         if done.returncode != 0:
             raise SystemExit(f"measuring {count:,} failed:\n{done.stderr[-3000:]}")
@@ -118,6 +149,12 @@ def main() -> None:
             rows = sum(t["rows_upserted"] + t["tombstones"] for t in run["summary"]["tables"].values())
             print(f"{result['entities']:>10,} | {label:<28} | {run['peak_rss_mb']:>11.0f} | {run['wall_s']:>8.1f} | "
                   f"{rows:,} ({run['summary']['usage']} requests)")
+    if args.per_step:
+        print("\nper step (MB; VmHWM reset before each step, the largest over the rounds; 'after': RSS at its end)")
+        for result in results:
+            for name in ("full_load", "changes"):
+                print(f"{result['entities']:>10,} {name:<10} " + ", ".join(
+                    f"{step} {mb}" for step, mb in result[name]["steps"].items()))
     for result in results:
         suffix = "1m" if result["entities"] == 1_000_000 else str(result["entities"])
         print(f"peak_rss_mb_full_load_{suffix}={result['full_load']['peak_rss_mb']:.0f}")

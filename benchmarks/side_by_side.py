@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peers.own_peak import peak_rss_mb  # noqa: E402
 from emulator.testing import RunningEmulator, run_emulator_process  # noqa: E402
 
 PORTAL = "default"
@@ -108,7 +108,7 @@ def product_child(args: argparse.Namespace) -> None:
         committed = json.loads(Path(run_once(sync, args.mode)).read_text())
     rows = sum(table["rows_upserted"] for table in committed["tables"].values())
     print(json.dumps({"rows": rows, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_product(emu: RunningEmulator, work_dir: Path, mode: str, limits: str) -> Outcome:

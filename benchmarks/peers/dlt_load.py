@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
+
+from own_peak import peak_rss_mb  # this directory
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
     rows = pipeline.last_trace.last_normalize_info.row_counts.get("deals", 0)
     info.raise_on_failed_jobs()
     print(json.dumps({"rows": rows, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import time
 
 import duckdb
 import pandas as pd
 from fast_bitrix24 import Bitrix
+from own_peak import peak_rss_mb  # this directory
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
@@ -56,7 +56,7 @@ def main() -> None:
         con.execute("COMMIT")
     con.close()
     print(json.dumps({"rows": len(rows), "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 if __name__ == "__main__":
