@@ -600,6 +600,8 @@ def _fmt(value: float) -> str:
         return str(value)
     if math.isnan(value):
         return "-"
+    if 0 < abs(value) < 0.1:
+        return f"{value:.2g}"  # a small cost per change keeps two significant digits, not "0.00"
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
