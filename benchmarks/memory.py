@@ -95,6 +95,8 @@ def run_sync(emu: ThreadEmulator, scratch: Path, mode: str, max_events: int, per
         errors = err.read()
         peak_kb = int(re.findall(r"VmHWM_KB=(\d+)", errors)[-1])
         steps = json.loads(re.findall(r"STEP_PEAKS_MB=(.+)", errors)[-1]) if per_step else {}
+    if steps:  # the high-water mark was reset before each step: the run's peak is the largest step's
+        peak_kb = max(steps.values()) * 1024
     return {"peak_rss_mb": peak_kb / 1024, "wall_s": wall, "summary": summary, "steps": steps}
 
 
