@@ -85,6 +85,20 @@ def test_the_duckdb_instance_is_the_products_default() -> None:
     assert default["concurrency"] == duckdb["concurrency"]
 
 
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_every_instance_keeps_the_products_run_settings(path: Path) -> None:
+    """What the product relies on beyond concurrency, as pipelines/dagster.yaml sets it: freshness
+    policies evaluated, hung runs failed (they would count against sync_runs_in_flight and hold their
+    pool slot forever), retries, the one-second dequeue, one run per portal."""
+    default, instance = _load(REPO / "pipelines" / "dagster.yaml"), _load(path)
+    assert instance["freshness"] == default["freshness"] == {"enabled": True}
+    assert instance["run_monitoring"] == default["run_monitoring"]
+    assert instance["run_retries"] == default["run_retries"]
+    assert instance["run_coordinator"]["config"] == default["run_coordinator"]["config"]
+    assert instance["concurrency"]["runs"]["tag_concurrency_limits"] == \
+        default["concurrency"]["runs"]["tag_concurrency_limits"]
+
+
 @pytest.fixture(scope="module")
 def deploy_database() -> Iterator[dict[str, str]]:
     """A database of its own for the instances' PostgreSQL storage; the variables pointing at it."""
