@@ -80,6 +80,12 @@ class MemoryCache:
         with self._lock:
             self._values[(self.scope, key)] = (value, datetime.now(UTC))
 
+    @classmethod
+    def forget_all(cls) -> None:
+        """Drop what this process cached for every portal (a test starting from a clean process)."""
+        with cls._lock:
+            cls._values.clear()
+
     def forget(self, keys: Iterable[str] | None = None) -> None:
         dropped = None if keys is None else set(keys)
         with self._lock:

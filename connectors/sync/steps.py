@@ -638,25 +638,38 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     numbers: dict[str, int] = defaultdict(int)
     parts: dict[str, TablePart] = {}
     scan = scan_kinds(sync.client, kinds, lead=leads[0].commands, more=smart_processes)
-    for key, rows in scan:
-        if key is None:
-            lead = leads.pop(0)
-            if not lead.take(sync, rows):
-                scan.close()
-                log.warning("portal %s: the plan does not allow the connector key %r; binding without it "
-                            "and scanning again", sync.portal, lead.connector)
-                return _scan_all(sync, fetched)
-            parts.update((kind.key, new_table_part(sync, kind)) for kind in lead.kinds)
-            continue
-        kind, part = sync.registry[key], parts[key]
-        frame, bad_ids = typed_frame(sync, kind, part, rows)
-        if bad_ids:
-            log.error("portal %s: %d %s rows unreadable in the full scan: %s", sync.portal, len(bad_ids),
-                      kind.table, sorted(bad_ids)[:20])
-        seen[key].append(np.fromiter((int(row[kind.id_field]) for row in rows), dtype="int64", count=len(rows)))
-        stage_frame(sync, part, frame, numbers[key])
-        numbers[key] += 1
-        failpoint("during_fetch")
+    try:
+        for key, rows in scan:
+            if key is None:
+                lead = leads.pop(0)
+                if not lead.take(sync, rows):
+                    scan.close()
+                    log.warning("portal %s: the plan does not allow the connector key %r; binding without it "
+                                "and scanning again", sync.portal, lead.connector)
+                    return _scan_all(sync, fetched)
+                parts.update((kind.key, new_table_part(sync, kind)) for kind in lead.kinds)
+                continue
+            kind, part = sync.registry[key], parts[key]
+            frame, bad_ids = typed_frame(sync, kind, part, rows)
+            if bad_ids:
+                log.error("portal %s: %d %s rows unreadable in the full scan: %s", sync.portal, len(bad_ids),
+                          kind.table, sorted(bad_ids)[:20])
+            seen[key].append(np.fromiter((int(row[kind.id_field]) for row in rows), dtype="int64", count=len(rows)))
+            stage_frame(sync, part, frame, numbers[key])
+            numbers[key] += 1
+            failpoint("during_fetch")
+    except (NotFound, InvalidArgument, LookupError) as error:
+        if known is None or (isinstance(error, InvalidArgument) and error.code != "ERROR_EVENT_NOT_FOUND"):
+            raise
+        # The kinds came from the cache and the portal does not know one of them (its events are not
+        # found, its fields or pages answer NOT_FOUND): a smart-process type was deleted and its type
+        # event missed or not bound. Ask the types again and start over, once: with fresh types
+        # (``known`` None) such an answer is the portal's to report.
+        scan.close()
+        log.warning("portal %s: a cached kind is gone from the portal (%s); asking its smart-process types "
+                    "again and scanning again", sync.portal, redact(str(error))[:200])
+        sync.forget([TYPES, "fields:*"])
+        return _scan_all(sync, fetched)
     for kind in [*kinds, *later]:
         part = parts[kind.key]
         ids = np.concatenate(seen[kind.key]) if seen[kind.key] else np.empty(0, dtype="int64")
