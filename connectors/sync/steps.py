@@ -659,8 +659,9 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
             numbers[key] += 1
             failpoint("during_fetch")
     except (NotFound, InvalidArgument, LookupError) as error:
-        if known is None or (isinstance(error, InvalidArgument) and error.code != "ERROR_EVENT_NOT_FOUND"):
-            raise
+        if known is None or isinstance(error, KeyError) or (
+                isinstance(error, InvalidArgument) and error.code != "ERROR_EVENT_NOT_FOUND"):
+            raise  # a KeyError is a bug here, not a portal's answer
         # The kinds came from the cache and the portal does not know one of them (its events are not
         # found, its fields or pages answer NOT_FOUND): a smart-process type was deleted and its type
         # event missed or not bound. Ask the types again and start over, once: with fresh types
