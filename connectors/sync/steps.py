@@ -618,7 +618,9 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     from that answer: their kinds are bound and counted in the next request, in the room the pages
     leave (`scan_kinds` ``more``). With the features unknown the binds carry the connector key asked
     for; a plan without ``rest_auth_connector`` refuses them, and the scan starts again with binds
-    that carry none (the first request's pages are dropped: read before a bind took effect)."""
+    that carry none (the first request's pages are dropped: read before a bind took effect). A cached
+    kind the portal no longer knows (a deleted smart-process type) makes the types be asked again and
+    the scan start over, once."""
     known = sync.cached_kinds()
     kinds = known if known is not None else list(STANDARD_KINDS)
     leads = [_ScanLead.of(sync, kinds, first=True)]
