@@ -49,7 +49,7 @@ runpy.run_module("connectors.sync", run_name="__main__")
 # largest over the run's rounds; and the RSS after the imports. The run's overall peak is then the
 # largest of these, so the headline figures come from runs without this.
 PER_STEP = """
-import json, re, sys, time
+import json, re, sys
 import connectors.sync.steps as steps
 
 def _status(name):

@@ -89,9 +89,9 @@ class Outcome:
 
 def product_child(args: argparse.Namespace) -> None:
     """One sync run of the product (``run_once``) against the emulator; prints its figures as JSON."""
-    from connectors.bitrix24 import Bitrix24Client, OAuthApp, RateLimits, Throttle
+    from connectors.bitrix24 import OAuthApp, RateLimits
     from connectors.state import open_state_store
-    from connectors.sync.portal import PortalSync
+    from connectors.sync.portal import PortalSync, portal_client
     from connectors.sync.steps import run_once
     from connectors.warehouse import open_warehouse
 
@@ -101,8 +101,7 @@ def product_child(args: argparse.Namespace) -> None:
     cpu, wall = time.process_time(), time.perf_counter()
     # As deployed by default: tokens, the portal's request bucket and the look-up cache in a SQLite state store.
     with open_state_store(args.state_store) as state, \
-            Bitrix24Client(app.session(PORTAL, state.tokens),
-                           throttle=Throttle(limits, shared=state, portal=PORTAL)) as client, \
+            portal_client(app, state, PORTAL, limits) as client, \
             open_warehouse(Path(args.warehouse)) as warehouse:
         sync = PortalSync(PORTAL, client, warehouse, Path(args.staging), state=state)
         committed = json.loads(Path(run_once(sync, args.mode)).read_text())

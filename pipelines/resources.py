@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dagster as dg
 
-from connectors.bitrix24 import Bitrix24Client, OAuthApp, OfflineQueue, RateLimits, Throttle
+from connectors.bitrix24 import Bitrix24Client, OAuthApp, OfflineQueue, RateLimits
 from connectors.bitrix24.auth import DEFAULT_TOKEN_URL
 from connectors.state import StateStore, open_state_store
-from connectors.sync.portal import DEFAULT_CONNECTOR
+from connectors.sync.portal import DEFAULT_CONNECTOR, portal_client
 from connectors.warehouse import Warehouse, open_warehouse
 
 OAUTH_TOKEN_URL = DEFAULT_TOKEN_URL
@@ -58,12 +58,7 @@ class Bitrix24Resource(dg.ConfigurableResource):
         app = self.oauth_app()
         limits = RateLimits(burst=self.burst, drain_per_s=self.drain_per_s,
                             operating_limit_s=self.operating_limit_s)
-        store = state or self.state()
-        # Every client of this portal, in any process (sensor peeks, runs, reconcile, the drain, write-back),
-        # takes its requests from the portal's one bucket in the state store: the limit is the
-        # portal's, not the client's (facts §6.1).
-        return Bitrix24Client(app.session(portal, store.tokens),
-                              throttle=Throttle(limits, shared=store, portal=portal))
+        return portal_client(app, state or self.state(), portal, limits)
 
     def queue(self, client: Bitrix24Client) -> OfflineQueue:
         return OfflineQueue(client, self.connector)

@@ -14,9 +14,9 @@ import shutil
 import uuid
 from pathlib import Path
 
-from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits, Throttle
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore, OAuthApp, RateLimits
 from connectors.state import StateStore, open_state_store
-from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
+from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync, portal_client
 from connectors.sync.staging import default_staging_root, read_json, run_staging_dir
 from connectors.sync.steps import RUN_MODES, run_rounds
 from connectors.warehouse import open_warehouse
@@ -29,8 +29,7 @@ def open_client(args: argparse.Namespace, app: OAuthApp, limits: RateLimits,
     and a bucket of this process's own."""
     if state is None:
         return Bitrix24Client(app.session(args.portal, FileTokenStore(Path(args.tokens_dir))), limits=limits)
-    return Bitrix24Client(app.session(args.portal, state.tokens),
-                          throttle=Throttle(limits, shared=state, portal=args.portal))
+    return portal_client(app, state, args.portal, limits)
 
 
 def main() -> None:

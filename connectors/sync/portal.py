@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OfflineQueue
+from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OAuthApp, OfflineQueue, RateLimits, Throttle
 from connectors.bitrix24.batch import BatchResult, Command
 from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
 from connectors.bitrix24.errors import ApiError
@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 # Our own key for auth_connector: a separate queue for us, and our write-backs never come back
 # as events (facts §2.12).
 DEFAULT_CONNECTOR = "b24wh"
+
+
+def portal_client(app: OAuthApp, state: StateStore, portal: str, limits: RateLimits) -> Bitrix24Client:
+    """A client of ``portal`` with its tokens in ``state`` and its requests taken from the portal's one
+    bucket there, shared by every client in any process (sensor peeks, runs, reconcile, the drain,
+    write-back, the command line): the limit is the portal's, not the client's (facts §6.1)."""
+    return Bitrix24Client(app.session(portal, state.tokens), throttle=Throttle(limits, shared=state, portal=portal))
 
 
 class StoreCache:
