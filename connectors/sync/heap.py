@@ -3,7 +3,8 @@
 A step's peak is mostly short-lived Python objects (a fetch holds one 2,500-record answer and its
 typed frame at a time). CPython frees them, but glibc's allocator keeps the freed pages for reuse,
 so the next step (a commit, whose DuckDB buffer pool lives in other memory) stacked its own peak on
-~80 MB of freed but still resident heap: a million-deal full load peaked at 424 MB where the steps
+freed but still resident heap (~80 MB after a fetch, read once with a step wrapper like
+`benchmarks/memory.py --per-step`): a million-deal full load peaked at 424 MB where the steps
 alone need under 400 (`benchmarks/memory.py`, issue 13 goal 3). ``malloc_trim`` returns those pages.
 """
 
@@ -32,7 +33,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 def give_back_freed_memory() -> None:
     """Return the C heap's free pages to the OS (glibc's ``malloc_trim(0)``; a no-op elsewhere). Takes
-    well under a millisecond here (0.07 ms with the product imported); called between steps."""
+    well under a millisecond (0.07 ms, timed once here with the product imported); called between steps."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
