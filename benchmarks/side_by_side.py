@@ -54,7 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.peers.own_peak import peak_rss_mb  # noqa: E402
 from emulator.testing import RunningEmulator, run_emulator_process  # noqa: E402
 
 PORTAL = "default"
@@ -84,30 +83,7 @@ class Outcome:
         return self.rows / self.cpu_s if self.cpu_s else 0.0
 
 
-# --- the product, in a child process -------------------------------------------------------------
-
-
-def product_child(args: argparse.Namespace) -> None:
-    """One sync run of the product (``run_once``) against the emulator; prints its figures as JSON."""
-    from connectors.bitrix24 import OAuthApp, RateLimits
-    from connectors.state import open_state_store
-    from connectors.sync.portal import PortalSync, portal_client
-    from connectors.sync.steps import run_once
-    from connectors.warehouse import open_warehouse
-
-    app = OAuthApp(args.client_id, args.client_secret, token_url=args.token_url)
-    # "none": a bucket the run never fills, so the client never waits (the emulator refuses nothing).
-    limits = RateLimits.standard() if args.limits == "standard" else RateLimits(burst=10**9, drain_per_s=1e9)
-    cpu, wall = time.process_time(), time.perf_counter()
-    # As deployed by default: tokens, the portal's request bucket and the look-up cache in a SQLite state store.
-    with open_state_store(args.state_store) as state, \
-            portal_client(app, state, PORTAL, limits) as client, \
-            open_warehouse(Path(args.warehouse)) as warehouse:
-        sync = PortalSync(PORTAL, client, warehouse, Path(args.staging), state=state)
-        committed = json.loads(Path(run_once(sync, args.mode)).read_text())
-    rows = sum(table["rows_upserted"] for table in committed["tables"].values())
-    print(json.dumps({"rows": rows, "cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
-                      "peak_rss_mb": peak_rss_mb()}))
+# --- the product, in a child process (`peers/product_load.py`) ------------------------------------
 
 
 def run_product(emu: RunningEmulator, work_dir: Path, mode: str, limits: str) -> Outcome:
@@ -118,7 +94,7 @@ def run_product(emu: RunningEmulator, work_dir: Path, mode: str, limits: str) ->
         with open_state_store(state) as store:
             store.save_token(PORTAL, emu.install_tokens())
     staging = work_dir / f"staging-{mode}"
-    return _child(emu, [sys.executable, str(Path(__file__).resolve()), "product", "--mode", mode,
+    return _child(emu, [sys.executable, str(PEERS / "product_load.py"), "--mode", mode,
                         "--limits", limits, "--token-url", emu.token_url, "--client-id", emu.client_id,
                         "--client-secret", emu.client_secret, "--state-store", str(state),
                         "--warehouse", str(work_dir / "product.duckdb"), "--staging", str(staging)])
@@ -316,10 +292,6 @@ def report(results: dict[str, dict[str, Outcome]], args: argparse.Namespace, mil
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command")
-    child = sub.add_parser("product", help="(internal) one product run in this process")
-    for name in ("mode", "limits", "token-url", "client-id", "client-secret", "state-store", "warehouse", "staging"):
-        child.add_argument(f"--{name}", required=True)
     parser.add_argument("--deals-requests", type=int, default=20_000)
     parser.add_argument("--deals-cpu", type=int, default=100_000)
     parser.add_argument("--updates", type=int, default=2_000)
@@ -327,9 +299,6 @@ def main() -> None:
     parser.add_argument("--million-deals", type=int, default=1_000_000, help="0 leaves the memory run out")
     parser.add_argument("--peers-venv", type=Path, default=Path(__file__).resolve().parent / ".venv-peers")
     args = parser.parse_args()
-    if args.command == "product":
-        product_child(args)
-        return
     python = peers_python(args.peers_venv)
     results: dict[str, dict[str, Outcome]] = {}
     for contender in CONTENDERS:

@@ -193,15 +193,16 @@ class EntityRegistry:
             return EventTarget(None, None, None, f"{name}: EVENT_DATA has no FIELDS")
         entity_id = _positive_int(fields.get("ID"))
         candidates = self._by_event.get(name, ())
-        if not candidates:
-            return EventTarget(None, None, entity_id, f"{name}: no registered entity kind")
-        kind = candidates[0]
-        if len(candidates) > 1 or kind.value_style == "item":
+        kind = candidates[0] if candidates else None
+        if kind is None or len(candidates) > 1 or kind.value_style == "item":
             kind = self._dynamic_kind(name, fields, candidates)
             if kind is None:
-                return EventTarget(None, None, entity_id,
-                                   f"{name}: smart-process type {fields.get('ENTITY_TYPE_ID')!r} "
-                                   "is not registered")
+                retired = _retired_item_delete(name, fields, entity_id)
+                if retired is not None:
+                    return retired
+                reason = (f"smart-process type {fields.get('ENTITY_TYPE_ID')!r} is not registered"
+                          if _DYNAMIC_EVENT.match(name) else "no registered entity kind")
+                return EventTarget(None, None, entity_id, f"{name}: {reason}")
         if entity_id is None:
             return EventTarget(kind, None, None, f"{name}: FIELDS.ID is not a positive integer")
         return EventTarget(kind, kind.events[name], entity_id)
@@ -216,6 +217,23 @@ class EntityRegistry:
             if kind.entity_type_id == type_id:
                 return kind
         return None
+
+
+def _retired_item_delete(name: str, fields: Mapping, entity_id: int | None) -> EventTarget | None:
+    """The deletion of an item whose smart-process type the registry does not list, or None.
+
+    Bitrix24 deletes a type only once it has no items (``crm.type.delete``), so a type the portal no
+    longer lists leaves item deletions in the queue, ahead of its ``ONCRMTYPEDELETE``. A deletion
+    needs nothing read from the portal: it still names its table (``items_<entityTypeId>``), whose
+    rows must end tombstoned, not live forever. Additions and updates of an unlisted type stay
+    unknown (they make the types be asked again)."""
+    match = _DYNAMIC_EVENT.match(name)
+    if match is None or match.group(1) != "DELETE" or entity_id is None:
+        return None
+    type_id = _positive_int(fields.get("ENTITY_TYPE_ID")) or (int(match.group(2)) if match.group(2) else None)
+    if type_id is None:
+        return None
+    return EventTarget(smart_process_kind(type_id), Action.DELETE, entity_id)
 
 
 def _smart_process_types(client: Bitrix24Client) -> list[tuple[int, str]]:

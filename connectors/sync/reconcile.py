@@ -24,6 +24,11 @@ With ``repair`` the missing, stale and revived objects are re-read and upserted 
 commit step as the change sync (a revived object whose portal time is newer than its tombstone comes
 back, see `connectors.warehouse.versioning`), the extra ones tombstoned, and the ahead ones re-read
 and written with ``overwrite`` (the portal is the source of truth).
+
+The smart-process types are asked afresh first (``crm.type.list``): a type deleted since the cache was
+filled would otherwise fail the scan. A table of a type the portal no longer lists (``items_<id>``)
+is judged against an empty portal: Bitrix24 deletes a type only once its items are deleted, so every
+row it still holds live is extra.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from connectors.bitrix24 import EntityKind, fetch_by_ids, scan
+from connectors.bitrix24.entities import smart_process_kind
+from connectors.bitrix24.lookups import TYPES
 from connectors.bitrix24.queue_rows import parse_timestamp
 from connectors.sync.portal import PortalSync
-from connectors.sync.staging import Fetched, Reserved, read_json, schema_from_json
+from connectors.sync.staging import Fetched, Reserved, TablePart, read_json, schema_from_json
 from connectors.sync.steps import CHUNK, commit, new_table_part, stage_frame, typed_frame
 from connectors.warehouse import TableNotFound
 
@@ -87,17 +94,26 @@ def reconcile(sync: PortalSync, *, repair: bool = False,
     With ``repair`` the drift found is fixed (see the module docstring); API errors propagate.
     """
     started = datetime.now(UTC)
+    sync.forget([TYPES])
     portal_versions = {kind.key: _portal_versions(sync, kind) for kind in sync.registry}
     queued = sync.queue.queued_objects(sync.registry)
     cutoff = _cutoff(sync, started) - margin
     reports: list[TableReconciliation] = []
     fetched = Fetched(reserved=Reserved(portal=sync.portal, mode="reconcile"))
     overwrites: list[tuple[EntityKind, list[int]]] = []
-    for kind in sync.registry:
-        verdict = _classify(kind.table, portal_versions[kind.key], _stored_versions(sync, kind),
+    for kind in [*sync.registry, *_retired_kinds(sync)]:
+        retired = kind.key not in portal_versions
+        stored = _stored_versions(sync, kind)
+        if retired and stored.empty:  # the table of another portal's type (tables are shared)
+            continue
+        verdict = _classify(kind.table, _NO_VERSIONS if retired else portal_versions[kind.key], stored,
                             queued.get(kind.key, frozenset()), cutoff)
         reports.append(verdict.report)
-        if repair and (verdict.to_fetch or verdict.to_tombstone):
+        if repair and retired and verdict.to_tombstone:
+            now = datetime.now(UTC).isoformat()
+            fetched.tables.append(TablePart(kind=kind.key, table=kind.table, schema_file="", tombstones=[
+                (i, "absent_in_reconciliation", now) for i in verdict.to_tombstone]))
+        elif repair and (verdict.to_fetch or verdict.to_tombstone):
             fetched.tables.append(_repair_part(sync, kind, verdict.to_fetch, verdict.to_tombstone))
         if repair and verdict.to_overwrite:
             overwrites.append((kind, verdict.to_overwrite))
@@ -106,6 +122,17 @@ def reconcile(sync: PortalSync, *, repair: bool = False,
     for kind, ids in overwrites:
         _overwrite(sync, kind, ids)
     return reports
+
+
+_NO_VERSIONS = pd.Series([], index=pd.Index([], name="id", dtype="int64"), dtype="datetime64[ns, UTC]")
+
+
+def _retired_kinds(sync: PortalSync) -> list[EntityKind]:
+    """Smart-process types the warehouse holds a table of (``items_<entityTypeId>``) and the portal
+    does not list (deleted, or another portal's: the portals share the tables)."""
+    listed = {kind.table for kind in sync.registry}
+    return [smart_process_kind(int(name.removeprefix("items_"))) for name in sync.warehouse.entity_tables()
+            if name not in listed and name.startswith("items_") and name.removeprefix("items_").isdigit()]
 
 
 def _cutoff(sync: PortalSync, started: datetime) -> datetime:

@@ -25,7 +25,7 @@ from typing import Self
 import pandas as pd
 import pyarrow as pa
 from pyarrow import feather
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from connectors.bitrix24 import Coercions, QueueEvent
 from connectors.dimensions import DIMENSIONS
@@ -249,6 +249,8 @@ class Fetched(Manifest):
     # with the journal's mark, so an acknowledged row always has its refresh in the warehouse.
     reference_events: int = Field(0, ge=0)
     reference: dict[str, str] = Field(default_factory=dict)
+    # Not handed over: whether this fetch already asked the portal's types after a refusal (`steps`).
+    _types_asked: bool = PrivateAttr(False)
 
     @property
     def failed(self) -> dict[str, set[str]]:

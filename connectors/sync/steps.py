@@ -366,6 +366,9 @@ class EventIndex:
     unregistered_types: bool  # a smart-process event for a type the registry does not know
     reference: int = 0  # events saying reference data changed (refreshed, then acknowledged)
     reference_names: set[str] = field(default_factory=set)
+    # The kinds the events name, by key: the registry's, and retired smart-process types whose item
+    # deletions are still queued (`EntityRegistry.resolve`), which the registry no longer lists.
+    kinds: dict[str, EntityKind] = field(default_factory=dict)
 
     def plan(self) -> dict[str, tuple[np.ndarray, pd.Series]]:
         """Per kind key: ids to fetch (ascending) and, per object, its latest change time and
@@ -396,6 +399,7 @@ def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventInde
                                  "process_id")}
     unknown, names, unregistered, shown = 0, set(), False, 0
     reference, reference_names = 0, set()
+    kinds: dict[str, EntityKind] = {}
     registry = sync.registry
     for event in iter_events(path):
         if event.message_id in discarded:
@@ -414,6 +418,7 @@ def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventInde
                 shown += 1
                 log.warning("portal %s: queue row %s not synced: %s", sync.portal, event.row_id, target.reason)
             continue
+        kinds.setdefault(target.kind.key, target.kind)
         columns["kind"].append(target.kind.key)
         columns["entity_id"].append(target.entity_id)
         columns["delete"].append(target.action is Action.DELETE)
@@ -428,7 +433,7 @@ def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventInde
     frame = pd.concat(pieces, ignore_index=True) if len(pieces) > 1 else pieces[0]
     for name in ("kind", "event_name", "process_id"):
         frame[name] = frame[name].astype("category")
-    return EventIndex(frame, unknown, names, unregistered, reference, reference_names)
+    return EventIndex(frame, unknown, names, unregistered, reference, reference_names, kinds)
 
 
 def _index_piece(columns: dict[str, list]) -> pd.DataFrame:
@@ -464,18 +469,25 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
     plans = index.plan()
     parts: dict[str, TablePart] = {}
     counts = index.frame["kind"].value_counts()
+    listed = {kind.key for kind in sync.registry}
     for key, (_fetch_ids, latest) in plans.items():
-        part = parts[key] = new_table_part(sync, sync.registry[key])
+        kind = index.kinds[key]
+        # A retired smart-process type's rows only need their tombstones: no fields to ask (its
+        # ``crm.item.fields`` answers NOT_FOUND), no schema to evolve (`commit`).
+        part = parts[key] = (new_table_part(sync, kind) if key in listed
+                             else TablePart(kind=key, table=kind.table, schema_file=""))
         deletes = latest[latest["delete"]]
         part.tombstones.extend((int(entity_id), "deleted", at.isoformat())
                                for entity_id, at in deletes["changed_at"].items())
         part.events = int(counts.get(key, 0))
-    for number, piece in enumerate(_slices(sync, plans, CHUNK)):
+    for number, piece in enumerate(_slices(index.kinds, plans, CHUNK)):
         for key, result in _fetch_slice(sync, fetched, index, piece).items():
             part, latest = parts[key], plans[key][1]
             part.tombstones.extend((entity_id, "not_found", latest.at[entity_id, "changed_at"].isoformat())
                                    for entity_id in result.not_found)
-            frame, bad_ids = typed_frame(sync, sync.registry[key], part, result.records)
+            if not result.records:
+                continue
+            frame, bad_ids = typed_frame(sync, index.kinds[key], part, result.records)
             _park(fetched, index, key, {i: "record unreadable (id or modification time)" for i in bad_ids})
             stage_frame(sync, part, frame, number)
         failpoint("during_fetch")
@@ -502,12 +514,13 @@ def _reread_reference(sync: PortalSync, fetched: Fetched, names: list[str]) -> N
     fetched.reference = stage_dimensions(sync.staging_dir, reference.frames)
 
 
-def _slices(sync: PortalSync, plans: Mapping[str, tuple[np.ndarray, pd.Series]], size: int) -> Iterator[ChangePlan]:
+def _slices(kinds: Mapping[str, EntityKind], plans: Mapping[str, tuple[np.ndarray, pd.Series]],
+            size: int) -> Iterator[ChangePlan]:
     """The plan's fetches cut into pieces of ``size`` ids, kinds mixed: one full request each."""
     piece: dict[str, KindPlan] = {}
     room = size
     for key, (ids, _latest) in plans.items():
-        kind, start = sync.registry[key], 0
+        kind, start = kinds[key], 0
         while start < len(ids):
             taken = ids[start:start + room]
             start += len(taken)
@@ -536,6 +549,11 @@ def _fetch_slice(sync: PortalSync, fetched: Fetched, index: EventIndex, piece: C
         log.warning("portal %s: a fetch request was refused (%s); narrowing it down", sync.portal, error)
     results: dict[str, FetchResult] = {}
     for key, kind_plan in piece.kinds.items():
+        if _type_deleted(sync, fetched, kind_plan.kind):
+            log.warning("portal %s: smart-process type %s is gone from the portal; its %d items read are gone "
+                        "with it (tombstoned)", sync.portal, kind_plan.kind.entity_type_id, len(kind_plan.fetch_ids))
+            results[key] = FetchResult([], tuple(kind_plan.fetch_ids))
+            continue
         result, refused = _fetch_isolating(sync.client, kind_plan.kind, list(kind_plan.fetch_ids))
         results[key] = result
         if refused:
@@ -543,6 +561,20 @@ def _fetch_slice(sync: PortalSync, fetched: Fetched, index: EventIndex, piece: C
                       kind_plan.kind.table, sorted(refused)[:20])
             _park(fetched, index, key, refused)
     return results
+
+
+def _type_deleted(sync: PortalSync, fetched: Fetched, kind: EntityKind) -> bool:
+    """Whether ``kind`` is a smart-process type the portal no longer lists, asked afresh once per
+    fetch (``crm.type.list``) after a refusal: its list answers NOT_FOUND once the type is deleted,
+    which Bitrix24 allows only when no item is left in it (``crm.type.delete``). Without this, items
+    of a type whose ``ONCRMTYPEDELETE`` was missed would be refused one by one into the error lane,
+    there to fail for ever."""
+    if kind.value_style != "item" or kind.entity_type_id is None:
+        return False
+    if not fetched._types_asked:
+        fetched._types_asked = True
+        sync.forget([TYPES])
+    return kind.key not in {listed.key for listed in sync.registry}
 
 
 def _fetch_isolating(client: Bitrix24Client, kind: EntityKind,
@@ -769,9 +801,20 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
     transaction (DESIGN §3 step 5); memory holds one chunk at a time."""
     fetched = Fetched.read(fetched_path)
     committed = Committed(fetched_file=str(fetched_path))
-    schemas = {part.table: schema_from_json(read_json(part.schema_file)) for part in fetched.tables}
-    for schema in schemas.values():
-        sync.warehouse.ensure_table(schema)
+    schemas: dict[str, TableSchema | str] = {}
+    stored = None
+    for part in fetched.tables:
+        if part.schema_file:
+            schemas[part.table] = schema_from_json(read_json(part.schema_file))
+            sync.warehouse.ensure_table(schemas[part.table])
+            continue
+        # A retired smart-process type's part: tombstones by table name, into the table if it was
+        # ever loaded (a type created and deleted between two runs left nothing to mark).
+        stored = set(sync.warehouse.entity_tables()) if stored is None else stored
+        if part.table in stored:
+            schemas[part.table] = part.table
+        else:
+            part.tombstones.clear()
     reference = read_staged_dimensions(fetched.reference)
     if reference:
         ensure_reference_tables(_sql_warehouse(sync))

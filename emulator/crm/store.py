@@ -135,6 +135,23 @@ class CrmStore:
                                                                   title=title)
             self.emit_reference("ONCRMTYPEUPDATE", {"FIELDS": {"ID": current.id}})
 
+    def delete_smart_process(self, entity_type_id: int) -> None:
+        """An admin deletes a smart process (``crm.type.delete``): fires ``ONCRMTYPEDELETE``.
+
+        Bitrix24 deletes a type only when no item is left in it (the items are deleted first, each
+        firing its own ``ONCRMDYNAMICITEMDELETE``); raises ValueError otherwise, like the real one
+        refuses. Its items' deletion history goes with it."""
+        with self.portal.lock:
+            key = f"item:{entity_type_id}"
+            if self.tables[key].rows:
+                raise ValueError(f"smart process {entity_type_id} still has items: delete them first")
+            current = self.smart_processes.pop(entity_type_id)
+            del self.tables[key]
+            self.reference.pipelines = {category_id: pipeline for category_id, pipeline
+                                        in self.reference.pipelines.items()
+                                        if pipeline.entity_type_id != entity_type_id}
+            self.emit_reference("ONCRMTYPEDELETE", {"FIELDS": {"ID": current.id}})
+
     def emit_reference(self, event_name: str, data: dict[str, Any], origin: Origin | None = None) -> None:
         """Events of reference data (user fields, smart-process types, users): the id only (facts §3)."""
         events = self.portal.events

@@ -1,0 +1,132 @@
+"""A smart process deleted in the portal: Bitrix24 deletes a type only once its items are deleted
+(each item's ``ONCRMDYNAMICITEMDELETE`` queued first, then ``ONCRMTYPEDELETE``). Its rows in the
+warehouse end tombstoned, its queue rows acknowledged, nothing parked or stuck, whether the run saw
+the type event, its look-up cache still lists the type, or an item's row already sat in the error lane.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from connectors.bitrix24 import Bitrix24Client, FileTokenStore, RetryPolicy
+from connectors.state import StateStore, open_state_store
+from connectors.sync.portal import DEFAULT_CONNECTOR, PortalSync
+from connectors.sync.reconcile import reconcile
+from connectors.sync.steps import run_once
+from connectors.warehouse import ParkedStatus
+from emulator.crm.origin import Origin
+from emulator.testing import ThreadEmulator, run_emulator
+from tests.sync.conftest import PORTAL, app_keys
+from tests.warehouse.conftest import WarehouseTarget
+
+TYPE_ID = 128  # the seeded portal's smart process
+KIND = f"item:{TYPE_ID}"
+TABLE = f"items_{TYPE_ID}"
+FAST = RetryPolicy(attempts=3, backoff_base_s=0.05, backoff_max_s=0.2)
+USER = Origin(user_id=2)
+
+
+@pytest.fixture
+def emu() -> Iterator[ThreadEmulator]:
+    counts = {"deal": 10, "contact": 5, "company": 5, "lead": 5, "activity": 0, "item": 6}
+    with run_emulator(limits=False, counts=counts, seed=5) as running:
+        yield running
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[StateStore]:
+    with open_state_store(tmp_path / "state.sqlite3") as store:
+        yield store
+
+
+def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, staging: Path, state: StateStore,
+         mode: str = "changes") -> None:
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=FAST) as client, target.open() as warehouse:
+        run_once(PortalSync(PORTAL, client, warehouse, staging, state=state), mode)
+
+
+def live_items(target: WarehouseTarget) -> list[int]:
+    with target.open() as warehouse:
+        rows = warehouse.query(f"SELECT id FROM {warehouse.relation(TABLE)} WHERE portal = %(p)s "
+                               "AND _deleted_at IS NULL ORDER BY id", {"p": PORTAL})
+    return [row[0] for row in rows]
+
+
+def our_queue(emu: ThreadEmulator) -> list[str]:
+    return [row["EVENT_NAME"] for row in emu.queue() if row["CONNECTOR_ID"] == DEFAULT_CONNECTOR]
+
+
+def delete_the_type(emu: ThreadEmulator) -> list[int]:
+    """A portal admin empties the smart process and deletes it; returns the item ids it had."""
+    crm = emu.world.portals[PORTAL].crm
+    ids = sorted(crm.table(KIND).rows)
+    for entity_id in ids:
+        crm.write(KIND, "delete", entity_id, None, USER)
+    crm.delete_smart_process(TYPE_ID)
+    return ids
+
+
+def test_the_emulator_refuses_to_delete_a_type_with_items(emu: ThreadEmulator) -> None:
+    with pytest.raises(ValueError, match="still has items"):
+        emu.world.portals[PORTAL].crm.delete_smart_process(TYPE_ID)
+
+
+def test_items_deleted_with_their_type_are_tombstoned_in_the_run_that_sees_the_type_event(
+        emu, tokens, warehouse_target, state, tmp_path) -> None:
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    ids = delete_the_type(emu)
+    assert live_items(warehouse_target) == ids
+
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert live_items(warehouse_target) == []
+    assert our_queue(emu) == []
+    assert ledger_rows(warehouse_target) == []
+
+
+def test_a_fetch_of_a_type_the_cache_still_lists_tombstones_its_items_instead_of_parking_them(
+        emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """The type event was missed (or not bound): the cache lists the type, an item's latest queue row
+    is an update, and the list answers NOT_FOUND for the type. A type is deleted only when empty, so
+    its items are gone: tombstoned, not parked for an error lane that would fail forever."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    ids = sorted(crm.table(KIND).rows)
+    crm.write(KIND, "update", ids[0], {"title": "changed"}, USER)
+    # Neither the item's deletion nor the type's reaches this connector's queue.
+    emu.world.portals[PORTAL].events.unbind(lambda handler: handler.event == "ONCRMTYPEDELETE")
+    with crm.portal.lock:
+        crm.tables[KIND].rows.clear()
+    crm.delete_smart_process(TYPE_ID)
+
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert ids[0] not in live_items(warehouse_target)
+    assert our_queue(emu) == []
+    assert ledger_rows(warehouse_target) == []
+
+
+def test_reconcile_over_a_deleted_type_tombstones_its_rows(emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """Reconcile asks the types afresh: a type gone from the portal is no reason to fail, and the
+    rows it left live (their delete events missed) are drift, repaired as deleted."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    ids = sorted(crm.table(KIND).rows)
+    with crm.portal.lock:
+        crm.tables[KIND].rows.clear()  # deleted without a trace in our queue
+    crm.delete_smart_process(TYPE_ID)
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=FAST) as client, \
+            warehouse_target.open() as warehouse:
+        reports = reconcile(PortalSync(PORTAL, client, warehouse, tmp_path / "reconcile", state=state), repair=True)
+    [report] = [report for report in reports if report.table == TABLE]
+    assert (report.extra, report.portal_rows) == (len(ids), 0)
+    assert live_items(warehouse_target) == []
+    assert all(report.in_sync for report in reports if report.table != TABLE)
+
+
+def ledger_rows(target: WarehouseTarget) -> list:
+    with target.open() as warehouse:
+        return warehouse.error_lane(PORTAL, ParkedStatus.PARKED)
