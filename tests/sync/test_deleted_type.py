@@ -130,3 +130,27 @@ def test_reconcile_over_a_deleted_type_tombstones_its_rows(emu, tokens, warehous
 def ledger_rows(target: WarehouseTarget) -> list:
     with target.open() as warehouse:
         return warehouse.error_lane(PORTAL, ParkedStatus.PARKED)
+
+
+def test_an_item_parked_before_its_type_was_deleted_leaves_the_error_lane_tombstoned(
+        emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """An item refused once sits in the error lane; its type is then emptied and deleted with the
+    type event missed. The next drain must not fail it for ever: the type is gone, so is the item."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    ids = sorted(crm.table(KIND).rows)
+    crm.write(KIND, "update", ids[0], {"title": "refused for now"}, USER)
+    emu.add_fault("crm.item.list", "access_denied")
+    sync(emu, tokens, warehouse_target, tmp_path / "parked", state)
+    assert [row.entity_id for row in ledger_rows(warehouse_target)] == [ids[0]]
+    emu.clear_faults()
+    emu.world.portals[PORTAL].events.unbind(lambda handler: handler.event == "ONCRMTYPEDELETE")
+    with crm.portal.lock:
+        crm.tables[KIND].rows.clear()
+    crm.delete_smart_process(TYPE_ID)
+
+    sync(emu, tokens, warehouse_target, tmp_path / "drain", state, "error_lane")
+
+    assert ledger_rows(warehouse_target) == []
+    assert ids[0] not in live_items(warehouse_target)
+    assert our_queue(emu) == []
