@@ -185,8 +185,14 @@ class EntityRegistry:
     def event_names(self) -> tuple[str, ...]:
         return tuple(self._by_event)
 
-    def resolve(self, event_name: str, event_data: object) -> EventTarget:
-        """Map one queue row (EVENT_NAME + EVENT_DATA) to its entity kind, action and id."""
+    def resolve(self, event_name: str, event_data: object, *, types_fresh: bool = False) -> EventTarget:
+        """Map one queue row (EVENT_NAME + EVENT_DATA) to its entity kind, action and id.
+
+        An item event of a smart-process type the registry does not list resolves to that type's
+        kind as a deletion when it is one, or when ``types_fresh`` says the registry's types were
+        just asked (``crm.type.list``): the type is then deleted, which Bitrix24 allows only once
+        its items are (``crm.type.delete``), so the item is gone too. Otherwise it is unknown, with
+        a reason naming the type (the caller asks the types again)."""
         name = event_name.upper()
         fields = event_data.get("FIELDS") if isinstance(event_data, Mapping) else None
         if not isinstance(fields, Mapping):
@@ -197,7 +203,7 @@ class EntityRegistry:
         if kind is None or len(candidates) > 1 or kind.value_style == "item":
             kind = self._dynamic_kind(name, fields, candidates)
             if kind is None:
-                retired = _retired_item_delete(name, fields, entity_id)
+                retired = _retired_item(name, fields, entity_id, any_action=types_fresh)
                 if retired is not None:
                     return retired
                 reason = (f"smart-process type {fields.get('ENTITY_TYPE_ID')!r} is not registered"
@@ -219,16 +225,16 @@ class EntityRegistry:
         return None
 
 
-def _retired_item_delete(name: str, fields: Mapping, entity_id: int | None) -> EventTarget | None:
-    """The deletion of an item whose smart-process type the registry does not list, or None.
+def _retired_item(name: str, fields: Mapping, entity_id: int | None, *, any_action: bool) -> EventTarget | None:
+    """An item event of a type the registry does not list, as the item's deletion; None when it is
+    not an item event, names no type or id, or is no deletion and ``any_action`` is off.
 
-    Bitrix24 deletes a type only once it has no items (``crm.type.delete``), so a type the portal no
-    longer lists leaves item deletions in the queue, ahead of its ``ONCRMTYPEDELETE``. A deletion
-    needs nothing read from the portal: it still names its table (``items_<entityTypeId>``), whose
-    rows must end tombstoned, not live forever. Additions and updates of an unlisted type stay
-    unknown (they make the types be asked again)."""
+    Bitrix24 deletes a type only once it has no items (``crm.type.delete``), so a deleted type
+    leaves its items' deletions in the queue, ahead of its ``ONCRMTYPEDELETE``. A deletion needs
+    nothing read from the portal and still names its table (``items_<entityTypeId>``), whose rows
+    must end tombstoned, not live for ever."""
     match = _DYNAMIC_EVENT.match(name)
-    if match is None or match.group(1) != "DELETE" or entity_id is None:
+    if match is None or entity_id is None or not (any_action or match.group(1) == "DELETE"):
         return None
     type_id = _positive_int(fields.get("ENTITY_TYPE_ID")) or (int(match.group(2)) if match.group(2) else None)
     if type_id is None:

@@ -391,8 +391,10 @@ class EventIndex:
         return frame[(frame["kind"] == key) & frame["entity_id"].isin(list(entity_ids))]
 
 
-def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventIndex:
-    """Read the staged events once into an `EventIndex` (discarded messages left out)."""
+def index_events(sync: PortalSync, path: Path, discarded: set[str], *, types_fresh: bool = False) -> EventIndex:
+    """Read the staged events once into an `EventIndex` (discarded messages left out).
+    ``types_fresh``: the registry's types were just asked, so an item of a type it does not list is
+    gone with its type (`EntityRegistry.resolve`)."""
     pieces: list[pd.DataFrame] = []
     columns: dict[str, list] = {name: [] for name in
                                 ("kind", "entity_id", "delete", "changed_at", "row_id", "message_id", "event_name",
@@ -409,7 +411,7 @@ def index_events(sync: PortalSync, path: Path, discarded: set[str]) -> EventInde
             reference += 1
             reference_names.add(event.event_name)
             continue
-        target = registry.resolve(event.event_name, event.event_data)
+        target = registry.resolve(event.event_name, event.event_data, types_fresh=types_fresh)
         if target.kind is None or target.action is None or target.entity_id is None:
             unknown += 1
             names.add(event.event_name)
@@ -461,7 +463,7 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
         # The portal's types or fields changed (facts §3, §4.8): ask again, and re-plan with them.
         log.info("portal %s: queue rows say %s changed; asking the portal again", sync.portal, sorted(stale))
         sync.forget(stale)
-        index = index_events(sync, events_file, discarded)
+        index = index_events(sync, events_file, discarded, types_fresh=TYPES in stale)
     fetched.unknown_events = index.unknown
     fetched.reference_events = index.reference
     if index.reference:
@@ -469,17 +471,16 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
     plans = index.plan()
     parts: dict[str, TablePart] = {}
     counts = index.frame["kind"].value_counts()
-    listed = {kind.key for kind in sync.registry}
-    for key, (_fetch_ids, latest) in plans.items():
-        kind = index.kinds[key]
-        # A retired smart-process type's rows only need their tombstones: no fields to ask (its
-        # ``crm.item.fields`` answers NOT_FOUND), no schema to evolve (`commit`).
-        part = parts[key] = (new_table_part(sync, kind) if key in listed
-                             else TablePart(kind=key, table=kind.table, schema_file=""))
+    for key, (fetch_ids, latest) in list(plans.items()):
+        part = parts[key] = _changes_part(sync, fetched, index.kinds[key])
         deletes = latest[latest["delete"]]
         part.tombstones.extend((int(entity_id), "deleted", at.isoformat())
                                for entity_id, at in deletes["changed_at"].items())
         part.events = int(counts.get(key, 0))
+        if not part.schema_file:  # a deleted type: its items are gone with it, nothing to read
+            part.tombstones.extend((int(entity_id), "not_found", latest.at[entity_id, "changed_at"].isoformat())
+                                   for entity_id in fetch_ids)
+            del plans[key]
     for number, piece in enumerate(_slices(index.kinds, plans, CHUNK)):
         for key, result in _fetch_slice(sync, fetched, index, piece).items():
             part, latest = parts[key], plans[key][1]
@@ -492,6 +493,24 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
             stage_frame(sync, part, frame, number)
         failpoint("during_fetch")
     fetched.tables.extend(parts.values())
+
+
+def _changes_part(sync: PortalSync, fetched: Fetched, kind: EntityKind) -> TablePart:
+    """``kind``'s `TablePart` for a change run; for a smart-process type the portal no longer lists
+    (deleted: only an empty type can be), a part without schema that carries tombstones only: its
+    ``crm.item.fields`` answers NOT_FOUND, and `commit` has no schema to evolve."""
+    retired = TablePart(kind=kind.key, table=kind.table, schema_file="")
+    if kind.key not in {listed.key for listed in sync.registry}:
+        return retired
+    try:
+        return new_table_part(sync, kind)
+    except (NotFound, LookupError) as error:
+        # The cached types still list it, its fields are not cached and the portal does not know it.
+        if isinstance(error, KeyError) or not _type_deleted(sync, fetched, kind):
+            raise
+        log.warning("portal %s: smart-process type %s is gone from the portal; its queued items are tombstoned",
+                    sync.portal, kind.entity_type_id)
+        return retired
 
 
 def _reread_reference(sync: PortalSync, fetched: Fetched, names: list[str]) -> None:

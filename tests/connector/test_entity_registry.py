@@ -45,3 +45,27 @@ def test_event_names_are_matched_case_insensitively() -> None:
 def test_registering_a_kind_twice_is_an_error() -> None:
     with pytest.raises(ValueError, match="twice"):
         EntityRegistry.standard([smart_process_kind(1038), smart_process_kind(1038)])
+
+
+@pytest.mark.parametrize("listed", [(), (1042,)], ids=["no-types-listed", "other-type-listed"])
+def test_an_item_event_of_an_unlisted_type_is_a_deletion_only_when_it_says_so_or_the_types_are_fresh(
+        listed: tuple[int, ...]) -> None:
+    """A deleted type (Bitrix24 deletes only empty ones) leaves its items' deletions queued: they
+    still name the table to tombstone. Other events of an unlisted type are unknown (the types are
+    asked again), and once the types were just asked, the type is gone and so is the item."""
+    registry = EntityRegistry.standard([smart_process_kind(type_id) for type_id in listed])
+    deleted = registry.resolve("ONCRMDYNAMICITEMDELETE", {"FIELDS": {"ID": "7", "ENTITY_TYPE_ID": "1038"}})
+    assert (deleted.kind.key, deleted.kind.table, deleted.action, deleted.entity_id) == (
+        "item:1038", "items_1038", Action.DELETE, 7)
+    spelled = registry.resolve("ONCRMDYNAMICITEMDELETE_1038", {"FIELDS": {"ID": "7"}})
+    assert (spelled.kind.key, spelled.action) == ("item:1038", Action.DELETE)
+
+    updated = registry.resolve("ONCRMDYNAMICITEMUPDATE", {"FIELDS": {"ID": "7", "ENTITY_TYPE_ID": "1038"}})
+    assert updated.kind is None and "smart-process type '1038' is not registered" in updated.reason
+    gone = registry.resolve("ONCRMDYNAMICITEMUPDATE", {"FIELDS": {"ID": "7", "ENTITY_TYPE_ID": "1038"}},
+                            types_fresh=True)
+    assert (gone.kind.key, gone.action, gone.entity_id) == ("item:1038", Action.DELETE, 7)
+
+    for data in ({"FIELDS": {"ID": "7"}}, {"FIELDS": {"ID": "x", "ENTITY_TYPE_ID": "1038"}},
+                 {"FIELDS": {"ID": "7", "ENTITY_TYPE_ID": "-3"}}):
+        assert registry.resolve("ONCRMDYNAMICITEMDELETE", data, types_fresh=True).kind is None

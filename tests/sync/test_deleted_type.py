@@ -87,12 +87,16 @@ def test_items_deleted_with_their_type_are_tombstoned_in_the_run_that_sees_the_t
     assert ledger_rows(warehouse_target) == []
 
 
+@pytest.mark.parametrize("fields_cached", [True, False], ids=["list-not-found", "fields-not-found"])
 def test_a_fetch_of_a_type_the_cache_still_lists_tombstones_its_items_instead_of_parking_them(
-        emu, tokens, warehouse_target, state, tmp_path) -> None:
+        fields_cached, emu, tokens, warehouse_target, state, tmp_path) -> None:
     """The type event was missed (or not bound): the cache lists the type, an item's latest queue row
-    is an update, and the list answers NOT_FOUND for the type. A type is deleted only when empty, so
-    its items are gone: tombstoned, not parked for an error lane that would fail forever."""
+    is an update, and the list (or, its fields not cached, ``crm.item.fields``) answers NOT_FOUND for
+    the type. A type is deleted only when empty, so its items are gone: tombstoned, not parked for an
+    error lane that would fail for ever, nor failing the run until the cache ages out."""
     sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    if not fields_cached:
+        state.forget_cached(PORTAL, [f"fields:{KIND}"])
     crm = emu.world.portals[PORTAL].crm
     ids = sorted(crm.table(KIND).rows)
     crm.write(KIND, "update", ids[0], {"title": "changed"}, USER)
