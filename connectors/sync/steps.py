@@ -731,6 +731,28 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
         write_frame(ids_file, pd.DataFrame({"id": ids}))
         part.scanned_ids_file = str(ids_file)
         fetched.tables.append(part)
+    fetched.tables.extend(_retired_type_parts(sync, {kind.table for kind in [*kinds, *later]}))
+
+
+def _retired_type_parts(sync: PortalSync, scanned: set[str]) -> list[TablePart]:
+    """Tombstone-only parts for the portal's live rows in smart-process tables (``items_<id>``) of
+    types the full scan did not find: deleted types (Bitrix24 deletes only empty ones), whose rows a
+    full resync must not leave live. Tables are shared by the portals; another portal's type holds
+    no rows of this one and gives no part."""
+    parts = []
+    now = datetime.now(UTC).isoformat()
+    for table in sync.warehouse.entity_tables():
+        type_id = table.removeprefix("items_")
+        if table in scanned or not table.startswith("items_") or not type_id.isdigit():
+            continue
+        versions = sync.warehouse.row_versions(sync.portal, table)
+        live = versions.loc[versions["_deleted_at"].isna(), "id"]
+        if len(live):
+            log.warning("portal %s: %d rows of %s, a smart-process type the portal no longer has, are tombstoned",
+                        sync.portal, len(live), table)
+            parts.append(TablePart(kind=f"item:{type_id}", table=table, schema_file="",
+                                   tombstones=[(int(i), "absent_in_full_scan", now) for i in live]))
+    return parts
 
 
 def new_table_part(sync: PortalSync, kind: EntityKind) -> TablePart:

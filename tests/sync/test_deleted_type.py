@@ -158,3 +158,20 @@ def test_an_item_parked_before_its_type_was_deleted_leaves_the_error_lane_tombst
     assert ledger_rows(warehouse_target) == []
     assert ids[0] not in live_items(warehouse_target)
     assert our_queue(emu) == []
+
+
+def test_a_full_resync_tombstones_the_rows_of_a_type_the_portal_no_longer_has(
+        emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """A full resync makes the warehouse equal the portal: a deleted type's table keeps no live rows,
+    whether the type was still in the look-up cache (asked again) or not."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    with crm.portal.lock:
+        crm.tables[KIND].rows.clear()  # deleted without a trace in our queue
+    emu.world.portals[PORTAL].events.unbind(lambda handler: handler.event == "ONCRMTYPEDELETE")
+    crm.delete_smart_process(TYPE_ID)
+
+    sync(emu, tokens, warehouse_target, tmp_path / "again", state, "full_resync")
+
+    assert live_items(warehouse_target) == []
+    assert our_queue(emu) == []
