@@ -15,7 +15,8 @@ seed, same counts), one after the other, on the same work:
    leaves it out; the last line then says ``peak_rss_mb_1m=NA``).
 
 Every result is checked against the emulator's ground truth (ids, modification times, titles,
-deletions) and the table says so. The product runs its real code path: `connectors.sync.steps`
+deletions) and the table says so. The product runs its real code path, from its own script
+(``peers/product_load.py``, so the process measured holds nothing of this harness): `connectors.sync.steps`
 (``run_once``: reserve -> fetch -> commit -> ack) with ``full_resync`` for a full load and
 ``changes`` for the change run, typed, with history and upsert, into a DuckDB file, with a SQLite
 state store (tokens, the portal's request bucket, the look-up cache) as deployed by default. The
