@@ -144,6 +144,7 @@ class EntityRegistry:
     kinds: tuple[EntityKind, ...]
     _by_key: dict[str, EntityKind] = field(init=False, repr=False, compare=False)
     _by_event: dict[str, tuple[EntityKind, ...]] = field(init=False, repr=False, compare=False)
+    _type_ids: frozenset[int] = field(init=False, repr=False, compare=False)  # the smart-process types listed
 
     def __post_init__(self) -> None:
         by_key: dict[str, EntityKind] = {}
@@ -156,6 +157,8 @@ class EntityRegistry:
                 by_event.setdefault(name, []).append(kind)
         object.__setattr__(self, "_by_key", by_key)
         object.__setattr__(self, "_by_event", {name: tuple(kinds) for name, kinds in by_event.items()})
+        object.__setattr__(self, "_type_ids", frozenset(kind.entity_type_id for kind in self.kinds
+                                                        if kind.value_style == "item" and kind.entity_type_id))
 
     @classmethod
     def standard(cls, extra: Iterable[EntityKind] = ()) -> EntityRegistry:
@@ -203,7 +206,7 @@ class EntityRegistry:
         if kind is None or len(candidates) > 1 or kind.value_style == "item":
             kind = self._dynamic_kind(name, fields, candidates)
             if kind is None:
-                retired = _retired_item(name, fields, entity_id, any_action=types_fresh)
+                retired = _retired_item(name, fields, entity_id, any_action=types_fresh, listed=self._type_ids)
                 if retired is not None:
                     return retired
                 reason = (f"smart-process type {fields.get('ENTITY_TYPE_ID')!r} is not registered"
@@ -225,9 +228,12 @@ class EntityRegistry:
         return None
 
 
-def _retired_item(name: str, fields: Mapping, entity_id: int | None, *, any_action: bool) -> EventTarget | None:
+def _retired_item(name: str, fields: Mapping, entity_id: int | None, *, any_action: bool,
+                  listed: frozenset[int]) -> EventTarget | None:
     """An item event of a type the registry does not list, as the item's deletion; None when it is
-    not an item event, names no type or id, or is no deletion and ``any_action`` is off.
+    not an item event, names no id, no type or two (its name's suffix and ``ENTITY_TYPE_ID``
+    disagree: which object it means is unknown), names a ``listed`` type, or is no deletion and
+    ``any_action`` is off.
 
     Bitrix24 deletes a type only once it has no items (``crm.type.delete``), so a deleted type
     leaves its items' deletions in the queue, ahead of its ``ONCRMTYPEDELETE``. A deletion needs
@@ -236,27 +242,46 @@ def _retired_item(name: str, fields: Mapping, entity_id: int | None, *, any_acti
     match = _DYNAMIC_EVENT.match(name)
     if match is None or entity_id is None or not (any_action or match.group(1) == "DELETE"):
         return None
-    type_id = _positive_int(fields.get("ENTITY_TYPE_ID")) or (int(match.group(2)) if match.group(2) else None)
-    if type_id is None:
+    in_data = fields.get("ENTITY_TYPE_ID")
+    from_data = _positive_int(in_data) if in_data is not None else None
+    from_name = _positive_int(match.group(2)) if match.group(2) else None
+    if in_data is not None and from_data is None:
+        return None  # an unreadable type id
+    if from_data is not None and from_name is not None and from_data != from_name:
+        return None  # two types named
+    type_id = from_data if from_data is not None else from_name
+    if type_id is None or type_id in listed:
         return None
     return EventTarget(smart_process_kind(type_id), Action.DELETE, entity_id)
 
 
 def _smart_process_types(client: Bitrix24Client) -> list[tuple[int, str]]:
+    from connectors.bitrix24.lookups import types_of  # lookups builds on this module
+
     types: list[tuple[int, str]] = []
     start: int | None = 0
     while start is not None:
         response = client.call("crm.type.list", {"start": start})
-        result = response.result
-        rows = result.get("types", []) if isinstance(result, Mapping) else result
-        types.extend((int(row["entityTypeId"]), str(row.get("title") or "")) for row in rows)
+        types.extend((type_id, title) for type_id, title in types_of(response.result))
         start = response.next
     return types
 
 
+_INT64_MAX = 2**63 - 1  # ids are BIGINT in the warehouse; a larger one names no object
+
+
 def _positive_int(value: object) -> int | None:
-    try:
-        number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    """A positive id from a queue row's JSON: an integer or a string of ASCII digits (Bitrix24 sends
+    ids as strings, facts §3), at most int64; None for anything else (a bool, a fraction, "1e3",
+    a number beyond int64)."""
+    if isinstance(value, bool):
         return None
-    return number if number > 0 else None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        return None
+    return number if 0 < number <= _INT64_MAX else None

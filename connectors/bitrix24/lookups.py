@@ -125,11 +125,20 @@ def types_command() -> Command:
 
 
 def types_of(result: Any) -> list[list]:
-    """``[[entityTypeId, title], ...]`` from a ``crm.type.list`` answer (``{"types": [...]}``)."""
-    rows = result.get("types", []) if isinstance(result, Mapping) else result
+    """``[[entityTypeId, title], ...]`` from a ``crm.type.list`` answer (``{"types": [...]}``).
+
+    Raises `MalformedResponse` for an answer without that array or with a row lacking a numeric
+    ``entityTypeId``: a type skipped would look deleted, and its rows be tombstoned."""
+    rows = result.get("types") if isinstance(result, Mapping) else result
     if not isinstance(rows, list):
         raise MalformedResponse("crm.type.list", 200, "types is not an array", repr(result)[:200])
-    return [[int(row["entityTypeId"]), str(row.get("title") or "")] for row in rows if isinstance(row, Mapping)]
+    types = []
+    for row in rows:
+        type_id = row.get("entityTypeId") if isinstance(row, Mapping) else None
+        if isinstance(type_id, bool) or not (isinstance(type_id, int) or str(type_id).isdigit()):
+            raise MalformedResponse("crm.type.list", 200, "a type without a numeric entityTypeId", repr(row)[:200])
+        types.append([int(type_id), str(row.get("title") or "")])
+    return types
 
 
 def invalidated_by(event_names: Iterable[str]) -> set[str]:

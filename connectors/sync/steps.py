@@ -481,6 +481,14 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
             part.tombstones.extend((int(entity_id), "not_found", latest.at[entity_id, "changed_at"].isoformat())
                                    for entity_id in fetch_ids)
             del plans[key]
+    if TYPES in stale:
+        # The types were just asked: a type they no longer list was deleted, and with it its items
+        # (Bitrix24 deletes only empty types), even where their own deletions never reached the queue.
+        for retired in _retired_type_parts(sync, {kind.table for kind in sync.registry}, "type_deleted"):
+            part = parts.setdefault(retired.kind, retired)
+            if part is not retired:
+                named = {entity_id for entity_id, _reason, _at in part.tombstones}
+                part.tombstones.extend(row for row in retired.tombstones if row[0] not in named)
     for number, piece in enumerate(_slices(index.kinds, plans, CHUNK)):
         for key, result in _fetch_slice(sync, fetched, index, piece).items():
             part, latest = parts[key], plans[key][1]
@@ -734,11 +742,11 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
     fetched.tables.extend(_retired_type_parts(sync, {kind.table for kind in [*kinds, *later]}))
 
 
-def _retired_type_parts(sync: PortalSync, scanned: set[str]) -> list[TablePart]:
-    """Tombstone-only parts for the portal's live rows in smart-process tables (``items_<id>``) of
-    types the full scan did not find: deleted types (Bitrix24 deletes only empty ones), whose rows a
-    full resync must not leave live. Tables are shared by the portals; another portal's type holds
-    no rows of this one and gives no part."""
+def _retired_type_parts(sync: PortalSync, scanned: set[str], reason: str = "absent_in_full_scan") -> list[TablePart]:
+    """Tombstone-only parts for the portal's live rows in smart-process tables (``items_<id>``) other
+    than ``scanned`` (those of the types the portal lists): deleted types (Bitrix24 deletes only
+    empty ones), whose rows must not stay live. Tables are shared by the portals; another portal's
+    type holds no rows of this one and gives no part."""
     parts = []
     now = datetime.now(UTC).isoformat()
     for table in sync.warehouse.entity_tables():
@@ -751,7 +759,7 @@ def _retired_type_parts(sync: PortalSync, scanned: set[str]) -> list[TablePart]:
             log.warning("portal %s: %d rows of %s, a smart-process type the portal no longer has, are tombstoned",
                         sync.portal, len(live), table)
             parts.append(TablePart(kind=f"item:{type_id}", table=table, schema_file="",
-                                   tombstones=[(int(i), "absent_in_full_scan", now) for i in live]))
+                                   tombstones=[(int(i), reason, now) for i in live]))
     return parts
 
 

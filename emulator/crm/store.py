@@ -80,6 +80,7 @@ class CrmStore:
         self.reference = Reference()
         self.product_rows: Any = None  # emulator.crm.product_rows.ProductRows, set by `emulator.crm.attach`
         self._last_user_field_id = 0
+        self._last_type_id = 0  # types' ids are never reused, a deleted type's included
         self._last_multifield_id = 0
         # Writes received, by (entity, id, op, app client_id or "" for users/webhooks, auth_connector):
         # the ground truth that shows whose writes reached an object, and how often.
@@ -115,7 +116,8 @@ class CrmStore:
     # --- schema -----------------------------------------------------------------------------------
 
     def add_smart_process(self, title: str, entity_type_id: int | None = None) -> EntityTable:
-        type_id = len(self.smart_processes) + 1
+        self._last_type_id += 1
+        type_id = self._last_type_id
         if entity_type_id is None:
             entity_type_id = FIRST_SMART_PROCESS_TYPE_ID + 2 * (type_id - 1)
         entity_type = smart_process_type(type_id, entity_type_id, title)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from connectors.bitrix24.entities import Action, EntityRegistry, smart_process_kind
+from connectors.bitrix24.errors import MalformedResponse
+from connectors.bitrix24.lookups import types_of
 
 
 def test_standard_kinds_cover_the_crm_core_with_their_wire_conventions() -> None:
@@ -69,3 +71,45 @@ def test_an_item_event_of_an_unlisted_type_is_a_deletion_only_when_it_says_so_or
     for data in ({"FIELDS": {"ID": "7"}}, {"FIELDS": {"ID": "x", "ENTITY_TYPE_ID": "1038"}},
                  {"FIELDS": {"ID": "7", "ENTITY_TYPE_ID": "-3"}}):
         assert registry.resolve("ONCRMDYNAMICITEMDELETE", data, types_fresh=True).kind is None
+
+
+@pytest.mark.parametrize("types_fresh", [False, True])
+@pytest.mark.parametrize(("name", "type_id"), [
+    ("ONCRMDYNAMICITEMUPDATE_999", "130"),  # suffix and data disagree, the data naming a listed type
+    ("ONCRMDYNAMICITEMDELETE_128", "130"),  # both listed, they disagree
+    ("ONCRMDYNAMICITEMDELETE_999", "1038"),  # both unlisted, they disagree
+    ("ONCRMDYNAMICITEMDELETE", "130"),  # a listed type: resolved as its own, never retired
+])
+def test_a_row_naming_two_types_or_a_listed_one_is_never_a_retired_deletion(name, type_id, types_fresh) -> None:
+    registry = EntityRegistry.standard([smart_process_kind(128), smart_process_kind(130)])
+    target = registry.resolve(name, {"FIELDS": {"ID": "1", "ENTITY_TYPE_ID": type_id}}, types_fresh=types_fresh)
+    assert target.kind is None or target.kind.key in ("item:128", "item:130")
+    if target.kind is not None:
+        assert target.kind.key == f"item:{type_id}" and name.removeprefix("ONCRMDYNAMICITEM").startswith(
+            target.action.value)
+
+
+@pytest.mark.parametrize("value", [True, False, 128.5, "1e3", " ", "", "١٢٨", str(2**63), 2**63, -1, 0, [], {}, None])
+def test_an_id_that_is_no_positive_int64_names_nothing(value) -> None:
+    registry = EntityRegistry.standard([smart_process_kind(128)])
+    as_id = registry.resolve("ONCRMDEALUPDATE", {"FIELDS": {"ID": value}})
+    assert as_id.kind is not None and as_id.entity_id is None
+    as_type = registry.resolve("ONCRMDYNAMICITEMDELETE", {"FIELDS": {"ID": "5", "ENTITY_TYPE_ID": value}},
+                               types_fresh=True)
+    assert as_type.kind is None
+
+
+def test_ids_arrive_as_strings_or_numbers() -> None:
+    registry = EntityRegistry.standard()
+    for value in ("42", 42, 42.0, " 42 "):
+        assert registry.resolve("ONCRMDEALUPDATE", {"FIELDS": {"ID": value}}).entity_id == 42
+
+
+@pytest.mark.parametrize("answer", [{}, {"items": []}, {"types": [{"title": "no id"}]},
+                                    {"types": [{"entityTypeId": "x"}]}, {"types": ["128"]}, "types"])
+def test_a_type_list_answer_that_cannot_be_read_whole_is_refused_not_read_as_fewer_types(answer) -> None:
+    """A type skipped would look deleted, and its rows be tombstoned (`types_of`)."""
+    with pytest.raises(MalformedResponse):
+        types_of(answer)
+    assert types_of({"types": [{"entityTypeId": 128, "title": "A"}, {"entityTypeId": "130"}]}) == [
+        [128, "A"], [130, ""]]

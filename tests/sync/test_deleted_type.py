@@ -18,6 +18,7 @@ from connectors.sync.reconcile import reconcile
 from connectors.sync.steps import run_once
 from connectors.warehouse import ParkedStatus
 from emulator.crm.origin import Origin
+from emulator.events import message_id
 from emulator.testing import ThreadEmulator, run_emulator
 from tests.sync.conftest import PORTAL, app_keys
 from tests.warehouse.conftest import WarehouseTarget
@@ -48,11 +49,19 @@ def sync(emu: ThreadEmulator, tokens: FileTokenStore, target: WarehouseTarget, s
         run_once(PortalSync(PORTAL, client, warehouse, staging, state=state), mode)
 
 
-def live_items(target: WarehouseTarget) -> list[int]:
+def live_items(target: WarehouseTarget, table: str = TABLE, portal: str = PORTAL) -> list[int]:
     with target.open() as warehouse:
-        rows = warehouse.query(f"SELECT id FROM {warehouse.relation(TABLE)} WHERE portal = %(p)s "
-                               "AND _deleted_at IS NULL ORDER BY id", {"p": PORTAL})
+        rows = warehouse.query(f"SELECT id FROM {warehouse.relation(table)} WHERE portal = %(p)s "
+                               "AND _deleted_at IS NULL ORDER BY id", {"p": portal})
     return [row[0] for row in rows]
+
+
+def queue_row(emu: ThreadEmulator, name: str, data: dict) -> None:
+    """A row in our connector's queue with this payload, as the portal would have queued it."""
+    events = emu.world.portals[PORTAL].events
+    with events.portal.lock:
+        events.queue(emu.client_id, DEFAULT_CONNECTOR).record(
+            events._new_row_id, name, data, {"user_id": "2"}, message_id(name, data), events.clock.now())
 
 
 def our_queue(emu: ThreadEmulator) -> list[str]:
@@ -175,3 +184,76 @@ def test_a_full_resync_tombstones_the_rows_of_a_type_the_portal_no_longer_has(
 
     assert live_items(warehouse_target) == []
     assert our_queue(emu) == []
+
+
+def test_a_type_event_whose_item_deletions_never_arrived_tombstones_the_types_rows(
+        emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """Only ONCRMTYPEDELETE reaches the queue (the items' deletions were lost with their handlers):
+    the run that asks the types again knows the type is gone, and with it its items."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    with crm.portal.lock:
+        crm.tables[KIND].rows.clear()
+    crm.delete_smart_process(TYPE_ID)
+    assert our_queue(emu) == ["ONCRMTYPEDELETE"]
+
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert live_items(warehouse_target) == []
+    assert our_queue(emu) == []
+
+
+@pytest.mark.parametrize("name", ["ONCRMDYNAMICITEMUPDATE_999", "ONCRMDYNAMICITEMDELETE_128"])
+def test_a_row_naming_two_types_tombstones_nothing(name, emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """A per-type event name and ENTITY_TYPE_ID that disagree, both or one of them a live type:
+    which object it means is unknown, so it is acknowledged as unknown, never a deletion."""
+    crm = emu.world.portals[PORTAL].crm
+    crm.add_smart_process("Second", entity_type_id=130)
+    item = crm.write("item:130", "add", None, {"title": "live"}, USER)
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    before = live_items(warehouse_target)
+
+    queue_row(emu, name, {"FIELDS": {"ID": str(item), "ENTITY_TYPE_ID": "130"}})
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert item in live_items(warehouse_target, "items_130")
+    assert live_items(warehouse_target) == before
+    assert our_queue(emu) == []
+
+
+@pytest.mark.parametrize("type_id", [999, TYPE_ID], ids=["unlisted-type", "listed-type"])
+def test_an_item_id_beyond_int64_is_acknowledged_as_unknown_not_failing_every_run(
+        type_id, emu, tokens, warehouse_target, state, tmp_path) -> None:
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    before = live_items(warehouse_target)
+    queue_row(emu, "ONCRMDYNAMICITEMDELETE", {"FIELDS": {"ID": str(10**20), "ENTITY_TYPE_ID": type_id}})
+
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert our_queue(emu) == []
+    assert live_items(warehouse_target) == before
+
+
+def test_another_portals_rows_in_the_shared_table_stay(emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """The portals share ``items_128``: one portal's deleted type tombstones its own rows only, in a
+    change run, a full resync and reconcile."""
+    emu.create_portal("other", plan="professional", seed=7,
+                      counts={"deal": 3, "contact": 2, "company": 2, "lead": 2, "activity": 0, "item": 4})
+    emu.install(emu.client_id, portal="other")
+    tokens.save("other", emu.install_tokens("other"))
+    with Bitrix24Client(app_keys(emu).session("other", tokens), retry=FAST) as client, \
+            warehouse_target.open() as warehouse:
+        run_once(PortalSync("other", client, warehouse, tmp_path / "other", state=state), "full_resync")
+    theirs = live_items(warehouse_target, portal="other")
+    assert theirs
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+
+    delete_the_type(emu)
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+    sync(emu, tokens, warehouse_target, tmp_path / "again", state, "full_resync")
+    with Bitrix24Client(app_keys(emu).session(PORTAL, tokens), retry=FAST) as client, \
+            warehouse_target.open() as warehouse:
+        reconcile(PortalSync(PORTAL, client, warehouse, tmp_path / "reconcile", state=state), repair=True)
+
+    assert live_items(warehouse_target) == []
+    assert live_items(warehouse_target, portal="other") == theirs
