@@ -212,12 +212,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", type=Path, default=REPO / ".demo")
     parser.add_argument("--ui-port", type=int, default=3000)
-    parser.add_argument("--activity-per-s", type=float, default=2.0, help="simulated user changes per second")
+    parser.add_argument("--activity-per-s", type=float, default=2.0,
+                        help="simulated user changes per second (0: none, the portal stays as seeded)")
     parser.add_argument("--deals", type=int, default=5000)
     parser.add_argument("--keep-state", action="store_true",
                         help="keep the earlier demo's warehouse, state store and Dagster home (default: "
                              "remove them, since the emulator starts from its seed every time)")
     args = parser.parse_args(argv)
+    if args.activity_per_s < 0:
+        parser.error("--activity-per-s must be 0 or more")
+
+    from connectors.receiver.app import portal_key  # the key the receiver gives the demo's portal
 
     state_dir = args.state_dir.resolve()
     processes = Processes(state_dir / "logs")
@@ -242,8 +247,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "--activities", str(args.deals), "--items", str(args.deals // 10),
             "--app-handler-url", f"{receiver_url}/install"], env)
         wait_for(f"{emulator_url}/_emulator/health", 120, emulator, processes.stop_requested)
-        httpx.post(f"{emulator_url}/_emulator/portals/default/activity",
-                   json={"rate_per_s": args.activity_per_s}, timeout=10).raise_for_status()
+        if args.activity_per_s > 0:
+            httpx.post(f"{emulator_url}/_emulator/portals/default/activity",
+                       json={"rate_per_s": args.activity_per_s}, timeout=10).raise_for_status()
         dagster = processes.start("dagster", [
             python, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(ui_port)], env)
         wait_for(f"http://127.0.0.1:{ui_port}/server_info", 180, dagster, processes.stop_requested)
@@ -251,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 Bitrix24 -> DuckDB demo is running.
   Dagster UI        http://127.0.0.1:{ui_port}   (sensor offline_events_sensor is on)
   Bitrix24 portal   {emulator_url}/_emulator/   (emulator; {args.activity_per_s}/s simulated user changes)
+  Portal key        {portal_key(f"{emulator_url}/rest/")}   (the Dagster partition; --portal of the CLIs)
   Warehouse         {state_dir / 'warehouse.duckdb'}  (analysts: open the .snapshot.duckdb beside it)
   Logs              {state_dir / 'logs'}
 Ctrl-C stops everything.""", flush=True)

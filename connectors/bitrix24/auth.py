@@ -149,7 +149,13 @@ class OAuthApp:
     @classmethod
     def from_environment(cls) -> OAuthApp:
         """B24_CLIENT_ID, B24_CLIENT_SECRET and optionally B24_OAUTH_TOKEN_URL: keys never go on a
-        command line, where any user of the machine can read them."""
+        command line, where any user of the machine can read them. Raises ValueError naming the
+        variables that are unset or empty (never their values)."""
+        missing = [name for name in ("B24_CLIENT_ID", "B24_CLIENT_SECRET") if not os.environ.get(name)]
+        if missing:
+            raise ValueError(f"set {' and '.join(missing)} in the environment: the app's client id and secret "
+                             "from its Bitrix24 registration (the emulator's app: local.emulator.app / "
+                             "emulator-secret)")
         return cls(os.environ["B24_CLIENT_ID"], os.environ["B24_CLIENT_SECRET"],
                    token_url=os.environ.get("B24_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL))
 

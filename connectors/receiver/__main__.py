@@ -40,8 +40,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
+    try:
+        app_keys = OAuthApp.from_environment()
+    except ValueError as error:
+        parser.error(str(error))
+    if not os.environ.get("B24_STATE_STORE"):
+        parser.error("set B24_STATE_STORE (a SQLite file or postgresql:// DSN): the receiver stores each "
+                     "install's tokens there")
     state = open_state_store(os.environ["B24_STATE_STORE"])
-    app_keys = OAuthApp.from_environment()
 
     def on_install(portal: str, settings: ReceiverSettings) -> None:
         with Bitrix24Client(app_keys.session(portal, state.tokens)) as client:

@@ -52,7 +52,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    app = OAuthApp.from_environment()
+    try:
+        app = OAuthApp.from_environment()
+    except ValueError as error:
+        parser.error(str(error))
+    if not (args.tokens_dir or args.state_store or os.environ.get("B24_STATE_STORE")):
+        parser.error("say where the portal's tokens are: --state-store (or $B24_STATE_STORE), as the receiver "
+                     "stored them at install, or --tokens-dir")
     limits = RateLimits(burst=args.burst, drain_per_s=args.drain_per_s)
     staging = run_staging_dir(args.staging_dir or default_staging_root(), args.portal, uuid.uuid4().hex)
     # Look-ups (fields, types, plan) are cached in the state store between runs, as Dagster runs do.

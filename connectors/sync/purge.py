@@ -25,22 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--yes", action="store_true", help="delete (default: only count what would go)")
     args = parser.parse_args(argv)
     with open_warehouse(args.warehouse) as warehouse:
-        if args.yes:
-            counts = warehouse.purge_portal(args.portal)
-        else:
-            counts = {}
-            for table in sorted(set(warehouse.entity_tables()) | {"_cdc_journal"}):
-                relation = warehouse.relation(table)
-                [(count,)] = warehouse.query(f"SELECT count(*) FROM {relation} WHERE portal = %(portal)s",
-                                             {"portal": args.portal})
-                if count:
-                    counts[table] = int(count)
+        counts = warehouse.purge_portal(args.portal) if args.yes else warehouse.portal_row_counts(args.portal)
     if not counts:
         print(f"the warehouse holds nothing for {args.portal}", file=sys.stderr)
         return 2
     for table, count in sorted(counts.items()):
         print(f"{table}\t{count}")
-    print(f"{'deleted' if args.yes else 'would delete (entity tables and journal; run with --yes)'}: "
+    print(f"{'deleted' if args.yes else 'would delete (run with --yes)'}: "
           f"{sum(counts.values())} rows of {args.portal}")
     return 0
 

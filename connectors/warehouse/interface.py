@@ -159,6 +159,11 @@ class Warehouse(ABC):
         """``id, _source_modified_at, _deleted_at`` of every stored row, for reconciliation."""
 
     @abstractmethod
+    def portal_row_counts(self, portal: str) -> dict[str, int]:
+        """``{table: rows}`` of ``portal`` in every table `purge_portal` deletes from, for the tables
+        that have any: what a purge would delete."""
+
+    @abstractmethod
     def purge_portal(self, portal: str) -> dict[str, int]:
         """Delete every row the warehouse holds for ``portal`` (entity tables, histories, dimensions,
         journal, ledgers), in one transaction; ``{table: rows deleted}`` for the tables that had any.

@@ -316,8 +316,20 @@ class SqlWarehouse(Warehouse):
         rows = self._query(journal.runs(self.dialect), {"portal": portal, "limit": int(limit)})
         return [SyncRun(*row) for row in rows]
 
+    def _portal_keyed_tables(self) -> list[str]:
+        return sorted(name for name in self._table_names() if "portal" in (self._stored_columns(name) or {}))
+
+    def portal_row_counts(self, portal: str) -> dict[str, int]:
+        counts = {}
+        for table in self._portal_keyed_tables():
+            [(count,)] = self._query(f"SELECT count(*) FROM {self.dialect.qualified(table)} WHERE portal = %(portal)s",
+                                     {"portal": portal})
+            if count:
+                counts[table] = int(count)
+        return counts
+
     def purge_portal(self, portal: str) -> dict[str, int]:
-        tables = sorted(name for name in self._table_names() if "portal" in (self._stored_columns(name) or {}))
+        tables = self._portal_keyed_tables()
         deleted: dict[str, int] = {}
         if self._in_transaction:
             raise TransactionStateError("a transaction is already open on this warehouse")
