@@ -135,9 +135,11 @@ def types_of(result: Any) -> list[list]:
     types = []
     for row in rows:
         type_id = row.get("entityTypeId") if isinstance(row, Mapping) else None
-        if isinstance(type_id, bool) or not (isinstance(type_id, int) or str(type_id).isdigit()):
-            raise MalformedResponse("crm.type.list", 200, "a type without a numeric entityTypeId", repr(row)[:200])
-        types.append([int(type_id), str(row.get("title") or "")])
+        number = (type_id if isinstance(type_id, int) and not isinstance(type_id, bool)
+                  else int(type_id) if isinstance(type_id, str) and type_id.isascii() and type_id.isdigit() else 0)
+        if number <= 0:
+            raise MalformedResponse("crm.type.list", 200, "a type without a positive entityTypeId", repr(row)[:200])
+        types.append([number, str(row.get("title") or "")])
     return types
 
 

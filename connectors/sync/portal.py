@@ -13,7 +13,7 @@ from typing import Any
 from connectors.bitrix24 import Bitrix24Client, EntityKind, EntityRegistry, OAuthApp, OfflineQueue, RateLimits, Throttle
 from connectors.bitrix24.batch import BatchResult, Command
 from connectors.bitrix24.entities import STANDARD_KINDS, smart_process_kind
-from connectors.bitrix24.errors import ApiError
+from connectors.bitrix24.errors import ApiError, MalformedResponse
 from connectors.bitrix24.lookups import (
     FEATURES,
     REFERENCE_BINDINGS,
@@ -132,6 +132,13 @@ class PortalSync:
         if "types" in wanted:
             self._registry = None
 
+    def ask_types(self) -> frozenset[int]:
+        """Ask ``crm.type.list`` now (every page), cache the answer and return the listed
+        entityTypeIds. Raises the portal's error (the cached types then stay as they were)."""
+        commands = {"lookup_types": types_command()}
+        self.take_lookups(commands, self.client.batch_all(commands))
+        return frozenset(int(type_id) for type_id, _title in fresh(self.cache, TYPES) or [])
+
     def refresh(self, kinds: Iterable[EntityKind] = ()) -> None:
         """Ask, in one ``batch``, for every look-up that is missing or older than its age limit.
 
@@ -189,11 +196,15 @@ class PortalSync:
             self.cache.put(fields_key(kind), fields_of(kind, outcome.result(key)))
         if "lookup_types" in commands:
             types = types_of(outcome.result("lookup_types"))
-            start = outcome.nexts.get("lookup_types")
+            start, total = outcome.nexts.get("lookup_types"), outcome.totals.get("lookup_types")
             while start is not None:  # more than 50 smart-process types: page on (rare)
                 page = self.client.call("crm.type.list", {"start": start})
                 types.extend(types_of(page.result))
                 start = page.next
+            if total is not None and len({type_id for type_id, _title in types}) != int(total):
+                # A type missing from the list would look deleted, and its rows be tombstoned.
+                raise MalformedResponse("crm.type.list", 200, f"{len(types)} types listed of a total of {total}",
+                                        "")
             self.cache.put(TYPES, types)
             self._registry = None
         if "lookup_events" in commands:

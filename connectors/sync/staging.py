@@ -249,8 +249,10 @@ class Fetched(Manifest):
     # with the journal's mark, so an acknowledged row always has its refresh in the warehouse.
     reference_events: int = Field(0, ge=0)
     reference: dict[str, str] = Field(default_factory=dict)
-    # Not handed over: whether this fetch already asked the portal's types after a refusal (`steps`).
+    # Not handed over: the types this fetch asked the portal for after a NOT_FOUND (`steps`), once;
+    # None until asked, and when the asking failed (nothing is then taken as deleted).
     _types_asked: bool = PrivateAttr(False)
+    _listed_types: frozenset[int] | None = PrivateAttr(None)
 
     @property
     def failed(self) -> dict[str, set[str]]:

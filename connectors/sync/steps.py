@@ -71,7 +71,14 @@ from connectors.bitrix24 import (
 )
 from connectors.bitrix24.batch import BatchResult, Command
 from connectors.bitrix24.entities import STANDARD_KINDS, Action
-from connectors.bitrix24.errors import ApiError, Forbidden, InsufficientScope, InvalidArgument, MethodNotFound
+from connectors.bitrix24.errors import (
+    ApiError,
+    Bitrix24Error,
+    Forbidden,
+    InsufficientScope,
+    InvalidArgument,
+    MethodNotFound,
+)
 from connectors.bitrix24.fetch import scan_kinds
 from connectors.bitrix24.lookups import TYPES, invalidated_by
 from connectors.bitrix24.redaction import redact
@@ -574,9 +581,10 @@ def _fetch_slice(sync: PortalSync, fetched: Fetched, index: EventIndex, piece: C
         return fetch_changes(sync.client, piece)
     except REFUSALS as error:
         log.warning("portal %s: a fetch request was refused (%s); narrowing it down", sync.portal, error)
+        refusal = error
     results: dict[str, FetchResult] = {}
     for key, kind_plan in piece.kinds.items():
-        if _type_deleted(sync, fetched, kind_plan.kind):
+        if isinstance(refusal, NotFound) and _type_deleted(sync, fetched, kind_plan.kind):
             log.warning("portal %s: smart-process type %s is gone from the portal; its %d items read are gone "
                         "with it (tombstoned)", sync.portal, kind_plan.kind.entity_type_id, len(kind_plan.fetch_ids))
             results[key] = FetchResult([], tuple(kind_plan.fetch_ids))
@@ -592,16 +600,21 @@ def _fetch_slice(sync: PortalSync, fetched: Fetched, index: EventIndex, piece: C
 
 def _type_deleted(sync: PortalSync, fetched: Fetched, kind: EntityKind) -> bool:
     """Whether ``kind`` is a smart-process type the portal no longer lists, asked afresh once per
-    fetch (``crm.type.list``) after a refusal: its list answers NOT_FOUND once the type is deleted,
-    which Bitrix24 allows only when no item is left in it (``crm.type.delete``). Without this, items
-    of a type whose ``ONCRMTYPEDELETE`` was missed would be refused one by one into the error lane,
-    there to fail for ever."""
+    fetch (``crm.type.list``, an administrator's method listing every type) after its read answered
+    NOT_FOUND: a deleted type's list and fields do, and Bitrix24 deletes a type only when no item is
+    left in it (``crm.type.delete``). Without this, items of a type whose ``ONCRMTYPEDELETE`` was
+    missed would be refused one by one into the error lane, there to fail for ever. When the types
+    cannot be asked, nothing is taken as deleted (the refusal is handled as any other)."""
     if kind.value_style != "item" or kind.entity_type_id is None:
         return False
     if not fetched._types_asked:
         fetched._types_asked = True
-        sync.forget([TYPES])
-    return kind.key not in {listed.key for listed in sync.registry}
+        try:
+            fetched._listed_types = sync.ask_types()
+        except Bitrix24Error as error:
+            log.warning("portal %s: could not ask the smart-process types (%s); not taking type %s as deleted",
+                        sync.portal, redact(str(error))[:200], kind.entity_type_id)
+    return fetched._listed_types is not None and kind.entity_type_id not in fetched._listed_types
 
 
 def _fetch_isolating(client: Bitrix24Client, kind: EntityKind,
@@ -739,7 +752,10 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
         write_frame(ids_file, pd.DataFrame({"id": ids}))
         part.scanned_ids_file = str(ids_file)
         fetched.tables.append(part)
-    fetched.tables.extend(_retired_type_parts(sync, {kind.table for kind in [*kinds, *later]}))
+    if known is None:
+        # The types were asked in this scan: a table of a type they do not list is a deleted type's.
+        # (With cached types, reconcile and the next change run that asks the types see to it.)
+        fetched.tables.extend(_retired_type_parts(sync, {kind.table for kind in [*kinds, *later]}))
 
 
 def _retired_type_parts(sync: PortalSync, scanned: set[str], reason: str = "absent_in_full_scan") -> list[TablePart]:

@@ -106,7 +106,9 @@ def test_ids_arrive_as_strings_or_numbers() -> None:
 
 
 @pytest.mark.parametrize("answer", [{}, {"items": []}, {"types": [{"title": "no id"}]},
-                                    {"types": [{"entityTypeId": "x"}]}, {"types": ["128"]}, "types"])
+                                    {"types": [{"entityTypeId": "x"}]}, {"types": ["128"]}, "types",
+                                    {"types": [{"entityTypeId": "²"}]}, {"types": [{"entityTypeId": -1}]},
+                                    {"types": [{"entityTypeId": "0"}]}, {"types": [{"entityTypeId": True}]}])
 def test_a_type_list_answer_that_cannot_be_read_whole_is_refused_not_read_as_fewer_types(answer) -> None:
     """A type skipped would look deleted, and its rows be tombstoned (`types_of`)."""
     with pytest.raises(MalformedResponse):

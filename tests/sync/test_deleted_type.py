@@ -257,3 +257,50 @@ def test_another_portals_rows_in_the_shared_table_stay(emu, tokens, warehouse_ta
 
     assert live_items(warehouse_target) == []
     assert live_items(warehouse_target, portal="other") == theirs
+
+
+@pytest.mark.parametrize("type_deleted", [False, True], ids=["item-access-denied", "type-gone-not-found"])
+def test_an_item_refused_while_the_types_cannot_be_asked_is_parked_and_the_run_goes_on(
+        type_deleted, emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """crm.type.* are administrators' methods: when the types cannot be asked, a refused item is
+    not taken as deleted (even when its list answered NOT_FOUND), and nothing fails the run: the
+    item is parked, the deal change loads."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    ids = sorted(crm.table(KIND).rows)
+    deal = sorted(crm.table("deal").rows)[0]
+    crm.write(KIND, "update", ids[0], {"title": "refused"}, USER)
+    crm.write("deal", "update", deal, {"TITLE": "loads"}, USER)
+    if type_deleted:
+        emu.world.portals[PORTAL].events.unbind(lambda handler: handler.event == "ONCRMTYPEDELETE")
+        with crm.portal.lock:
+            crm.tables[KIND].rows.clear()
+        crm.delete_smart_process(TYPE_ID)
+    else:
+        emu.add_fault("crm.item.list", "access_denied")
+    emu.add_fault("crm.type.list", "access_denied")
+
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert live_items(warehouse_target) == ids
+    assert [row.entity_id for row in ledger_rows(warehouse_target)] == [ids[0]]
+    assert live_items(warehouse_target, "deals").count(deal) == 1
+    assert "ONCRMDEALUPDATE" not in our_queue(emu)
+
+
+def test_an_access_refusal_is_no_reason_to_ask_whether_the_type_was_deleted(
+        emu, tokens, warehouse_target, state, tmp_path) -> None:
+    """Only NOT_FOUND says a type may be gone: an ACCESS_DENIED item read parks the item, the types
+    are not asked, its rows stay."""
+    sync(emu, tokens, warehouse_target, tmp_path / "full", state, "full_resync")
+    crm = emu.world.portals[PORTAL].crm
+    ids = sorted(crm.table(KIND).rows)
+    crm.write(KIND, "update", ids[0], {"title": "refused"}, USER)
+    emu.add_fault("crm.item.list", "access_denied")
+    emu.reset_stats()
+
+    sync(emu, tokens, warehouse_target, tmp_path / "changes", state)
+
+    assert live_items(warehouse_target) == ids
+    assert [row.entity_id for row in ledger_rows(warehouse_target)] == [ids[0]]
+    assert "crm.type.list" not in emu.stats()["methods"]
