@@ -127,8 +127,9 @@ def types_command() -> Command:
 def types_of(result: Any) -> list[list]:
     """``[[entityTypeId, title], ...]`` from a ``crm.type.list`` answer (``{"types": [...]}``).
 
-    Raises `MalformedResponse` for an answer without that array or with a row lacking a numeric
-    ``entityTypeId``: a type skipped would look deleted, and its rows be tombstoned."""
+    Raises `MalformedResponse` for an answer without that array or with a row whose ``entityTypeId``
+    is no positive integer (or string of digits): a type skipped would look deleted, and its rows be
+    tombstoned."""
     rows = result.get("types") if isinstance(result, Mapping) else result
     if not isinstance(rows, list):
         raise MalformedResponse("crm.type.list", 200, "types is not an array", repr(result)[:200])
