@@ -111,6 +111,12 @@ def smart_process_kind(entity_type_id: int, title: str = "") -> EntityKind:
     )
 
 
+def smart_process_type_of_table(table: str) -> int | None:
+    """The entityTypeId whose table `smart_process_kind` names ``table`` (``items_<id>``), else None."""
+    type_id = table.removeprefix("items_")
+    return int(type_id) if table.startswith("items_") and type_id.isascii() and type_id.isdigit() else None
+
+
 def kind_from_key(key: str) -> EntityKind:
     """The kind a `EntityKind.key` names: a standard kind, or the smart-process type ``item:<id>``.
 
@@ -174,6 +180,9 @@ class EntityRegistry:
 
     def __getitem__(self, key: str) -> EntityKind:
         return self._by_key[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
 
     def __iter__(self) -> Iterator[EntityKind]:
         return iter(self.kinds)

@@ -39,12 +39,11 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from connectors.bitrix24 import EntityKind, fetch_by_ids, scan
-from connectors.bitrix24.entities import smart_process_kind
 from connectors.bitrix24.lookups import TYPES
 from connectors.bitrix24.queue_rows import parse_timestamp
 from connectors.sync.portal import PortalSync
 from connectors.sync.staging import Fetched, Reserved, TablePart, read_json, schema_from_json
-from connectors.sync.steps import CHUNK, commit, new_table_part, stage_frame, typed_frame
+from connectors.sync.steps import CHUNK, commit, new_table_part, stage_frame, typed_frame, unlisted_type_kinds
 from connectors.warehouse import TableNotFound
 
 SAMPLE = 20  # ids listed per category in the report
@@ -101,7 +100,7 @@ def reconcile(sync: PortalSync, *, repair: bool = False,
     reports: list[TableReconciliation] = []
     fetched = Fetched(reserved=Reserved(portal=sync.portal, mode="reconcile"))
     overwrites: list[tuple[EntityKind, list[int]]] = []
-    for kind in [*sync.registry, *_retired_kinds(sync)]:
+    for kind in [*sync.registry, *unlisted_type_kinds(sync, {kind.table for kind in sync.registry})]:
         retired = kind.key not in portal_versions
         stored = _stored_versions(sync, kind)
         if retired and stored.empty:  # the table of another portal's type (tables are shared)
@@ -111,7 +110,7 @@ def reconcile(sync: PortalSync, *, repair: bool = False,
         reports.append(verdict.report)
         if repair and retired and verdict.to_tombstone:
             now = datetime.now(UTC).isoformat()
-            fetched.tables.append(TablePart(kind=kind.key, table=kind.table, schema_file="", tombstones=[
+            fetched.tables.append(TablePart.of_deleted_type(kind.key, kind.table, [
                 (i, "absent_in_reconciliation", now) for i in verdict.to_tombstone]))
         elif repair and (verdict.to_fetch or verdict.to_tombstone):
             fetched.tables.append(_repair_part(sync, kind, verdict.to_fetch, verdict.to_tombstone))
@@ -125,14 +124,6 @@ def reconcile(sync: PortalSync, *, repair: bool = False,
 
 
 _NO_VERSIONS = pd.Series([], index=pd.Index([], name="id", dtype="int64"), dtype="datetime64[ns, UTC]")
-
-
-def _retired_kinds(sync: PortalSync) -> list[EntityKind]:
-    """Smart-process types the warehouse holds a table of (``items_<entityTypeId>``) and the portal
-    does not list (deleted, or another portal's: the portals share the tables)."""
-    listed = {kind.table for kind in sync.registry}
-    return [smart_process_kind(int(name.removeprefix("items_"))) for name in sync.warehouse.entity_tables()
-            if name not in listed and name.startswith("items_") and name.removeprefix("items_").isdigit()]
 
 
 def _cutoff(sync: PortalSync, started: datetime) -> datetime:

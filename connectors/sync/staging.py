@@ -224,13 +224,23 @@ class TablePart(Manifest):
 
     kind: str
     table: str
-    schema_file: str
+    schema_file: str  # "" for a deleted smart-process type's part (`tombstones_only`)
     chunks: list[str] = Field(default_factory=list)
     rows: int = Field(0, ge=0)
     events: int = Field(0, ge=0)  # queue events about this table's objects
     tombstones: list[tuple[int, str, str]] = Field(default_factory=list)  # (id, reason, deleted_at ISO)
     scanned_ids_file: str | None = None  # full resync: every id the scan saw (tombstone the rest)
     coerced: dict[str, dict] = Field(default_factory=dict)  # values nulled by the value policy (`Coercions`)
+
+    @classmethod
+    def of_deleted_type(cls, kind: str, table: str, tombstones: list[tuple[int, str, str]] | None = None) -> TablePart:
+        """A part of a smart-process type the portal no longer has: tombstones only, no schema (its
+        fields cannot be asked, and commit evolves nothing)."""
+        return cls(kind=kind, table=table, schema_file="", tombstones=tombstones or [])
+
+    @property
+    def tombstones_only(self) -> bool:
+        return not self.schema_file
 
     def add_coercions(self, coercions: Coercions) -> None:
         self.coerced = _merged(self.coerced, coercions)

@@ -70,7 +70,7 @@ from connectors.bitrix24 import (
     schema_from_fields,
 )
 from connectors.bitrix24.batch import BatchResult, Command
-from connectors.bitrix24.entities import STANDARD_KINDS, Action
+from connectors.bitrix24.entities import STANDARD_KINDS, Action, smart_process_kind, smart_process_type_of_table
 from connectors.bitrix24.errors import (
     ApiError,
     Bitrix24Error,
@@ -484,7 +484,7 @@ def _fetch_changes(sync: PortalSync, fetched: Fetched, events_file: Path, discar
         part.tombstones.extend((int(entity_id), "deleted", at.isoformat())
                                for entity_id, at in deletes["changed_at"].items())
         part.events = int(counts.get(key, 0))
-        if not part.schema_file:  # a deleted type: its items are gone with it, nothing to read
+        if part.tombstones_only:  # a deleted type: its items are gone with it, nothing to read
             part.tombstones.extend((int(entity_id), "not_found", latest.at[entity_id, "changed_at"].isoformat())
                                    for entity_id in fetch_ids)
             del plans[key]
@@ -514,9 +514,8 @@ def _changes_part(sync: PortalSync, fetched: Fetched, kind: EntityKind) -> Table
     """``kind``'s `TablePart` for a change run; for a smart-process type the portal no longer lists
     (deleted: only an empty type can be), a part without schema that carries tombstones only: its
     ``crm.item.fields`` answers NOT_FOUND, and `commit` has no schema to evolve."""
-    retired = TablePart(kind=kind.key, table=kind.table, schema_file="")
-    if kind.key not in {listed.key for listed in sync.registry}:
-        return retired
+    if kind.key not in sync.registry:
+        return TablePart.of_deleted_type(kind.key, kind.table)
     try:
         return new_table_part(sync, kind)
     except (NotFound, LookupError) as error:
@@ -525,7 +524,7 @@ def _changes_part(sync: PortalSync, fetched: Fetched, kind: EntityKind) -> Table
             raise
         log.warning("portal %s: smart-process type %s is gone from the portal; its queued items are tombstoned",
                     sync.portal, kind.entity_type_id)
-        return retired
+        return TablePart.of_deleted_type(kind.key, kind.table)
 
 
 def _reread_reference(sync: PortalSync, fetched: Fetched, names: list[str]) -> None:
@@ -758,24 +757,27 @@ def _scan_all(sync: PortalSync, fetched: Fetched) -> None:
         fetched.tables.extend(_retired_type_parts(sync, {kind.table for kind in [*kinds, *later]}))
 
 
+def unlisted_type_kinds(sync: PortalSync, listed: set[str]) -> list[EntityKind]:
+    """The smart-process kinds of the warehouse's ``items_<id>`` tables other than ``listed``: types
+    deleted from this portal, or another portal's (the portals share the tables)."""
+    return [smart_process_kind(type_id) for table in sync.warehouse.entity_tables()
+            if table not in listed and (type_id := smart_process_type_of_table(table)) is not None]
+
+
 def _retired_type_parts(sync: PortalSync, scanned: set[str], reason: str = "absent_in_full_scan") -> list[TablePart]:
     """Tombstone-only parts for the portal's live rows in smart-process tables (``items_<id>``) other
     than ``scanned`` (those of the types the portal lists): deleted types (Bitrix24 deletes only
-    empty ones), whose rows must not stay live. Tables are shared by the portals; another portal's
-    type holds no rows of this one and gives no part."""
+    empty ones), whose rows must not stay live. Another portal's type holds no rows of this one and
+    gives no part."""
     parts = []
     now = datetime.now(UTC).isoformat()
-    for table in sync.warehouse.entity_tables():
-        type_id = table.removeprefix("items_")
-        if table in scanned or not table.startswith("items_") or not type_id.isdigit():
-            continue
-        versions = sync.warehouse.row_versions(sync.portal, table)
+    for kind in unlisted_type_kinds(sync, scanned):
+        versions = sync.warehouse.row_versions(sync.portal, kind.table)
         live = versions.loc[versions["_deleted_at"].isna(), "id"]
         if len(live):
             log.warning("portal %s: %d rows of %s, a smart-process type the portal no longer has, are tombstoned",
-                        sync.portal, len(live), table)
-            parts.append(TablePart(kind=f"item:{type_id}", table=table, schema_file="",
-                                   tombstones=[(int(i), reason, now) for i in live]))
+                        sync.portal, len(live), kind.table)
+            parts.append(TablePart.of_deleted_type(kind.key, kind.table, [(int(i), reason, now) for i in live]))
     return parts
 
 
@@ -869,7 +871,7 @@ def commit(sync: PortalSync, fetched_path: str | Path) -> Path:
     schemas: dict[str, TableSchema | str] = {}
     stored = None
     for part in fetched.tables:
-        if part.schema_file:
+        if not part.tombstones_only:
             schemas[part.table] = schema_from_json(read_json(part.schema_file))
             sync.warehouse.ensure_table(schemas[part.table])
             continue
